@@ -1,0 +1,557 @@
+-- The PacketScript packet API over one packet buffer.
+--
+-- Loaded into every Lua runtime before the user script. It implements the protocol
+-- buffers of xt_LUA (raw, eth, ip, icmp, tcp, tcp_opt, udp, tftp and Lua-defined
+-- protocols) with the same names, type ids, fields and verdicts, minus its bugs: field
+-- objects stay bound to their field, every access is bounds-checked, and offsets follow
+-- the headers (IHL, TCP data offset, TFTP opcode).
+--
+-- The packet lives in `B`, indexed from 0: an FFI uint8_t* on LuaJIT, a Lua table
+-- elsewhere. Both accept B[i] and B[i] = v, so the same code serves every runtime.
+-- Numbers are handled with arithmetic only (no bit library) for the same reason.
+
+local A = ...                      -- api table filled here, returned to runner.lua
+local floor, type, error, tostring, tonumber = math.floor, type, error, tostring, tonumber
+local setmetatable, getmetatable, pairs, ipairs = setmetatable, getmetatable, pairs, ipairs
+local sbyte, schar, sformat, sfind = string.byte, string.char, string.format, string.find
+
+local B                            -- current packet buffer (set by the runner)
+local PLEN = 0                     -- current packet length
+local dirty = false                -- the script changed at least one byte
+local fix_addr_checksum = false    -- kernel-style incremental IP checksum on address set
+
+function A.set_buffer(buf) B = buf end
+function A.begin(len) PLEN = len; dirty = false end
+function A.dirty() return dirty end
+function A.configure(opts) fix_addr_checksum = opts.kernel_address_checksum end
+
+local function wr(i, v)
+  if B[i] ~= v then B[i] = v; dirty = true end
+end
+
+-- ---------------------------------------------------------------- byte arrays
+-- Copies own a Lua table; views read and write the packet. Userdata (newproxy) where
+-- available, because Lua 5.1 and LuaJIT ignore __len on tables.
+local BA = setmetatable({}, { __mode = "k" })
+local ba_mt = {}
+local new_ba_object
+if newproxy then
+  local proto = newproxy(true)
+  local mt = getmetatable(proto)
+  for k, v in pairs(ba_mt) do mt[k] = v end
+  ba_mt = mt
+  new_ba_object = function() return newproxy(proto) end
+else
+  new_ba_object = function() return setmetatable({}, ba_mt) end
+end
+
+local function ba_state(a, i)
+  local st = BA[a]
+  if type(i) ~= "number" then
+    error("byte arrays are indexed with integers from 0 (got " .. type(i) .. ")", 0)
+  end
+  if i < 0 or i >= st.n or i % 1 ~= 0 then
+    error("index out of range: " .. tostring(i) .. " (byte array of length " .. st.n .. ")", 0)
+  end
+  return st
+end
+ba_mt.__index = function(a, i)
+  local st = ba_state(a, i)
+  if st.t then return st.t[i] end
+  return B[st.o + i]
+end
+ba_mt.__newindex = function(a, i, v)
+  local st = ba_state(a, i)
+  if type(v) ~= "number" or v < 0 or v > 255 or v % 1 ~= 0 then
+    error("cannot cast value to char: byte values are integers 0..255", 0)
+  end
+  if st.t then st.t[i] = v else wr(st.o + i, v) end
+end
+ba_mt.__len = function(a) return BA[a].n end
+ba_mt.__tostring = function(a)
+  local st, parts = BA[a], {}
+  for i = 0, st.n - 1 do parts[#parts + 1] = sformat("%02x", st.t and st.t[i] or B[st.o + i]) end
+  return "byte_array: length: " .. st.n .. "  value: " .. table.concat(parts, " ")
+end
+ba_mt.__metatable = "byte_array"
+
+local function ba_copy(o, n)
+  local t = {}
+  for i = 0, n - 1 do t[i] = B[o + i] end
+  local a = new_ba_object()
+  BA[a] = { t = t, n = n }
+  return a
+end
+local function ba_view(o, n)
+  local a = new_ba_object()
+  BA[a] = { o = o, n = n }
+  return a
+end
+local function ba_read(a)          -- byte array or string -> function(i) -> byte, length
+  if type(a) == "string" then
+    return function(i) return sbyte(a, i + 1) end, #a
+  end
+  local st = BA[a]
+  if not st then return nil end
+  if st.t then return function(i) return st.t[i] end, st.n end
+  return function(i) return B[st.o + i] end, st.n
+end
+A.ba_read = ba_read
+
+-- ---------------------------------------------------------------- checksums
+local function sum16(o, n, s)
+  s = s or 0
+  local last = o + n - 1
+  for i = o, last - 1, 2 do s = s + B[i] * 256 + B[i + 1] end
+  if n % 2 == 1 then s = s + B[last] * 256 end
+  return s
+end
+local function fold(s)
+  while s > 0xffff do s = s % 0x10000 + floor(s / 0x10000) end
+  return s
+end
+local function put16(o, v) B[o] = floor(v / 256); B[o + 1] = v % 256 end
+local function get16(o) return B[o] * 256 + B[o + 1] end
+
+-- Recompute the IPv4, TCP, UDP and ICMP checksums of an Ethernet frame in B.
+-- Fragments keep their L4 checksum: it covers bytes this packet does not have.
+function A.fix_checksums(len)
+  if len < 34 or B[12] ~= 8 or B[13] ~= 0 then return end
+  local ip = 14
+  local vihl = B[ip]
+  if floor(vihl / 16) ~= 4 then return end
+  local ihl = (vihl % 16) * 4
+  if ihl < 20 or ip + ihl > len then return end
+  B[ip + 10] = 0; B[ip + 11] = 0
+  put16(ip + 10, 0xffff - fold(sum16(ip, ihl)))
+  local tot = get16(ip + 2)
+  if tot < ihl or ip + tot > len then tot = len - ip end
+  local frag = B[ip + 6] % 64 >= 32 or (B[ip + 6] % 32) * 256 + B[ip + 7] ~= 0
+  if frag then return end
+  local proto, l4, l4len = B[ip + 9], ip + ihl, tot - ihl
+  local pseudo = sum16(ip + 12, 8) + proto + l4len
+  if proto == 6 and l4len >= 20 then
+    B[l4 + 16] = 0; B[l4 + 17] = 0
+    put16(l4 + 16, 0xffff - fold(sum16(l4, l4len, pseudo)))
+  elseif proto == 17 and l4len >= 8 then
+    if B[l4 + 6] == 0 and B[l4 + 7] == 0 then return end   -- UDP without checksum
+    local c = 0xffff - fold(sum16(l4, l4len, pseudo - get16(l4 + 6)))
+    put16(l4 + 6, c == 0 and 0xffff or c)
+  elseif proto == 1 and l4len >= 4 then
+    B[l4 + 2] = 0; B[l4 + 3] = 0
+    put16(l4 + 2, 0xffff - fold(sum16(l4, l4len)))
+  end
+end
+
+-- ---------------------------------------------------------------- protocols
+local PROTO = {}          -- id -> protocol
+local BYNAME = {}         -- name -> protocol
+local supported = {}      -- id -> name, the script's `supported_protocols`
+A.PROTO, A.supported = PROTO, supported
+
+local function seg_new(p, o, n, ch)
+  return setmetatable({ o = o, n = n, ch = ch }, p.mt)
+end
+
+local function check_self(seg, what)
+  if type(seg) ~= "table" or seg.o == nil then
+    error("bad self for '" .. what .. "': call it with a colon, as obj:" .. what .. "()", 0)
+  end
+end
+
+-- Payload conversion: seg:data(TYPE) gives a TYPE segment or false.
+local function convert(p, seg, o, n, t)
+  local target = PROTO[t]
+  if not target then error("provided protocol is unknown: " .. tostring(t), 0) end
+  if not p.has(seg, t, o, n) then return false end
+  local ch
+  if target.changes then ch = target.changes(seg_new(target, o, n)) end
+  local s = seg_new(target, o, n, ch)
+  s.ip = seg.ip or (p.id == 2 and seg.o) or nil
+  return s
+end
+
+local function raw_get(f) return ba_copy(f.o, f.n) end
+local function raw_set(f, v)
+  if type(v) ~= "number" then
+    local rd, n = ba_read(v)
+    if not rd then error("cannot cast value to char: give a byte value 0..255 or a byte array", 0) end
+    if n > f.n then error("provided byte array too big for given packet segment", 0) end
+    for i = 0, n - 1 do wr(f.o + i, rd(i)) end
+    return true
+  end
+  if v < 0 or v > 255 or v % 1 ~= 0 then error("cannot cast value to char: " .. tostring(v), 0) end
+  for i = f.o, f.o + f.n - 1 do wr(i, v) end
+  return true
+end
+local function setdata(f, v)
+  local rd, n = ba_read(v)
+  if not rd then error("this field is set from a byte array (or a string)", 0) end
+  if n > f.n then error("provided byte array too big for given packet segment", 0) end
+  for i = 0, n - 1 do wr(f.o + i, rd(i)) end
+  return true
+end
+
+local function int_get(f)
+  local v = 0
+  for i = f.o, f.o + f.n - 1 do v = v * 256 + B[i] end
+  return v
+end
+local function int_set(f, v)
+  if type(v) ~= "number" then error("this field is set from a number, got " .. type(v), 0) end
+  v = floor(floor(v) % 256 ^ f.n)  -- truncated to the field width, as the C setters do
+  for i = f.o + f.n - 1, f.o, -1 do wr(i, floor(v % 256)); v = floor(v / 256) end
+  return true
+end
+local function nib_hi_get(f) return floor(B[f.o] / 16) end
+local function nib_lo_get(f) return B[f.o] % 16 end
+local function nib_set(hi, lo_bound, hi_bound, msg)
+  return function(f, v)
+    if type(v) ~= "number" or v % 1 ~= 0 or v < lo_bound or v > hi_bound then error(msg, 0) end
+    local b = B[f.o]
+    if hi then wr(f.o, v * 16 + b % 16) else wr(f.o, b - b % 16 + v) end
+    return true
+  end
+end
+-- Bit fields: n counts from the most significant bit of the field's byte, starting at 1.
+local function bit_index(n)
+  if type(n) ~= "number" or n < 1 or n > 8 or n % 1 ~= 0 then
+    error("bit number must be 1..8 (1 is the most significant bit)", 0)
+  end
+  return floor(2 ^ (8 - n))
+end
+local function bit_get(f, n)
+  local m = bit_index(n)
+  return floor(B[f.o] / m) % 2 == 1
+end
+local function bit_set(f, n, on)    -- set(n) sets the bit; set(n, false) clears it
+  local m, b = bit_index(n), B[f.o]
+  local is = floor(b / m) % 2 == 1
+  if on == false then
+    if is then wr(f.o, b - m) end
+  elseif not is then
+    wr(f.o, b + m)
+  end
+  return true
+end
+
+local ADDR = {}                     -- "a.b.c.d" -> {a, b, c, d}, parsed once
+local function parse_addr(s)
+  local a = ADDR[s]
+  if a then return a end
+  if type(s) ~= "string" then error("invalid ip addr: expected a string \"a.b.c.d\"", 0) end
+  local _, _, x1, x2, x3, x4 = sfind(s, "^%s*(%d+)%.(%d+)%.(%d+)%.(%d+)%s*$")
+  a = { tonumber(x1), tonumber(x2), tonumber(x3), tonumber(x4) }
+  if not x4 or a[1] > 255 or a[2] > 255 or a[3] > 255 or a[4] > 255 then
+    error("invalid ip addr: " .. s, 0)
+  end
+  ADDR[s] = a
+  return a
+end
+local function addr_get(f)
+  return B[f.o] .. "." .. B[f.o + 1] .. "." .. B[f.o + 2] .. "." .. B[f.o + 3]
+end
+local function addr_set(f, s)
+  local a = parse_addr(s)
+  local old1, old2 = get16(f.o), get16(f.o + 2)
+  for i = 0, 3 do wr(f.o + i, a[i + 1]) end
+  if fix_addr_checksum and f.ip then
+    -- What xt_LUA does in the kernel: an incremental IP header checksum update (RFC 1624).
+    local c = f.ip + 10
+    local s2 = (0xffff - get16(c)) + (0xffff - old1) + get16(f.o) + (0xffff - old2) + get16(f.o + 2)
+    local v = 0xffff - fold(s2)
+    B[c] = floor(v / 256); B[c + 1] = v % 256
+  end
+  return true
+end
+
+local function str_get(f)
+  local t = {}
+  for i = 0, f.n - 1 do t[i + 1] = schar(B[f.o + i]) end
+  return table.concat(t)
+end
+local function str_set(f, v)
+  if type(v) == "number" then return raw_set(f, v) end
+  if type(v) ~= "string" or #v ~= f.n then
+    error("a string field is set from a string of the same length (" .. f.n .. " bytes)", 0)
+  end
+  for i = 0, f.n - 1 do wr(f.o + i, sbyte(v, i + 1)) end
+  return true
+end
+
+-- Define a protocol. fields: list of {name, bit_offset, bit_length, get, set}.
+-- Optional: payload (field name), has(seg, type, o, n), locate[name](seg) -> rel_off, len.
+local function protocol(def)
+  local p = { id = def.id, name = def.name, fields = {}, payload = def.payload,
+              has = def.has, changes = def.changes }
+  p.methods = {}
+  p.mt = { __index = p.methods, __metatable = def.name,
+           __tostring = function(s) return "type: " .. def.name .. ", offset: " .. s.o .. ", length: " .. s.n end }
+  local m = p.methods
+  function m.raw(seg, off, len)
+    check_self(seg, "raw")
+    if type(off) ~= "number" or type(len) ~= "number" then error("raw(offset, length) takes two numbers", 0) end
+    if off < 0 or len < 0 or off + len > seg.n then return false end
+    return seg_new(p, seg.o + off, len)
+  end
+  function m.get_offset(seg) check_self(seg, "get_offset"); return seg.o end
+  function m.get_size(seg) check_self(seg, "get_size"); return seg.n end
+  function m.to_bytes(seg) check_self(seg, "to_bytes"); return ba_copy(seg.o, seg.n) end
+  m.get, m.set = raw_get, raw_set
+  for idx, fd in ipairs(def.fields) do
+    local name, bo, bl = fd[1], fd[2], fd[3]
+    local fmt = { __index = setmetatable({ get = fd[4] or raw_get, set = fd[5] or raw_set }, { __index = m }),
+                  __metatable = def.name,
+                  __tostring = function(s) return "type: " .. def.name .. ", offset: " .. s.o .. ", length: " .. s.n end }
+    local locate = def.locate and def.locate[name]
+    local is_payload = (name == def.payload)
+    local byte_off, byte_len = floor(bo / 8), floor(bl / 8)
+    if bl > 0 and byte_len == 0 then byte_len = 1 end
+    m[name] = function(seg, t)
+      check_self(seg, name)
+      local ro, rl
+      if locate then
+        ro, rl = locate(seg)
+      elseif seg.ch then                 -- offsets adjusted by a dynamic protocol's get_field_changes
+        local cb, cl = bo + (seg.ch[1][idx] or 0), bl + (seg.ch[2][idx] or 0)
+        ro, rl = floor(cb / 8), floor(cl / 8)
+        if cl > 0 and rl == 0 then rl = 1 end
+        if cl == 0 then rl = seg.n - ro end
+      else
+        ro, rl = byte_off, (bl == 0) and (seg.n - byte_off) or byte_len
+      end
+      if ro < 0 or rl < 0 or ro + rl > seg.n then
+        error(sformat("%s field '%s' (bytes %d..%d) is beyond the end of the %d-byte segment",
+                      def.name, name, ro, ro + rl - 1, seg.n), 0)
+      end
+      if type(t) == "number" then
+        if is_payload then return convert(p, seg, seg.o + ro, rl, t) end
+        if t == fd.as then return seg_new(PROTO[t], seg.o + ro, rl) end
+      end
+      return setmetatable({ o = seg.o + ro, n = rl, ip = seg.ip or (p.id == 2 and seg.o) or nil }, fmt)
+    end
+  end
+  PROTO[p.id], BYNAME[p.name] = p, p
+  supported[p.id] = p.name
+  A.globals[p.name] = p.id
+  return p
+end
+
+A.globals = {}
+
+protocol { id = 0, name = "packet_raw", payload = "data",
+  fields = { { "data", 0, 0 } },
+  has = function() return true end }
+
+protocol { id = 1, name = "packet_eth", payload = "data",
+  fields = { { "dmac", 0, 48 }, { "smac", 48, 48 }, { "type", 96, 16 }, { "data", 112, 0 } },
+  has = function(seg, t)
+    return t == 2 and seg.n >= 14 and B[seg.o + 12] == 8 and B[seg.o + 13] == 0
+  end }
+
+local function ip_ihl(seg)
+  if seg.n < 1 then error("packet_ip segment is empty", 0) end
+  return (B[seg.o] % 16) * 4
+end
+protocol { id = 2, name = "packet_ip", payload = "data",
+  fields = {
+    { "version", 0, 4, nib_hi_get, nib_set(true, 0, 15, "version number invalid") },
+    { "ihl", 4, 4, nib_lo_get, nib_set(false, 5, 15, "ip header length invalid") },
+    { "tos", 8, 8, int_get, int_set }, { "tot_len", 16, 16, int_get, int_set },
+    { "id", 32, 16, int_get, int_set }, { "flags", 48, 3, bit_get, bit_set },
+    { "frag_off", 51, 13,
+      function(f) return (B[f.o] % 32) * 256 + B[f.o + 1] end,
+      function(f, v)
+        if type(v) ~= "number" then error("frag_off is set from a number", 0) end
+        v = floor(v) % 8192
+        wr(f.o, B[f.o] - B[f.o] % 32 + floor(v / 256)); wr(f.o + 1, v % 256)
+        return true
+      end },
+    { "ttl", 64, 8, int_get, int_set }, { "protocol", 72, 8, int_get, int_set },
+    { "check", 80, 16, int_get, int_set },
+    { "saddr", 96, 32, addr_get, addr_set }, { "daddr", 128, 32, addr_get, addr_set },
+    { "data", 160, 0, raw_get, setdata } },
+  locate = {
+    frag_off = function(seg) return 6, 2 end,      -- the 13 bits that follow the flags
+    data = function(seg)                          -- after the options, up to tot_len
+      local ihl = ip_ihl(seg)
+      local stop = seg.n
+      if seg.n >= 4 then
+        local tot = get16(seg.o + 2)
+        if tot >= ihl and tot < stop then stop = tot end
+      end
+      return ihl, stop - ihl
+    end },
+  has = function(seg, t)
+    if seg.n < 10 then return false end
+    local pr = B[seg.o + 9]
+    return (pr == 1 and t == 3) or (pr == 6 and t == 4) or (pr == 17 and t == 6)
+  end }
+
+protocol { id = 3, name = "packet_icmp",
+  fields = { { "type", 0, 8 }, { "code", 8, 8 }, { "checksum", 16, 16 },
+             { "id", 32, 16 }, { "sequence", 48, 16 } } }
+
+local function tcp_hdr(seg)
+  if seg.n < 13 then error("TCP header truncated: no data offset byte", 0) end
+  local h = floor(B[seg.o + 12] / 16) * 4
+  if h < 20 or h > seg.n then error("TCP data offset " .. h .. " does not fit the " .. seg.n .. "-byte segment", 0) end
+  return h
+end
+protocol { id = 4, name = "packet_tcp", payload = "data",
+  fields = {
+    { "sport", 0, 16, int_get, int_set }, { "dport", 16, 16, int_get, int_set },
+    { "seq", 32, 32, int_get, int_set }, { "ack", 64, 32, int_get, int_set },
+    { "data_off", 96, 4, nib_hi_get, nib_set(true, 0, 15, "data offset must be 0..15") },
+    { "reserved", 100, 4, nib_lo_get, nib_set(false, 0, 15, "reserved bits must be 0..15") },
+    { "flags", 104, 8, bit_get, bit_set },
+    { "window_size", 112, 16, int_get, int_set },
+    { "check", 128, 16, int_get, function(f)
+        -- Recompute the TCP checksum over pseudo-header and segment, whatever was given.
+        local ip = f.ip
+        if not ip then error("tcp:check():set() needs a TCP segment reached through ip:data(packet_tcp)", 0) end
+        local tcp = f.o - 16
+        local ihl = (B[ip] % 16) * 4
+        local tot = get16(ip + 2)
+        if tot < ihl or ip + tot > PLEN then tot = PLEN - ip end
+        local l4len = tot - ihl
+        wr(f.o, 0); wr(f.o + 1, 0)
+        local c = 0xffff - fold(sum16(tcp, l4len, sum16(ip + 12, 8) + 6 + l4len))
+        wr(f.o, floor(c / 256)); wr(f.o + 1, c % 256)
+        return true
+      end },
+    { "urgent", 144, 16 },
+    { "options", 160, 0, raw_get, setdata, as = 5 },   -- tcp:options(packet_tcp_opt)
+    { "data", 160, 0, raw_get, setdata } },
+  locate = {
+    options = function(seg) return 20, tcp_hdr(seg) - 20 end,
+    data = function(seg) local h = tcp_hdr(seg); return h, seg.n - h end },
+  has = function() return true end }
+
+-- TCP options, found by walking the kind/length list of the options area.
+local OPT = { MSS = { 2, 2 }, WS = { 3, 1 }, SACK = { 4, 0 }, TSVAL = { 8, 4 }, TSER = { 8, 4, 4 } }
+local function find_opt(seg, name)
+  local kind, len, skip = OPT[name][1], OPT[name][2], OPT[name][3] or 0
+  local i, stop = seg.o, seg.o + seg.n
+  while i < stop do
+    local k = B[i]
+    if k == 0 then break end
+    if k == 1 then
+      i = i + 1
+    else
+      if i + 1 >= stop then break end
+      local l = B[i + 1]
+      if l < 2 or i + l > stop then break end
+      if k == kind then
+        if len == 0 then return i - seg.o, 2 end          -- SACK-permitted: the option itself
+        return i - seg.o + 2 + skip, len
+      end
+      i = i + l
+    end
+  end
+  error("TCP option " .. name .. " is not present in this packet", 0)
+end
+local function opt_locator(name) return function(seg) return find_opt(seg, name) end end
+protocol { id = 5, name = "packet_tcp_opt",
+  fields = { { "MSS", 0, 16, int_get, int_set }, { "WS", 0, 8, int_get, int_set },
+             { "SACK", 0, 16, int_get, int_set }, { "TSVAL", 0, 32, int_get, int_set },
+             { "TSER", 0, 32, int_get, int_set } },
+  locate = { MSS = opt_locator("MSS"), WS = opt_locator("WS"), SACK = opt_locator("SACK"),
+             TSVAL = opt_locator("TSVAL"), TSER = opt_locator("TSER") } }
+
+protocol { id = 6, name = "packet_udp", payload = "data",
+  fields = { { "sport", 0, 16, int_get, int_set }, { "dport", 16, 16, int_get, int_set },
+             { "length", 32, 16, int_get, int_set }, { "check", 48, 16, int_get, int_set },
+             { "data", 64, 0 } },
+  has = function() return true end }
+
+-- TFTP (RFC 1350): where the fields are depends on the opcode.
+local function tftp_op(seg)
+  if seg.n < 2 then error("TFTP packet truncated: no opcode", 0) end
+  return get16(seg.o)
+end
+local function cstring(seg, from)            -- offset and length of a NUL-terminated string
+  local i = seg.o + from
+  local stop = seg.o + seg.n
+  while i < stop and B[i] ~= 0 do i = i + 1 end
+  return from, i - (seg.o + from)
+end
+local function tftp_field(name, ops)
+  return function(seg)
+    local op = tftp_op(seg)
+    local where = ops[op]
+    if not where then error("TFTP field '" .. name .. "' is not present in a packet with opcode " .. op, 0) end
+    return where(seg)
+  end
+end
+local function rrq_wrq(f) return { [1] = f, [2] = f } end
+protocol { id = 7, name = "packet_tftp",
+  fields = { { "opcode", 0, 16, int_get, int_set }, { "filename", 16, 0, str_get, str_set },
+             { "mode", 16, 0, str_get, str_set }, { "block_nr", 16, 16, int_get, int_set },
+             { "data", 32, 0 } },
+  locate = {
+    filename = tftp_field("filename", rrq_wrq(function(seg) return cstring(seg, 2) end)),
+    mode = tftp_field("mode", rrq_wrq(function(seg)
+      local fo, fl = cstring(seg, 2)
+      return cstring(seg, math.min(fo + fl + 1, seg.n))
+    end)),
+    block_nr = tftp_field("block_nr", { [3] = function() return 2, 2 end, [4] = function() return 2, 2 end }),
+    data = tftp_field("data", { [3] = function(seg) return 4, seg.n - 4 end }) } }
+
+-- ---------------------------------------------------------------- dynamic protocols
+local MAX_PROTOCOLS = 16
+local user_env                          -- the script's globals, for callback names
+
+function A.set_env(env) user_env = env end
+
+local function callback(name, what)
+  local fn = user_env[name]
+  if type(fn) ~= "function" then
+    error(what .. " '" .. tostring(name) .. "' is not a global function of the script", 0)
+  end
+  return fn
+end
+
+function A.register_dynamic_protbuf(t)
+  if type(t) ~= "table" then error("register_dynamic_protbuf takes a table", 0) end
+  local name = t.name
+  if type(name) ~= "string" or not sfind(name, "^[%a_][%w_]*$") then
+    error("register_dynamic_protbuf: 'name' must be a string usable as a global name", 0)
+  end
+  if user_env[name] ~= nil or BYNAME[name] then
+    error("register_dynamic_protbuf: a global named '" .. name .. "' already exists", 0)
+  end
+  if type(t.protocol_fields) ~= "table" or #t.protocol_fields == 0 then
+    error("register_dynamic_protbuf: 'protocol_fields' must be a list of {name, bit_offset, bit_length, getter, setter}", 0)
+  end
+  local id = #supported + 1
+  if id >= MAX_PROTOCOLS then error("register_dynamic_protbuf: no free protocol slot", 0) end
+  local fields = {}
+  for i, fd in ipairs(t.protocol_fields) do
+    local fname, bo, bl, gname, sname = fd[1], fd[2], fd[3], fd[4], fd[5]
+    if type(fname) ~= "string" or type(bo) ~= "number" or type(bl) ~= "number" then
+      error("register_dynamic_protbuf: field " .. i .. " must be {name, bit_offset, bit_length, getter, setter}", 0)
+    end
+    local get, set
+    if gname then get = function(f) return callback(gname, "getter")(ba_view(f.o, f.n)) end end
+    if sname then set = function(f, v) return callback(sname, "setter")(ba_view(f.o, f.n), v) end end
+    fields[i] = { fname, bo, bl, get, set }
+  end
+  local payload, has_name, changes_name = t.payload_field, t.has_protocol, t.get_field_changes
+  protocol { id = id, name = name, payload = payload, fields = fields,
+    has = function(seg, ty)
+      if not has_name then
+        error("protocol " .. name .. " has no 'has_protocol' function: its payload cannot be converted", 0)
+      end
+      return callback(has_name, "has_protocol")(seg, ty) and true or false
+    end,
+    changes = changes_name and function(seg)
+      local offs, lens = callback(changes_name, "get_field_changes")(seg)
+      if type(offs) ~= "table" or type(lens) ~= "table" or #offs ~= #lens then
+        error("get_field_changes must return two tables of the same length (offset and length changes, in bits)", 0)
+      end
+      return { offs, lens }
+    end }
+  user_env[name] = id
+  return true
+end

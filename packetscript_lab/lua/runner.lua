@@ -1,0 +1,302 @@
+-- Runs a user script over packets: the sandbox, the per-packet call with its instruction
+-- budget and error capture, verdict mapping, checksum fix-up, and the two drivers the
+-- Python side calls (one packet as a string, or a batch over a shared FFI buffer).
+
+local load_packet_api, cfg = ...
+local A = {}
+load_packet_api(A)
+
+local type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable =
+      type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable
+local floor, sbyte, schar, sfind, ssub, sgsub, concat =
+      math.floor, string.byte, string.char, string.find, string.sub, string.gsub, table.concat
+local sethook, getinfo = debug.sethook, debug.getinfo
+local ffi = cfg.ffi and require("ffi") or nil
+local jit = rawget(_G, "jit")
+local unpack = unpack or table.unpack
+
+local E = {}
+local CHUNK = cfg.chunkname                   -- the user's chunk name, e.g. "cell"
+local SOURCE = "=" .. CHUNK
+local FN = cfg["function"]
+local BUDGET = cfg.budget                      -- instructions per packet; 0 = unlimited
+local ON_ERROR = cfg.on_error_code
+local FIX = cfg.fix_checksums
+A.configure { kernel_address_checksum = not FIX }
+
+-- ---------------------------------------------------------------- errors and output
+-- An error becomes {message, line}; line is the innermost frame of the user's chunk,
+-- so API errors point at the script line that made the call.
+local function escape(s) return (sgsub(s, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
+local PREFIX = "^" .. escape(CHUNK) .. ":(%d+): "
+
+local function user_line()
+  for level = 3, 60 do
+    local info = getinfo(level, "Sl")
+    if not info then break end
+    if info.source == SOURCE and info.currentline and info.currentline > 0 then
+      return info.currentline
+    end
+  end
+end
+
+local function handler(msg)
+  sethook()                                   -- the budget must not fire in here
+  local line = user_line()
+  if type(msg) ~= "string" then
+    if type(msg) == "table" and msg.budget then return msg end
+    msg = "error object is not a string: " .. tostring(msg)
+  end
+  local _, _, l = sfind(msg, PREFIX)
+  if l then
+    msg = ssub(msg, #CHUNK + #l + 4)
+    line = line or tonumber(l)
+  end
+  return { msg, line }
+end
+
+local OUT, MAX_OUT = {}, 1000
+local function user_print(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+  if #OUT < MAX_OUT then OUT[#OUT + 1] = concat(parts, "\t") end
+end
+function E.take_output()
+  local out = OUT
+  OUT = {}
+  return out
+end
+
+-- ---------------------------------------------------------------- budget
+local function hook()
+  local line = user_line()
+  sethook()
+  error({ "instruction budget of " .. BUDGET .. " exceeded (endless loop?)", line }, 0)
+end
+local function arm(n) if n > 0 then sethook(hook, "", n) end end
+
+-- ---------------------------------------------------------------- sandbox
+local function copy(t, except)
+  local c = {}
+  for k, v in pairs(t) do if not (except and except[k]) then c[k] = v end end
+  return c
+end
+
+local env = {}
+for _, k in pairs { "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget",
+                    "rawset", "rawlen", "select", "setmetatable", "getmetatable", "tonumber",
+                    "tostring", "type", "xpcall", "_VERSION" } do
+  env[k] = _G[k]
+end
+env.unpack = unpack
+env.print = user_print
+
+local function load_text(src, name)
+  if type(src) ~= "string" then return nil, "only source text can be loaded" end
+  if sbyte(src, 1) == 27 then return nil, "loading precompiled bytecode is not allowed" end
+  local fn, err
+  if setfenv then
+    fn, err = loadstring(src, name)
+    if fn then setfenv(fn, env) end
+  else
+    fn, err = load(src, name, "t", env)
+  end
+  if fn and jit then jit.off(fn, true) end     -- interpreted, so the budget hook sees it
+  return fn, err
+end
+env.loadstring = function(src, name) return load_text(src, name or "=(loadstring)") end
+env.load = function(src, name) return load_text(src, name or "=(load)") end
+
+-- PUC Lua hooks are per coroutine: give new coroutines the budget too.
+local co = copy(coroutine)
+if not jit then
+  local create = coroutine.create
+  co.create = function(f)
+    local c = create(f)
+    if BUDGET > 0 then sethook(c, hook, "", BUDGET) end
+    return c
+  end
+  co.wrap = function(f)
+    local c = co.create(f)
+    return function(...)
+      local r = { coroutine.resume(c, ...) }
+      if not r[1] then error(r[2], 0) end
+      return unpack(r, 2, select("#", unpack(r)))
+    end
+  end
+end
+env.coroutine = co
+
+if cfg.profile == "lab" then
+  env.string = copy(string, { dump = true })
+  env.table = copy(table)
+  env.math = copy(math)
+  getmetatable("").__index = env.string
+else
+  -- xt_LUA opens only the base library (and coroutine): no string, table, math, io, os;
+  -- strings have no methods.
+  env.collectgarbage = collectgarbage
+  env.gcinfo = rawget(_G, "gcinfo")
+  env.newproxy = rawget(_G, "newproxy")
+  getmetatable("").__index = nil
+end
+
+-- The PacketScript globals.
+for k, v in pairs(A.globals) do env[k] = v end
+env.NF_DROP, env.NF_ACCEPT, env.XT_CONTINUE = 0, 1, 4294967295
+env.STATE_ID = cfg.state_id
+env.supported_protocols = A.supported
+env.register_dynamic_protbuf = A.register_dynamic_protbuf
+local now_ms = 0
+local random = math.random
+if cfg.seed then math.randomseed(cfg.seed) end
+env.nf = {
+  get_time = function() return now_ms end,
+  get_random = function() return random(0, 4294967295) end,
+}
+env._G = env
+A.set_env(env)
+
+local SKB = rawget(_G, "newproxy") and newproxy() or setmetatable({}, { __metatable = "skb" })
+
+-- ---------------------------------------------------------------- compiling
+function E.compile(src, prelude)
+  if prelude then
+    local pf, perr = load_text(prelude, "=prelude")
+    if not pf then return false, perr, 0 end
+    pf()
+  end
+  local fn, err = load_text(src, SOURCE)
+  if not fn then
+    local _, _, l = sfind(err, PREFIX)
+    if l then return false, ssub(err, #CHUNK + #l + 4), tonumber(l) end
+    return false, err, 0
+  end
+  arm(BUDGET > 0 and BUDGET * 10 or 0)           -- the top level may do some set-up work
+  local ok, e = xpcall(fn, handler)
+  sethook()
+  if not ok then return false, e[1], e[2] or 0 end
+  if type(env[FN]) ~= "function" then
+    return false, "the script defines no function '" .. FN .. "'", 0
+  end
+  return true
+end
+
+-- ---------------------------------------------------------------- one packet
+local raw = A.PROTO[0]
+local cur_p
+local function call_user()
+  local f = env[FN]
+  if type(f) ~= "function" then error("the script's function '" .. FN .. "' is not defined", 0) end
+  return f(cur_p, SKB)
+end
+
+local function verdict_code(v)
+  if v == 0 then return 0 elseif v == 1 then return 1 elseif v == 4294967295 or v == -1 then return 2 end
+end
+
+local function bad_verdict(v)
+  local info = getinfo(env[FN], "S")
+  if type(v) ~= "number" then
+    return { "function '" .. FN .. "' must return a verdict (NF_DROP, NF_ACCEPT or XT_CONTINUE), got " .. type(v),
+             info and info.lastlinedefined }
+  end
+  return { "verdict " .. tostring(v) .. " is not supported here: return NF_DROP, NF_ACCEPT or XT_CONTINUE",
+           info and info.lastlinedefined }
+end
+
+-- Runs the script on the packet in the API's buffer. Returns code (0 drop, 1 accept,
+-- 2 continue), whether bytes changed, and the error {message, line} if it failed.
+local function process(len, ts)
+  A.begin(len)
+  now_ms = ts
+  cur_p = setmetatable({ o = 0, n = len }, raw.mt)
+  arm(BUDGET)
+  local ok, v = xpcall(call_user, handler)
+  sethook()
+  local code, err
+  if ok then
+    code = verdict_code(v)
+    if not code then err = bad_verdict(v) end
+  else
+    err = v
+  end
+  if err then return ON_ERROR, false, err end
+  local changed = A.dirty()
+  if changed and FIX then A.fix_checksums(len) end
+  return code, changed, err
+end
+
+-- ---------------------------------------------------------------- drivers
+local buf, cap = nil, 0
+local function ensure(n)
+  if n > cap then
+    cap = math.max(n, 2 * cap, 65536 + 64)
+    buf = ffi and ffi.new("uint8_t[?]", cap) or {}
+  end
+end
+
+local CHUNKSZ = 4096
+local function load_string(s, n)               -- Lua table buffer, indexed from 0
+  for i = 1, n, CHUNKSZ do
+    local bytes = { sbyte(s, i, math.min(i + CHUNKSZ - 1, n)) }
+    for j = 1, #bytes do buf[i + j - 2] = bytes[j] end
+  end
+end
+local function table_string(n)
+  local parts, t = {}, {}
+  for i = 0, n - 1, CHUNKSZ do
+    local last = math.min(i + CHUNKSZ, n) - 1
+    for j = i, last do t[j - i + 1] = buf[j] end
+    parts[#parts + 1] = schar(unpack(t, 1, last - i + 1))
+  end
+  return concat(parts)
+end
+
+-- One packet given as a string: code, changed, new bytes or nil, error message, error
+-- line, number of printed lines waiting.
+function E.run_one(s, ts)
+  local n = #s
+  ensure(n)
+  if ffi then ffi.copy(buf, s, n) else load_string(s, n) end
+  A.set_buffer(buf)
+  local code, changed, err = process(n, ts)
+  local out
+  if changed then out = ffi and ffi.string(buf, n) or table_string(n) end
+  if err then return code, changed, out, err[1], err[2], #OUT end
+  return code, changed, out, nil, nil, #OUT
+end
+
+-- A batch (LuaJIT): blob holds the packets back to back, lens their int32 lengths, tss
+-- their float64 times in ms. Returns one result byte per packet (code + 4 if changed +
+-- 8 if failed), the blob after the scripts if any packet changed, and the errors as a
+-- list of {index, message, line}.
+if ffi then
+  local results, rcap = nil, 0
+  function E.run_batch(blob, lens, tss, count)
+    local total = #blob
+    ensure(total)
+    ffi.copy(buf, blob, total)
+    if count > rcap then rcap = count; results = ffi.new("uint8_t[?]", rcap) end
+    local L = ffi.cast("const int32_t *", ffi.cast("const char *", lens))
+    local T = ffi.cast("const double *", ffi.cast("const char *", tss))
+    local errs, any, off = {}, false, 0
+    for i = 0, count - 1 do
+      local n = L[i]
+      A.set_buffer(buf + off)
+      local code, changed, err = process(n, T[i])
+      if err then
+        errs[#errs + 1] = { i, err[1], err[2] }
+        code = code + 8
+      elseif changed then
+        any = true
+        code = code + 4
+      end
+      results[i] = code
+      off = off + n
+    end
+    return ffi.string(results, count), any and ffi.string(buf, total) or nil, errs, #OUT
+  end
+end
+
+return E

@@ -1,0 +1,236 @@
+"""Compile a PacketScript-style Lua script and run it on packets.
+
+A :class:`Script` owns one Lua runtime (lupa) with the packet API loaded, a sandboxed
+environment for the user's code, and the user's globals, which persist between packets.
+"""
+from __future__ import annotations
+
+import array
+import importlib
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+
+from packetscript_lab.verdicts import BY_CODE
+
+RUNTIMES = {"luajit": "lupa.luajit21", "5.1": "lupa.lua51", "5.4": "lupa.lua54"}
+PROFILES = ("lab", "kernel")
+ON_ERROR = {"drop": 0, "accept": 1}
+MAX_KEPT_ERRORS = 20
+MAX_OUTPUT_LINES = 1000
+
+# A synthetic Ethernet header for IP packets (run_ip): locally administered MACs, IPv4.
+DEFAULT_ETH_HEADER = bytes.fromhex("020000000002" "020000000001" "0800")
+
+
+class ScriptError(Exception):
+    """The script does not compile, or its top level fails, or an option is wrong."""
+
+    def __init__(self, message: str, line: int | None = None, name: str = "script"):
+        self.message, self.line, self.name = message, line, name
+        where = f"{name}:{line}: " if line else f"{name}: "
+        super().__init__(where + message)
+
+
+@dataclass
+class ScriptRuntimeError:
+    """A failure of the script on one packet (kept for the first few distinct errors)."""
+
+    message: str
+    line: int | None
+    count: int = 1
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line else self.message
+
+
+class RunResult:
+    """What a script did with one packet."""
+
+    __slots__ = ("verdict", "data", "modified", "error", "eth_modified")
+
+    def __init__(self, verdict, data, modified, error=None, eth_modified=False):
+        self.verdict, self.data, self.modified = verdict, data, modified
+        self.error, self.eth_modified = error, eth_modified
+
+    def __repr__(self) -> str:
+        extra = f", error={self.error}" if self.error else ""
+        return f"RunResult({self.verdict}, modified={self.modified}{extra})"
+
+
+def _lua_source(name: str) -> bytes:
+    return resources.files("packetscript_lab").joinpath("lua", name).read_bytes()
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+@dataclass
+class _ErrorLog:
+    """Counts failed packets and keeps the first distinct errors."""
+
+    count: int = 0
+    kept: list = field(default_factory=list)
+
+    def add(self, message: str, line: int | None) -> ScriptRuntimeError:
+        self.count += 1
+        for err in self.kept:
+            if err.message == message and err.line == line:
+                err.count += 1
+                return err
+        err = ScriptRuntimeError(message, line)
+        if len(self.kept) < MAX_KEPT_ERRORS:
+            self.kept.append(err)
+        return err
+
+
+class Script:
+    """A compiled PacketScript script.
+
+    ``lua`` picks the runtime (LuaJIT is fast; 5.1 is the kernel's language version),
+    ``profile`` the libraries the script sees (``lab``: base, string, table, math,
+    coroutine; ``kernel``: what xt_LUA offers), ``budget`` the instructions one packet may
+    take, ``on_error`` the verdict of a packet whose script failed.
+    """
+
+    def __init__(self, source: str, *, name: str = "script", lua: str = "luajit",
+                 profile: str = "lab", fix_checksums: bool = True, budget: int = 1_000_000,
+                 on_error: str = "drop", function: str = "process_packet", state_id: int = 0,
+                 line_offset: int = 0, seed: int | None = None, faithful: bool = False):
+        if lua not in RUNTIMES:
+            raise ValueError(f"unknown Lua runtime {lua!r}: choose one of {', '.join(RUNTIMES)}")
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}: choose 'lab' or 'kernel'")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"unknown on_error {on_error!r}: choose 'drop' or 'accept'")
+        if not isinstance(budget, int) or budget < 0:
+            raise ValueError("budget must be a whole number of instructions (0 for no limit)")
+        if faithful and profile != "kernel":
+            raise ValueError("faithful=True imitates the kernel module: use it with profile='kernel'")
+        self.source, self.name, self.lua, self.profile = source, name, lua, profile
+        self.function, self.budget, self.on_error = function, budget, on_error
+        self.line_offset, self.faithful = line_offset, faithful
+        self.fix_checksums = fix_checksums and not faithful
+        self.eth_header = DEFAULT_ETH_HEADER
+        self.output: list[str] = []
+        self._errors = _ErrorLog()
+
+        runtime = importlib.import_module(RUNTIMES[lua])
+        self._lua = runtime.LuaRuntime(encoding=None, register_eval=False, register_builtins=False)
+        g = self._lua.globals()
+        loader = g.loadstring or g.load
+        packet_api = loader(_lua_source("packet.lua"), b"=packet.lua")
+        runner = loader(_lua_source("runner.lua"), b"=runner.lua")
+        cfg = self._lua.table_from({
+            b"ffi": lua == "luajit", b"profile": profile.encode(), b"budget": budget,
+            b"function": function.encode(), b"state_id": state_id, b"seed": seed,
+            b"fix_checksums": self.fix_checksums, b"on_error_code": ON_ERROR[on_error],
+            b"chunkname": name.encode(),
+        })
+        self._engine = runner(packet_api, cfg)
+        self._run_one = self._engine.run_one
+        self._run_batch = self._engine.run_batch if lua == "luajit" else None
+
+        code, prelude = source, None
+        if faithful:
+            from packetscript_lab.kernel import faithful as kernel_faithful
+            code, prelude = kernel_faithful.transform(source), kernel_faithful.FAITHFUL_PRELUDE
+        result = self._engine.compile(code.encode(), prelude.encode() if prelude else None)
+        ok, message, line = (result if isinstance(result, tuple) else (result, None, None))
+        if not ok:
+            raise ScriptError(_text(message), self._line(line), name)
+        self._drain_output()
+
+    # ------------------------------------------------------------------ running
+    @property
+    def error_count(self) -> int:
+        """How many packets the script failed on."""
+        return self._errors.count
+
+    @property
+    def errors(self) -> list[ScriptRuntimeError]:
+        """The first distinct errors, each with its line and how often it happened."""
+        return list(self._errors.kept)
+
+    def run(self, frame: bytes, ts: float | None = None) -> RunResult:
+        """Run the script on one Ethernet frame. ``ts`` (seconds) feeds ``nf.get_time()``."""
+        ms = int((time.monotonic() if ts is None else ts) * 1000)
+        code, changed, out, emsg, eline, nout = self._run_one(frame, ms)
+        if nout:
+            self._drain_output()
+        error = self._errors.add(_text(emsg), self._line(eline)) if emsg is not None else None
+        return RunResult(BY_CODE[code], out if changed else frame, bool(changed), error)
+
+    def run_ip(self, packet: bytes, ts: float | None = None) -> RunResult:
+        """Run the script on an IP packet behind the synthetic header ``eth_header``.
+
+        The result's data is the IP packet again; ``eth_modified`` tells that the script
+        changed the Ethernet header, which cannot travel with an IP packet.
+        """
+        header = self.eth_header
+        result = self.run(header + packet, ts)
+        data = result.data
+        result.data = data[14:] if result.modified else packet
+        if result.modified:
+            result.eth_modified = data[:14] != header
+            result.modified = result.data != packet
+        return result
+
+    def run_many(self, frames: list[bytes], times_ms: list[float] | None = None):
+        """Run the script over many frames. Returns (codes, changed frames by index, errors).
+
+        codes is one byte per frame: 0 drop, 1 accept, 2 continue, plus 4 when the frame
+        changed and 8 when the script failed on it.
+        """
+        if times_ms is None:
+            now = time.monotonic() * 1000
+            times_ms = [now] * len(frames)
+        if self._run_batch is None:
+            return self._run_many_single(frames, times_ms)
+        lens = array.array("i", map(len, frames))
+        codes, blob, errs, nout = self._run_batch(
+            b"".join(frames), lens.tobytes(), array.array("d", times_ms).tobytes(), len(frames))
+        if nout:
+            self._drain_output()
+        changed = {}
+        if blob is not None:
+            offset = 0
+            for i, (n, c) in enumerate(zip(lens, codes)):
+                if c & 4:
+                    changed[i] = blob[offset:offset + n]
+                offset += n
+        errors = {}
+        for entry in errs.values():
+            index, message, line = entry[1], entry[2], entry[3]
+            errors[index] = self._errors.add(_text(message), self._line(line))
+        return codes, changed, errors
+
+    def _run_many_single(self, frames, times_ms):
+        codes, changed, errors = bytearray(len(frames)), {}, {}
+        for i, (frame, ms) in enumerate(zip(frames, times_ms)):
+            code, ch, out, emsg, eline, nout = self._run_one(frame, int(ms))
+            if nout:
+                self._drain_output()
+            if emsg is not None:
+                errors[i] = self._errors.add(_text(emsg), self._line(eline))
+                code += 8
+            elif ch:
+                changed[i] = out
+                code += 4
+            codes[i] = code
+        return bytes(codes), changed, errors
+
+    # ------------------------------------------------------------------ helpers
+    def _line(self, line) -> int | None:
+        return int(line) + self.line_offset if line else None
+
+    def _drain_output(self) -> None:
+        lines = self._engine.take_output()
+        room = MAX_OUTPUT_LINES - len(self.output)
+        self.output.extend(_text(v) for v in list(lines.values())[:max(room, 0)])
+
+    def __repr__(self) -> str:
+        return f"Script({self.name!r}, lua={self.lua}, profile={self.profile})"
