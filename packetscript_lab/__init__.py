@@ -3,19 +3,18 @@
 Compile a script with :class:`Script`, replay it over a pcap with :func:`replay`, or attach
 it to live traffic in a private network with :class:`Lab`.
 """
+from packetscript_lab.backends.replay import ReplayError, ReplayResult, replay
 from packetscript_lab.script import RunResult, Script, ScriptError, ScriptRuntimeError
 
 __all__ = ["Script", "ScriptError", "ScriptRuntimeError", "RunResult", "replay", "ReplayResult",
-           "Lab", "LabError"]
+           "ReplayError", "Lab", "LabError"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # The replay backend and the lab load on first use: importing scapy takes a while.
-    if name in ("replay", "ReplayResult"):
-        from packetscript_lab import replay as _replay
-        return getattr(_replay, name)
+    # The lab loads on first use: it brings pyroute2 and NetfilterQueue.
     if name in ("Lab", "LabError"):
-        from packetscript_lab import lab as _lab
-        return getattr(_lab, name)
+        import importlib
+
+        return getattr(importlib.import_module("packetscript_lab.lab"), name)
     raise AttributeError(f"module 'packetscript_lab' has no attribute {name!r}")

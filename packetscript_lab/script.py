@@ -97,7 +97,7 @@ class Script:
     """
 
     def __init__(self, source: str, *, name: str = "script", lua: str = "luajit",
-                 profile: str = "lab", fix_checksums: bool = True, budget: int = 1_000_000,
+                 profile: str = "lab", fix_checksums: bool = True, budget: int = 100_000,
                  on_error: str = "drop", function: str = "process_packet", state_id: int = 0,
                  line_offset: int = 0, seed: int | None = None, faithful: bool = False):
         if lua not in RUNTIMES:
@@ -180,36 +180,30 @@ class Script:
         return result
 
     def run_many(self, frames: list[bytes], times_ms: list[float] | None = None):
-        """Run the script over many frames. Returns (codes, changed frames by index, errors).
+        """Run the script over many Ethernet frames, crossing into Lua once (on LuaJIT).
 
-        codes is one byte per frame: 0 drop, 1 accept, 2 continue, plus 4 when the frame
-        changed and 8 when the script failed on it.
+        Returns ``(codes, blob, errors)``: one code byte per frame (0 drop, 1 accept,
+        2 continue, plus 4 when the frame changed and 8 when the script failed on it), the
+        frames after the script back to back (None when none changed), and the errors by
+        frame index.
         """
         if times_ms is None:
-            now = time.monotonic() * 1000
-            times_ms = [now] * len(frames)
+            times_ms = [time.monotonic() * 1000] * len(frames)
         if self._run_batch is None:
             return self._run_many_single(frames, times_ms)
-        lens = array.array("i", map(len, frames))
         codes, blob, errs, nout = self._run_batch(
-            b"".join(frames), lens.tobytes(), array.array("d", times_ms).tobytes(), len(frames))
+            b"".join(frames), array.array("i", map(len, frames)).tobytes(),
+            array.array("d", times_ms).tobytes(), len(frames))
         if nout:
             self._drain_output()
-        changed = {}
-        if blob is not None:
-            offset = 0
-            for i, (n, c) in enumerate(zip(lens, codes)):
-                if c & 4:
-                    changed[i] = blob[offset:offset + n]
-                offset += n
         errors = {}
         for entry in errs.values():
             index, message, line = entry[1], entry[2], entry[3]
             errors[index] = self._errors.add(_text(message), self._line(line))
-        return codes, changed, errors
+        return codes, blob, errors
 
     def _run_many_single(self, frames, times_ms):
-        codes, changed, errors = bytearray(len(frames)), {}, {}
+        codes, outs, errors = bytearray(len(frames)), [], {}
         for i, (frame, ms) in enumerate(zip(frames, times_ms)):
             code, ch, out, emsg, eline, nout = self._run_one(frame, int(ms))
             if nout:
@@ -218,10 +212,11 @@ class Script:
                 errors[i] = self._errors.add(_text(emsg), self._line(eline))
                 code += 8
             elif ch:
-                changed[i] = out
                 code += 4
             codes[i] = code
-        return bytes(codes), changed, errors
+            outs.append(out if ch else frame)
+        changed = any(c & 4 for c in codes)
+        return bytes(codes), b"".join(outs) if changed else None, errors
 
     # ------------------------------------------------------------------ helpers
     def _line(self, line) -> int | None:

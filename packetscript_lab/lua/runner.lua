@@ -10,9 +10,8 @@ local type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatabl
       type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable
 local floor, sbyte, schar, sfind, ssub, sgsub, concat =
       math.floor, string.byte, string.char, string.find, string.sub, string.gsub, table.concat
-local sethook, getinfo = debug.sethook, debug.getinfo
+local getinfo = debug.getinfo
 local ffi = cfg.ffi and require("ffi") or nil
-local jit = rawget(_G, "jit")
 local unpack = unpack or table.unpack
 
 local E = {}
@@ -40,11 +39,12 @@ local function user_line()
   end
 end
 
+local BUDGET_MT
+
 local function handler(msg)
-  sethook()                                   -- the budget must not fire in here
   local line = user_line()
   if type(msg) ~= "string" then
-    if type(msg) == "table" and msg.budget then return msg end
+    if getmetatable(msg) == BUDGET_MT then return msg end
     msg = "error object is not a string: " .. tostring(msg)
   end
   local _, _, l = sfind(msg, PREFIX)
@@ -68,12 +68,75 @@ function E.take_output()
 end
 
 -- ---------------------------------------------------------------- budget
-local function hook()
-  local line = user_line()
-  sethook()
-  error({ "instruction budget of " .. BUDGET .. " exceeded (endless loop?)", line }, 0)
+-- The budget counts steps: loop iterations, function calls and jumps back to a label.
+-- A check is written into the user's source at each of those places (same lines), so the
+-- script stays JIT-compiled; a debug hook would switch LuaJIT to its slow interpreter for
+-- every packet. Straight-line code between two checks is bounded by the source's length.
+local steps, limit = 0, 0
+BUDGET_MT = {}                                -- marks the budget's own error object
+local function tick()
+  steps = steps + 1
+  if steps > limit then
+    error(setmetatable({ "budget of " .. limit .. " steps (loop iterations and calls) exceeded: endless loop?",
+                         user_line() }, BUDGET_MT), 0)
+  end
 end
-local function arm(n) if n > 0 then sethook(hook, "", n) end end
+local function arm(n) steps = 0; limit = n > 0 and n or math.huge end
+
+local TICK = " __ps_tick() "
+local function instrument(src)
+  local out, from, i, n = {}, 1, 1, #src
+  local in_params = false                     -- between 'function' and the end of its parameters
+  local function insert_after(pos)
+    out[#out + 1] = ssub(src, from, pos)
+    out[#out + 1] = TICK
+    from = pos + 1
+  end
+  while i <= n do
+    local c = ssub(src, i, i)
+    if c == "-" and ssub(src, i + 1, i + 1) == "-" then
+      local _, e, eq = sfind(src, "^%[(=*)%[", i + 2)
+      if e then
+        local _, ce = sfind(src, "]" .. eq .. "]", e + 1, true)
+        i = (ce or n) + 1
+      else
+        i = (sfind(src, "\n", i + 2, true) or n) + 1
+      end
+    elseif c == '"' or c == "'" then
+      local j = i + 1
+      while j <= n do
+        local d = ssub(src, j, j)
+        if d == "\\" then j = j + 2 elseif d == c or d == "\n" then break else j = j + 1 end
+      end
+      i = j + 1
+    elseif c == "[" and sfind(src, "^%[=*%[", i) then
+      local _, e, eq = sfind(src, "^%[(=*)%[", i)
+      local _, ce = sfind(src, "]" .. eq .. "]", e + 1, true)
+      i = (ce or n) + 1
+    elseif sfind(c, "^[%a_]") then
+      local _, e = sfind(src, "^[%w_]+", i)
+      local w = ssub(src, i, e)
+      if w == "do" or w == "repeat" then insert_after(e)
+      elseif w == "function" then in_params = true end
+      i = e + 1
+    elseif sfind(c, "^%d") then
+      local _, e = sfind(src, "^[%w_%.]+", i)
+      i = e + 1
+    elseif c == ")" and in_params then
+      in_params = false
+      insert_after(i)
+      i = i + 1
+    elseif c == ":" and ssub(src, i + 1, i + 1) == ":" then
+      local _, e = sfind(src, "^::%s*[%a_][%w_]*%s*::", i)
+      if e then insert_after(e); i = e + 1 else i = i + 2 end
+    else
+      i = i + 1
+    end
+  end
+  out[#out + 1] = ssub(src, from)
+  return "local __ps_tick = __ps_tick; " .. concat(out)
+end
+E.instrument = instrument
 
 -- ---------------------------------------------------------------- sandbox
 local function copy(t, except)
@@ -94,6 +157,7 @@ env.print = user_print
 local function load_text(src, name)
   if type(src) ~= "string" then return nil, "only source text can be loaded" end
   if sbyte(src, 1) == 27 then return nil, "loading precompiled bytecode is not allowed" end
+  src = instrument(src)
   local fn, err
   if setfenv then
     fn, err = loadstring(src, name)
@@ -101,30 +165,12 @@ local function load_text(src, name)
   else
     fn, err = load(src, name, "t", env)
   end
-  if fn and jit then jit.off(fn, true) end     -- interpreted, so the budget hook sees it
   return fn, err
 end
 env.loadstring = function(src, name) return load_text(src, name or "=(loadstring)") end
 env.load = function(src, name) return load_text(src, name or "=(load)") end
 
--- PUC Lua hooks are per coroutine: give new coroutines the budget too.
 local co = copy(coroutine)
-if not jit then
-  local create = coroutine.create
-  co.create = function(f)
-    local c = create(f)
-    if BUDGET > 0 then sethook(c, hook, "", BUDGET) end
-    return c
-  end
-  co.wrap = function(f)
-    local c = co.create(f)
-    return function(...)
-      local r = { coroutine.resume(c, ...) }
-      if not r[1] then error(r[2], 0) end
-      return unpack(r, 2, select("#", unpack(r)))
-    end
-  end
-end
 env.coroutine = co
 
 if cfg.profile == "lab" then
@@ -154,6 +200,7 @@ env.nf = {
   get_time = function() return now_ms end,
   get_random = function() return random(0, 4294967295) end,
 }
+env.__ps_tick = tick
 env._G = env
 A.set_env(env)
 
@@ -174,7 +221,6 @@ function E.compile(src, prelude)
   end
   arm(BUDGET > 0 and BUDGET * 10 or 0)           -- the top level may do some set-up work
   local ok, e = xpcall(fn, handler)
-  sethook()
   if not ok then return false, e[1], e[2] or 0 end
   if type(env[FN]) ~= "function" then
     return false, "the script defines no function '" .. FN .. "'", 0
@@ -213,7 +259,6 @@ local function process(len, ts)
   cur_p = setmetatable({ o = 0, n = len }, raw.mt)
   arm(BUDGET)
   local ok, v = xpcall(call_user, handler)
-  sethook()
   local code, err
   if ok then
     code = verdict_code(v)

@@ -1,0 +1,1 @@
+"""Backends that run scripts on packets: replay (pcap files, no privileges)."""

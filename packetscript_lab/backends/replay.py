@@ -1,0 +1,260 @@
+"""The replay backend: run a script over a pcap/pcapng file or a list of packets.
+
+No privileges needed. Packets cross into Lua in batches (one call per few thousand
+packets on LuaJIT), and scapy's dissection stays out of the hot path: files are read with
+its raw reader, and only frames as bytes are handled here.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packetscript_lab import verdicts
+from packetscript_lab.script import DEFAULT_ETH_HEADER, Script
+
+BATCH = 4096
+
+# Link types (pcap LINKTYPE_*) and how to reach an Ethernet frame from them.
+ETHERNET, RAW_IP, LINUX_SLL, LINUX_SLL2 = 1, 101, 113, 276
+_RAW_IP_TYPES = {12, 14, RAW_IP, 228}          # DLT_RAW variants and LINKTYPE_IPV4
+_SUPPORTED = "Ethernet (1), raw IP (12, 14, 101, 228), Linux cooked SLL (113) and SLL2 (276)"
+
+
+class ReplayError(Exception):
+    """The input cannot be replayed: missing file, not a capture, unsupported link type."""
+
+
+@dataclass
+class ReplayResult:
+    """Counts and output of one replay."""
+
+    packets: int = 0
+    verdicts: dict = field(default_factory=lambda: dict.fromkeys(verdicts.ALL, 0))
+    errors: int = 0
+    modified: int = 0
+    eth_changes: int = 0       # raw-IP input whose synthetic Ethernet header the script changed
+    elapsed: float = 0.0
+    linktype: int = ETHERNET
+    output: list = field(default_factory=list)          # passing packets as bytes, input link type
+    output_times: list = field(default_factory=list)
+    script: Script | None = None
+
+    @property
+    def pps(self) -> float:
+        return self.packets / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def script_errors(self):
+        return self.script.errors if self.script else []
+
+    def as_dict(self) -> dict:
+        """The CLI's --json object."""
+        return {"packets": self.packets, "verdicts": dict(self.verdicts), "errors": self.errors,
+                "modified": self.modified, "pps": round(self.pps, 1)}
+
+    def packets_out(self):
+        """The output as scapy packets (dissected now: slow on large captures)."""
+        from scapy.layers.inet import IP
+        from scapy.layers.l2 import CookedLinux, Ether
+
+        cls = {ETHERNET: Ether, LINUX_SLL: CookedLinux}.get(self.linktype, IP)
+        return [cls(data) for data in self.output]
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the output packets to a pcap file with the input's link type and times."""
+        from scapy.utils import RawPcapWriter
+
+        with RawPcapWriter(str(path), linktype=self.linktype, sync=False) as writer:
+            writer.write_header(None)
+            for data, ts in zip(self.output, self.output_times):
+                sec = int(ts)
+                writer.write_packet(data, sec=sec, usec=int(round((ts - sec) * 1e6)))
+
+
+# ---------------------------------------------------------------------- link layers
+def _framer(linktype: int):
+    """(to_ethernet, from_ethernet) for a link type: frames cross into the script as
+    Ethernet and come back in the input's own form."""
+    if linktype == ETHERNET:
+        return None, None
+    if linktype in _RAW_IP_TYPES:
+        return (lambda data: DEFAULT_ETH_HEADER + data), (lambda orig, frame: frame[14:])
+    if linktype in (LINUX_SLL, LINUX_SLL2):
+        hdr = 16 if linktype == LINUX_SLL else 20
+        proto_at = 14 if linktype == LINUX_SLL else 0
+
+        def to_eth(data):
+            return DEFAULT_ETH_HEADER[:12] + data[proto_at:proto_at + 2] + data[hdr:]
+
+        def from_eth(orig, frame):
+            return orig[:hdr] + frame[14:]
+        return to_eth, from_eth
+    raise ReplayError(f"link type {linktype} is not supported: replay reads {_SUPPORTED}")
+
+
+def _read_file(path: Path):
+    """Yield (linktype, batches of (data, time)) from a pcap or pcapng file."""
+    from scapy.error import Scapy_Exception
+    from scapy.utils import RawPcapReader
+
+    if not path.exists():
+        raise ReplayError(f"{path}: no such file")
+    if path.is_dir():
+        raise ReplayError(f"{path} is a directory, not a capture file")
+    try:
+        reader = RawPcapReader(str(path))
+    except (Scapy_Exception, EOFError, OSError, ValueError) as exc:
+        raise ReplayError(f"{path} is not a pcap or pcapng file ({exc}); "
+                          "write captures with tcpdump -w, Wireshark or scapy's wrpcap") from None
+    return reader
+
+
+def _open_capture(path: Path):
+    """(link type, batches of (frames, times in ms)) of a pcap or pcapng file."""
+    from scapy.error import Scapy_Exception
+    from scapy.utils import RawPcapNgReader
+
+    reader = _read_file(path)
+    pcapng = isinstance(reader, RawPcapNgReader)
+    packets = iter(reader)
+    try:
+        first = next(packets, None)
+    except (Scapy_Exception, ValueError, struct.error) as exc:
+        raise ReplayError(f"{path}: corrupt capture ({exc})") from None
+    if first is None:
+        return getattr(reader, "linktype", ETHERNET), iter(())
+    linktype = first[1].linktype if pcapng else reader.linktype
+
+    def batches():
+        frames, times, done = [], [], 0
+        try:
+            for data, meta in itertools.chain([first], packets):
+                if pcapng:   # a 64-bit timestamp in units of 1/tsresol s
+                    if meta.linktype != linktype:
+                        raise ReplayError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
+                                          "replay one interface at a time (e.g. editcap or tshark -r … -w)")
+                    times.append(((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
+                else:
+                    if len(data) != meta.caplen:
+                        raise ReplayError(f"{path}: packet {done + len(frames) + 1} is cut short "
+                                          f"({len(data)} of {meta.caplen} bytes): the file is truncated")
+                    times.append(meta.sec * 1000.0 + meta.usec / 1000.0)
+                frames.append(data)
+                if len(frames) == BATCH:
+                    yield frames, times
+                    done += BATCH
+                    frames, times = [], []
+        except (Scapy_Exception, ValueError, struct.error) as exc:
+            raise ReplayError(f"{path}: corrupt capture after packet {done + len(frames)} ({exc})") from None
+        finally:
+            reader.close()
+        if frames:
+            yield frames, times
+    return linktype, batches()
+
+
+def _batches_from_packets(packets):
+    """Lists of scapy packets or bytes. Link type from the first packet."""
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+
+    linktype = ETHERNET
+    if packets and not isinstance(packets[0], (bytes, bytearray)):
+        if not isinstance(packets[0], Ether):
+            if isinstance(packets[0], IP):
+                linktype = RAW_IP
+            else:
+                raise ReplayError(f"packets must start at Ether or IP, not {type(packets[0]).__name__}")
+
+    def gen():
+        for start in range(0, len(packets), BATCH):
+            chunk = packets[start:start + BATCH]
+            frames = [bytes(p) for p in chunk]
+            times = [float(getattr(p, "time", start + i)) * 1000 for i, p in enumerate(chunk)]
+            yield frames, times
+    return linktype, gen()
+
+
+# ---------------------------------------------------------------------- replay
+def replay(script_or_source, packets_or_path, out=None, progress=False, keep_output=True,
+           **script_kwargs) -> ReplayResult:
+    """Run a script over a pcap/pcapng file or a list of scapy packets (or frames as bytes).
+
+    Returns the counts per verdict (error verdicts included), the number of packets the
+    script failed on and changed, and the passing packets as modified. ``out`` writes them
+    to a pcap file. ``script_kwargs`` go to :class:`Script` when a source is given.
+    """
+    script = script_or_source if isinstance(script_or_source, Script) else Script(
+        script_or_source, **script_kwargs)
+    if isinstance(packets_or_path, (str, os.PathLike)):
+        path = Path(packets_or_path)
+        linktype, batches = _open_capture(path)
+        total_bytes = path.stat().st_size
+    else:
+        linktype, batches = _batches_from_packets(list(packets_or_path))
+        total_bytes = None
+    to_eth, from_eth = _framer(linktype)
+
+    result = ReplayResult(linktype=linktype, script=script)
+    bar = _progress_bar(progress, total_bytes)
+    codes_seen = [0] * 16
+    started = time.perf_counter()
+    for frames, times in batches:
+        eth_frames = [to_eth(d) for d in frames] if to_eth else frames
+        codes, blob, _errors = script.run_many(eth_frames, times)
+        for code in set(codes):
+            codes_seen[code] += codes.count(code)
+        if blob is not None and to_eth:
+            result.eth_changes += _count_eth_changes(eth_frames, codes, blob)
+        if keep_output:
+            _collect_output(result, frames, eth_frames, times, codes, blob, from_eth)
+        result.packets += len(frames)
+        if bar is not None:
+            bar.update(sum(map(len, frames)) + 16 * len(frames))
+    result.elapsed = time.perf_counter() - started
+    if bar is not None:
+        bar.close()
+    result.verdicts = {v: sum(n for c, n in enumerate(codes_seen) if c & 3 == i)
+                       for i, v in enumerate(verdicts.BY_CODE)}
+    result.errors = sum(n for c, n in enumerate(codes_seen) if c & 8)
+    result.modified = sum(n for c, n in enumerate(codes_seen) if c & 4)
+    if out is not None:
+        result.write(out)
+    return result
+
+
+def _offsets(frames):
+    return itertools.accumulate(map(len, frames), initial=0)
+
+
+def _collect_output(result, frames, eth_frames, times, codes, blob, from_eth):
+    """Append the passing packets (as changed) to result.output, in the input's form."""
+    if blob is None:
+        result.output += [f for f, c in zip(frames, codes) if c & 3]
+        result.output_times += [t / 1000 for t, c in zip(times, codes) if c & 3]
+        return
+    for f, ef, t, c, o in zip(frames, eth_frames, times, codes, _offsets(eth_frames)):
+        if c & 3:
+            if c & 4:
+                new = blob[o:o + len(ef)]
+                f = from_eth(f, new) if from_eth else new
+            result.output.append(f)
+            result.output_times.append(t / 1000)
+
+
+def _count_eth_changes(eth_frames, codes, blob):
+    """Frames whose synthetic Ethernet header the script changed (it cannot be kept)."""
+    return sum(1 for ef, c, o in zip(eth_frames, codes, _offsets(eth_frames))
+               if c & 4 and blob[o:o + 14] != ef[:14])
+
+
+def _progress_bar(progress, total_bytes):
+    if not progress or total_bytes is None or total_bytes < 4 << 20:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc="replay", leave=False)
