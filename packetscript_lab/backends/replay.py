@@ -6,6 +6,8 @@ its raw reader, and only frames as bytes are handled here.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import os
 import struct
@@ -129,31 +131,43 @@ def _open_capture(path: Path):
         return getattr(reader, "linktype", ETHERNET), iter(())
     linktype = first[1].linktype if pcapng else reader.linktype
 
-    def batches():
-        frames, times, done = [], [], 0
-        try:
-            for data, meta in itertools.chain([first], packets):
-                if pcapng:   # a 64-bit timestamp in units of 1/tsresol s
-                    if meta.linktype != linktype:
-                        raise ReplayError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
-                                          "replay one interface at a time (e.g. editcap or tshark -r … -w)")
-                    times.append(((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
-                else:
-                    if len(data) != meta.caplen:
-                        raise ReplayError(f"{path}: packet {done + len(frames) + 1} is cut short "
-                                          f"({len(data)} of {meta.caplen} bytes): the file is truncated")
-                    times.append(meta.sec * 1000.0 + meta.usec / 1000.0)
-                frames.append(data)
-                if len(frames) == BATCH:
-                    yield frames, times
-                    done += BATCH
-                    frames, times = [], []
-        except (Scapy_Exception, ValueError, struct.error) as exc:
-            raise ReplayError(f"{path}: corrupt capture after packet {done + len(frames)} ({exc})") from None
-        finally:
-            reader.close()
+    def pcap_batches():
+        done = 0
+        while True:
+            chunk = list(itertools.islice(packets, BATCH)) if done else [first] + list(
+                itertools.islice(packets, BATCH - 1))
+            if not chunk:
+                return
+            # Only the last record of a file can be cut short: the reader stops after it.
+            data, meta = chunk[-1]
+            if len(data) != meta.caplen:
+                raise ReplayError(f"{path}: packet {done + len(chunk)} is cut short "
+                                  f"({len(data)} of {meta.caplen} bytes): the file is truncated")
+            yield ([d for d, _ in chunk],
+                   [sec * 1000.0 + usec / 1000.0 for _, (sec, usec, _w, _c) in chunk])
+            done += len(chunk)
+
+    def pcapng_batches():
+        frames, times = [], []
+        for data, meta in itertools.chain([first], packets):
+            if meta.linktype != linktype:
+                raise ReplayError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
+                                  "replay one interface at a time (split it with editcap or tshark)")
+            frames.append(data)
+            times.append(((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
+            if len(frames) == BATCH:
+                yield frames, times
+                frames, times = [], []
         if frames:
             yield frames, times
+
+    def batches():
+        try:
+            yield from (pcapng_batches() if pcapng else pcap_batches())
+        except (Scapy_Exception, ValueError, struct.error) as exc:
+            raise ReplayError(f"{path}: corrupt capture ({exc})") from None
+        finally:
+            reader.close()
     return linktype, batches()
 
 
@@ -203,18 +217,8 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
     bar = _progress_bar(progress, total_bytes)
     codes_seen = [0] * 16
     started = time.perf_counter()
-    for frames, times in batches:
-        eth_frames = [to_eth(d) for d in frames] if to_eth else frames
-        codes, blob, _errors = script.run_many(eth_frames, times)
-        for code in set(codes):
-            codes_seen[code] += codes.count(code)
-        if blob is not None and to_eth:
-            result.eth_changes += _count_eth_changes(eth_frames, codes, blob)
-        if keep_output:
-            _collect_output(result, frames, eth_frames, times, codes, blob, from_eth)
-        result.packets += len(frames)
-        if bar is not None:
-            bar.update(sum(map(len, frames)) + 16 * len(frames))
+    with _cyclic_gc_paused():
+        _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_seen, bar)
     result.elapsed = time.perf_counter() - started
     if bar is not None:
         bar.close()
@@ -227,23 +231,49 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
     return result
 
 
+def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_seen, bar):
+    for frames, times in batches:
+        eth_frames = [to_eth(d) for d in frames] if to_eth else frames
+        codes, blob, _errors = script.run_many(eth_frames, times)
+        for code in set(codes):
+            codes_seen[code] += codes.count(code)
+        if blob is not None and to_eth:
+            result.eth_changes += _count_eth_changes(eth_frames, codes, blob)
+        if keep_output:
+            _collect_output(result, frames, eth_frames, times, codes, blob, from_eth)
+        result.packets += len(frames)
+        if bar is not None:
+            bar.update(sum(map(len, frames)) + 16 * len(frames))
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused():
+    """Replay makes millions of short-lived objects and no reference cycles; the cyclic
+    collector would rescan the growing output list over and over."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _offsets(frames):
     return itertools.accumulate(map(len, frames), initial=0)
 
 
 def _collect_output(result, frames, eth_frames, times, codes, blob, from_eth):
     """Append the passing packets (as changed) to result.output, in the input's form."""
+    result.output_times += [t / 1000 for t, c in zip(times, codes) if c & 3]
     if blob is None:
         result.output += [f for f, c in zip(frames, codes) if c & 3]
-        result.output_times += [t / 1000 for t, c in zip(times, codes) if c & 3]
-        return
-    for f, ef, t, c, o in zip(frames, eth_frames, times, codes, _offsets(eth_frames)):
-        if c & 3:
-            if c & 4:
-                new = blob[o:o + len(ef)]
-                f = from_eth(f, new) if from_eth else new
-            result.output.append(f)
-            result.output_times.append(t / 1000)
+    elif from_eth is None:
+        result.output += [blob[o:o + len(f)] if c & 4 else f
+                          for f, c, o in zip(frames, codes, _offsets(frames)) if c & 3]
+    else:
+        result.output += [from_eth(f, blob[o:o + len(ef)]) if c & 4 else f
+                          for f, ef, c, o in zip(frames, eth_frames, codes, _offsets(eth_frames)) if c & 3]
 
 
 def _count_eth_changes(eth_frames, codes, blob):

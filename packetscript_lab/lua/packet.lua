@@ -149,8 +149,8 @@ local BYNAME = {}         -- name -> protocol
 local supported = {}      -- id -> name, the script's `supported_protocols`
 A.PROTO, A.supported = PROTO, supported
 
-local function seg_new(p, o, n, ch)
-  return setmetatable({ o = o, n = n, ch = ch }, p.mt)
+local function seg_new(p, o, n, ch, ip)
+  return setmetatable({ o = o, n = n, ch = ch, ip = ip }, p.mt)
 end
 
 local function check_self(seg, what)
@@ -166,9 +166,7 @@ local function convert(p, seg, o, n, t)
   if not p.has(seg, t, o, n) then return false end
   local ch
   if target.changes then ch = target.changes(seg_new(target, o, n)) end
-  local s = seg_new(target, o, n, ch)
-  s.ip = seg.ip or (p.id == 2 and seg.o) or nil
-  return s
+  return seg_new(target, o, n, ch, seg.ip or (p.id == 2 and seg.o) or nil)
 end
 
 local function raw_get(f) return ba_copy(f.o, f.n) end
@@ -254,7 +252,8 @@ end
 local function addr_set(f, s)
   local a = parse_addr(s)
   local old1, old2 = get16(f.o), get16(f.o + 2)
-  for i = 0, 3 do wr(f.o + i, a[i + 1]) end
+  local o = f.o                     -- written out: a 4-step loop would cost LuaJIT a trace
+  wr(o, a[1]); wr(o + 1, a[2]); wr(o + 2, a[3]); wr(o + 3, a[4])
   if fix_addr_checksum and f.ip then
     -- What xt_LUA does in the kernel: an incremental IP header checksum update (RFC 1624).
     local c = f.ip + 10

@@ -325,20 +325,37 @@ if ffi then
     if count > rcap then rcap = count; results = ffi.new("uint8_t[?]", rcap) end
     local L = ffi.cast("const int32_t *", ffi.cast("const char *", lens))
     local T = ffi.cast("const double *", ffi.cast("const char *", tss))
-    local errs, any, off = {}, false, 0
-    for i = 0, count - 1 do
-      local n = L[i]
-      A.set_buffer(buf + off)
-      local code, changed, err = process(n, T[i])
-      if err then
-        errs[#errs + 1] = { i, err[1], err[2] }
-        code = code + 8
-      elseif changed then
-        any = true
-        code = code + 4
+    local errs, any, i, off = {}, false, 0, 0
+    -- One protected call for the whole batch; a failing packet ends it, is recorded,
+    -- and the loop resumes with the next packet.
+    local function loop()
+      while i < count do
+        local n = L[i]
+        A.set_buffer(buf + off)
+        A.begin(n)
+        now_ms = T[i]
+        cur_p = setmetatable({ o = 0, n = n }, raw.mt)
+        arm(BUDGET)
+        local v = call_user()
+        local code = verdict_code(v)
+        if not code then error(setmetatable(bad_verdict(v), BUDGET_MT), 0) end
+        if A.dirty() then
+          if FIX then A.fix_checksums(n) end
+          any = true
+          code = code + 4
+        end
+        results[i] = code
+        off = off + n
+        i = i + 1
       end
-      results[i] = code
-      off = off + n
+    end
+    while true do
+      local ok, err = xpcall(loop, handler)
+      if ok then break end
+      errs[#errs + 1] = { i, err[1], err[2] }
+      results[i] = ON_ERROR + 8                -- its bytes are not used: the input stands
+      off = off + L[i]
+      i = i + 1
     end
     return ffi.string(results, count), any and ffi.string(buf, total) or nil, errs, #OUT
   end

@@ -1,0 +1,205 @@
+"""Kernel backend: attach a script with the real xt_LUA module (`-j LUA --script FILE`).
+
+Everything here works through one callable, `run(argv) -> CompletedProcess`, that runs a
+program inside the lab host's network namespace (the lab's `NetNS.sh(argv, check=False)`),
+so no rule ever lands in the host's own namespace.
+
+    detect(run)          -> Detection (truthy when the module and iptables' LUA extension exist)
+    require(run)         -> raises KernelModuleMissing with the install route
+    rule_args(...)       -> the iptables arguments of a LUA rule
+    KernelRule(run, ...) -> insert() / replace(path) / remove() / counters() of one attached script
+
+Statistics come from rule counters: the LUA rule counts every packet the script saw, and a
+target-less rule right after it (same match) counts the packets that came back with
+XT_CONTINUE. Accepted and dropped packets both stop there, so counters cannot tell them
+apart: `stopped` is their sum.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["Detection", "KernelModuleMissing", "KernelRule", "INSTALL_ROUTE", "detect",
+           "require", "rule_args", "counters"]
+
+Run = Callable[[list], subprocess.CompletedProcess]
+
+INSTALL_ROUTE = (
+    "Install PacketScript's xt_LUA module: on OpenWrt, `opkg install kmod-ipt-lua "
+    "iptables-mod-lua` (packages of xtables-addons); elsewhere build xtables-addons with "
+    "OpenWrt's LUA patch (net/xtables-addons/patches/200-add-lua-packetscript.patch in "
+    "openwrt/packages), which provides xt_LUA.ko and libxt_LUA.so, then `modprobe xt_LUA`. "
+    "Until then use backend=\"nfqueue\" (same script, same verdicts, in userspace) and "
+    "Script(..., profile=\"kernel\", faithful=True) for the kernel's arithmetic."
+)
+TARGETS_FILE = "/proc/net/ip_tables_targets"
+
+
+class KernelModuleMissing(RuntimeError):
+    """The xt_LUA kernel module (or iptables' LUA extension) is not available here."""
+
+    def __init__(self, detection: "Detection"):
+        self.detection = detection
+        super().__init__(f"the PacketScript kernel module is not available: {detection.detail}. "
+                         + INSTALL_ROUTE)
+
+
+@dataclass
+class Detection:
+    kernel_target: bool       # LUA registered in the kernel (or xt_LUA loadable)
+    iptables_extension: bool  # iptables knows `-j LUA` (libxt_LUA.so)
+    detail: str
+
+    @property
+    def present(self) -> bool:
+        return self.kernel_target and self.iptables_extension
+
+    def __bool__(self) -> bool:
+        return self.present
+
+
+def detect(run: Run, program: str = "iptables") -> Detection:
+    """Look for the LUA target in the namespace `run` executes in."""
+    targets = run(["cat", TARGETS_FILE])
+    loaded = targets.returncode == 0 and "LUA" in targets.stdout.split()
+    loadable = False
+    if not loaded:
+        info = _try(run, ["modinfo", "-n", "xt_LUA"])
+        loadable = info is not None and info.returncode == 0 and bool(info.stdout.strip())
+    ext = _try(run, [program, "-j", "LUA", "--help"])
+    has_ext = ext is not None and ext.returncode == 0 and "--script" in ext.stdout
+    missing = []
+    if not (loaded or loadable):
+        missing.append(f"no LUA target in {TARGETS_FILE} and no loadable xt_LUA module")
+    if not has_ext:
+        missing.append(f"`{program} -j LUA --help` fails (no libxt_LUA extension)")
+    return Detection(loaded or loadable, has_ext,
+                     "; ".join(missing) or ("LUA target loaded" if loaded else "xt_LUA loadable"))
+
+
+def _try(run: Run, argv: list[str]):
+    try:
+        return run(argv)
+    except (OSError, subprocess.SubprocessError):   # program not installed
+        return None
+
+
+def require(run: Run, program: str = "iptables") -> Detection:
+    found = detect(run, program)
+    if not found:
+        raise KernelModuleMissing(found)
+    return found
+
+
+def rule_args(chain: str, match: str | list[str], script_path: str, *,
+              function: str | None = None, state_id: int | None = None,
+              tag: str | None = None) -> list[str]:
+    """`CHAIN MATCH [-m comment --comment TAG] -j LUA --script FILE [--function] [--state]`."""
+    if state_id is not None and not 0 <= state_id <= 8:
+        raise ValueError(f"state id {state_id}: iptables accepts 0..8")
+    if len(script_path) > 256:
+        raise ValueError("the script path is over 256 characters (the rule's limit)")
+    m = shlex.split(match) if isinstance(match, str) else list(match)
+    args = [chain, *m]
+    if tag:
+        args += ["-m", "comment", "--comment", tag]
+    args += ["-j", "LUA", "--script", script_path]
+    if function is not None:
+        args += ["--function", function]
+    if state_id is not None:
+        args += ["--state", str(state_id)]
+    return args
+
+
+def counters(run: Run, table: str, chain: str, tag: str,
+             program: str = "iptables") -> list[tuple[int, int, int]]:
+    """(rule number, packets, bytes) of every rule in the chain whose comment is `tag`."""
+    res = run([program, "-t", table, "-L", chain, "-n", "-v", "-x", "--line-numbers"])
+    if res.returncode != 0:
+        raise RuntimeError(f"{program} -L {chain}: {(res.stderr or res.stdout).strip()}")
+    out = []
+    pattern = re.compile(r"/\* " + re.escape(tag) + r" \*/")
+    for line in res.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0].isdigit() and pattern.search(line):
+            out.append((int(fields[0]), int(fields[1]), int(fields[2])))
+    return out
+
+
+class KernelRule:
+    """One script attached as a LUA rule plus its XT_CONTINUE counting rule."""
+
+    def __init__(self, run: Run, *, tag: str, table: str, chain: str, match: str = "",
+                 function: str | None = None, state_id: int | None = None,
+                 program: str = "iptables"):
+        self.run, self.tag, self.table, self.chain = run, tag, table, chain
+        self.match, self.function, self.state_id, self.program = match, function, state_id, program
+        self.generation = 0
+        self.script_path: str | None = None
+
+    def _tag(self, kind: str, generation: int | None = None) -> str:
+        return f"{self.tag}:{self.generation if generation is None else generation}:{kind}"
+
+    def _ipt(self, *args: str) -> str:
+        res = self.run([self.program, "-t", self.table, *args])
+        if res.returncode != 0:
+            raise RuntimeError(f"{self.program} {' '.join(args)}: "
+                               f"{(res.stderr or res.stdout).strip()}")
+        return res.stdout
+
+    def _rules(self, script_path: str) -> tuple[list[str], list[str]]:
+        lua = rule_args(self.chain, self.match, script_path, function=self.function,
+                        state_id=self.state_id, tag=self._tag("lua"))
+        after = [self.chain, *shlex.split(self.match), "-m", "comment", "--comment",
+                 self._tag("continue")]
+        return lua, after
+
+    def insert(self, script_path: str) -> None:
+        """Append the rules; the kernel runs the script's top level now (errors refuse it)."""
+        require(self.run, self.program)
+        lua, after = self._rules(script_path)
+        self._ipt("-A", *lua)
+        try:
+            self._ipt("-A", *after)
+        except RuntimeError:
+            self._delete_generation(self.generation)
+            raise
+        self.script_path = script_path
+
+    def replace(self, script_path: str) -> None:
+        """Put the new script in front of the old one, then remove the old rules.
+
+        Packets keep meeting one of the two rules throughout. (With legacy iptables every
+        change reloads all LUA rules of the table, so their globals restart anyway.)
+        """
+        old = self.generation
+        first = min(n for n, _, _ in counters(self.run, self.table, self.chain,
+                                              self._tag("lua", old), self.program))
+        self.generation += 1
+        lua, after = self._rules(script_path)
+        self._ipt("-I", self.chain, str(first), *lua[1:])
+        self._ipt("-I", self.chain, str(first + 1), *after[1:])
+        self._delete_generation(old)
+        self.script_path = script_path
+
+    def remove(self) -> None:
+        self._delete_generation(self.generation)
+
+    def _delete_generation(self, generation: int) -> None:
+        numbers = [n for kind in ("lua", "continue")
+                   for n, _, _ in counters(self.run, self.table, self.chain,
+                                           self._tag(kind, generation), self.program)]
+        for n in sorted(numbers, reverse=True):
+            self._ipt("-D", self.chain, str(n))
+
+    def counters(self) -> dict:
+        """{"seen", "bytes", "continued", "stopped"} of the current script, from the rules."""
+        lua = counters(self.run, self.table, self.chain, self._tag("lua"), self.program)
+        cont = counters(self.run, self.table, self.chain, self._tag("continue"), self.program)
+        seen = sum(p for _, p, _ in lua)
+        continued = sum(p for _, p, _ in cont)
+        return {"seen": seen, "bytes": sum(b for _, _, b in lua), "continued": continued,
+                "stopped": seen - continued}

@@ -1,0 +1,10 @@
+"""The live lab: a private network of namespaces where scripts judge real traffic.
+
+See docs/lab.md. ``Lab`` lives in the notebook process; everything privileged happens in
+the lab process (``process.py``) it starts inside its own namespaces.
+"""
+from .client import AttachedScript, Capture, Lab, connect
+from .protocol import LabError
+from .topology import Host, Interface, describe
+
+__all__ = ["Lab", "LabError", "AttachedScript", "Capture", "Host", "Interface", "connect", "describe"]

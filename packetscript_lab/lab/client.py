@@ -1,0 +1,464 @@
+"""``Lab``: the notebook-side object that starts and talks to one lab process.
+
+The client holds no privileges and no namespaces. It starts the lab process under
+``unshare`` (user+net+mount+pid namespaces when unprivileged, net+mount+pid as root), sends
+commands over a socket pair and receives replies and events (stats samples, errors) on a
+reader thread. When the client's end of the socket closes, including when the notebook
+process dies, the lab process exits and its whole network world goes with it.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from .protocol import Connection, LabError, decode_error
+from .topology import TOPOLOGIES, Host
+
+_PKG_ROOT = str(Path(__file__).resolve().parents[2])
+REPLAY_HINT = ("The replay backend needs no privileges and runs the same scripts over a pcap: "
+               "`packetscript replay SCRIPT.lua CAPTURE.pcap` or packetscript_lab.replay(script, packets).")
+
+
+def lab_command(python: str | None = None) -> list[str]:
+    """The ``unshare`` prefix that gives the lab process its own namespaces."""
+    if shutil.which("unshare") is None:
+        raise LabError("the `unshare` program (util-linux) is not installed, so the lab cannot "
+                       "create its private network. " + REPLAY_HINT)
+    argv = ["unshare"]
+    if os.geteuid() != 0:
+        argv += ["--user", "--map-root-user"]
+    argv += ["--net", "--mount", "--pid", "--fork", "--kill-child"]
+    return argv + [python or sys.executable, "-m", "packetscript_lab.lab.process"]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def explain_start_failure(log: str) -> str:
+    """Turn the lab process's last words into a reason and a way out."""
+    low = log.lower()
+    why = log.strip().splitlines()[-1] if log.strip() else "the lab process exited without a message"
+    if "unshare failed" in low or "operation not permitted" in low or "no space left" in low:
+        reason = ("this machine does not let this user create namespaces (user namespaces may be "
+                  "disabled: see /proc/sys/user/max_user_namespaces and "
+                  "kernel.unprivileged_userns_clone / AppArmor's restrict_unprivileged_userns)")
+    elif "iptables" in low and ("not found" in low or "no such file" in low):
+        reason = "iptables is not installed"
+    elif "netfilter" in low or "nfqueue" in low:
+        reason = "NFQUEUE is not available in this kernel"
+    else:
+        reason = "the lab process could not set up its network"
+    return f"cannot start the lab: {reason} ({why}). {REPLAY_HINT}"
+
+
+class AttachedScript:
+    """A script attached to a hook of a lab host (returned by ``Lab.attach``)."""
+
+    def __init__(self, lab: "Lab", info: dict):
+        self._lab = lab
+        self.info = info
+        self.name: str = info["name"]
+        self.host: str = info["host"]
+        self.table: str = info["table"]
+        self.chain: str = info["chain"]
+        self.detached = False
+
+    def __repr__(self) -> str:
+        return (f"<AttachedScript {self.name!r} on {self.host} {self.table}/{self.chain}"
+                f"{' (detached)' if self.detached else ''}>")
+
+    def replace(self, source: str) -> None:
+        """Compile ``source`` and swap it in between two packets (ScriptError leaves the old one)."""
+        self._lab._call("replace", name=self.name, source=source)
+
+    def detach(self) -> dict:
+        """Remove the rule, let queued packets finish, stop the worker. Returns the final stats."""
+        if self.detached:
+            return self._final
+        self._final = self._lab._call("detach", name=self.name)
+        self.detached = True
+        self._lab.attached.pop(self.name, None)
+        return self._final
+
+    def stats(self) -> dict:
+        if self.detached:
+            return dict(self._final)
+        return self._lab._call("stats", name=self.name)
+
+    def series(self) -> list[dict]:
+        return list(self._lab._series.get(self.name, ()))
+
+    def recent(self, limit: int | None = None) -> list[dict]:
+        return self._lab._call("recent", name=self.name, limit=limit)
+
+    def errors(self) -> list[dict]:
+        return self._lab._call("errors", name=self.name)
+
+    def output(self) -> list[str]:
+        """Lines the script printed."""
+        return self._lab._call("output", name=self.name)
+
+
+class Capture:
+    """A capture started with ``Lab.capture(..., wait=False)``; ``packets()`` collects it."""
+
+    def __init__(self, lab: "Lab", cid: int, count, timeout, raw):
+        self._lab, self._cid, self._count, self._timeout, self._raw = lab, cid, count, timeout, raw
+
+    def packets(self) -> list:
+        frames = self._lab._call("capture_collect", cid=self._cid, count=self._count,
+                                 timeout=self._timeout)
+        return frames if self._raw else _to_scapy(frames)
+
+
+def _to_scapy(frames: list[bytes]) -> list:
+    import scapy.layers.inet  # noqa: F401  (binds IP/TCP/UDP/ICMP under Ether)
+    from scapy.layers.l2 import Ether
+
+    return [Ether(f) for f in frames]
+
+
+class Lab:
+    """A private lab network in its own process; see docs/lab.md."""
+
+    def __init__(self, topology: str = "pair", sample_interval: float = 0.5, *,
+                 iptables: str = "iptables", start_timeout: float = 30.0,
+                 _connect: str | None = None):
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
+        self.topology = topology
+        self.sample_interval = sample_interval
+        self.attached: dict[str, AttachedScript] = {}
+        self.events: collections.deque = collections.deque(maxlen=1000)
+        self._series: dict[str, collections.deque] = {}
+        self._ifaces: collections.deque = collections.deque(maxlen=2000)
+        self._pending: dict[int, list] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._ready_msg: dict | None = None
+        self._closed = False
+        self._proc: subprocess.Popen | None = None
+        self._log_fd: int | None = None
+        self._last_log = ""
+        if _connect is not None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(_connect)
+            except OSError as exc:
+                s.close()
+                raise LabError(f"no lab is running at {_connect.lstrip(chr(0))!r} ({exc}); "
+                               "start one with `packetscript lab up`") from None
+            self._conn = Connection(s)
+        else:
+            self._start(iptables)
+        threading.Thread(target=self._reader, name="lab-reader", daemon=True).start()
+        if not self._ready.wait(start_timeout) or self._ready_msg is None \
+                or self._ready_msg.get("event") != "ready":
+            err = self._ready_msg.get("error") if self._ready_msg else None
+            log = self.log()
+            self._shutdown_process()
+            if err is not None:
+                raise LabError(explain_start_failure(log + "\n" + err["message"]))
+            raise LabError(explain_start_failure(log))
+        self.hosts: dict[str, Host] = self._ready_msg["hosts"]
+        self.topology = self._ready_msg["topology"]
+
+    # -- process --
+
+    def _start(self, iptables: str) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The log file is unlinked at once and read through our descriptor: nothing stays
+        # on disk whichever way either process ends.
+        fd, path = tempfile.mkstemp(prefix="packetscript-lab-", suffix=".log")
+        os.unlink(path)
+        self._log_fd = fd
+        argv = lab_command() + ["--fd", str(child.fileno()), "--topology", self.topology,
+                                "--interval", str(self.sample_interval), "--iptables", iptables]
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                          pass_fds=(child.fileno(),), env=child_env(),
+                                          close_fds=True)
+        except OSError as exc:
+            raise LabError(f"cannot start the lab process: {exc}. {REPLAY_HINT}") from None
+        finally:
+            child.close()
+        self._conn = Connection(parent)
+
+    def log(self) -> str:
+        """The lab process's stderr (tracebacks of failures end up here)."""
+        if self._log_fd is None:
+            return self._last_log
+        try:
+            size = os.fstat(self._log_fd).st_size
+            return os.pread(self._log_fd, 4000, max(0, size - 4000)).decode(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the ``unshare`` process started for this lab (None for a connected lab)."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def lab_pid(self) -> int | None:
+        """Host PID of the lab process itself (PID 1 of the lab's PID namespace)."""
+        if not self._proc:
+            return None
+        try:
+            kids = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children").read_text().split()
+            return int(kids[0]) if kids else None
+        except OSError:
+            return None
+
+    def _reader(self) -> None:
+        while True:
+            msg = self._conn.recv()
+            if msg is None:
+                break
+            if "id" in msg:
+                with self._lock:
+                    slot = self._pending.pop(msg["id"], None)
+                if slot is not None:
+                    slot[1] = msg
+                    slot[0].set()
+                continue
+            ev = msg.get("event")
+            if ev in ("ready", "fatal"):
+                self._ready_msg = msg
+                self._ready.set()
+            elif ev == "sample":
+                for name, s in msg["handles"].items():
+                    s = dict(s, t=msg["t"])
+                    self._series.setdefault(name, collections.deque(maxlen=20000)).append(s)
+                self._ifaces.append({"t": msg["t"], **msg["ifaces"]})
+            else:
+                self.events.append(msg)
+        self._closed = True
+        self._ready.set()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for slot in pending.values():
+            slot[1] = {"err": {"type": "LabError", "message": "the lab process has ended"
+                               + (f": {self.log().strip().splitlines()[-1]}" if self.log().strip() else "")}}
+            slot[0].set()
+
+    def _call(self, cmd: str, _timeout: float | None = None, **args: Any) -> Any:
+        if self._closed:
+            raise LabError("this lab is closed")
+        mid = next(self._ids)
+        slot: list = [threading.Event(), None]
+        with self._lock:
+            self._pending[mid] = slot
+        try:
+            self._conn.send({"id": mid, "cmd": cmd, "args": args})
+        except OSError:
+            with self._lock:
+                self._pending.pop(mid, None)
+            raise LabError("the lab process has ended") from None
+        if not slot[0].wait(_timeout):
+            raise LabError(f"the lab did not answer {cmd!r} within {_timeout}s")
+        reply = slot[1]
+        if "err" in reply:
+            raise decode_error(reply["err"])
+        return reply["ok"]
+
+    # -- lifecycle --
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        """End the lab process (or, for a connected daemon lab, this session and its scripts)."""
+        if not self._closed:
+            try:
+                self._call("close", _timeout=5)
+            except LabError:
+                pass
+            self._closed = True
+        self._shutdown_process()
+
+    def _shutdown_process(self) -> None:
+        self._closed = True
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+        if self._proc is not None:
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        if self._log_fd is not None:
+            # keep the text for error messages written after the process ended
+            self._last_log = self.log()
+            os.close(self._log_fd)
+            self._log_fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- scripts --
+
+    def attach(self, source: str, host: str = "server", table: str = "filter", chain: str = "INPUT",
+               match: str = "-p udp --dport 9000", name: str | None = None, backend: str = "nfqueue",
+               lua: str = "luajit", profile: str = "lab", on_error: str = "drop",
+               budget: int = 1_000_000, fix_checksums: bool = True, on_overload: str = "accept",
+               position: int | None = None, **script_options: Any) -> AttachedScript:
+        """Compile ``source`` and attach it to ``table``/``chain`` of ``host`` for ``match``.
+
+        Raises ScriptError for compile errors, LabError for a bad hook or rule. ``on_overload``
+        is the queue's policy when the worker falls behind: "accept" (fail open) or "drop".
+        ``position`` inserts the rule at that 1-based position instead of appending it.
+        """
+        opts = dict(lua=lua, profile=profile, on_error=on_error, budget=budget,
+                    fix_checksums=fix_checksums, **script_options)
+        info = self._call("attach", source=source, host=host, table=table, chain=chain,
+                          match=match, name=name, backend=backend, on_overload=on_overload,
+                          position=position, **opts)
+        h = AttachedScript(self, info)
+        self.attached[h.name] = h
+        return h
+
+    def _attach_bare(self, host: str, table: str, chain: str, match: str, name: str = "bare",
+                     on_overload: str = "accept") -> AttachedScript:
+        """A baseline queue whose callback only accepts (for benchmarks)."""
+        info = self._call("attach", source=None, host=host, table=table, chain=chain, match=match,
+                          name=name, backend="bare", on_overload=on_overload)
+        h = AttachedScript(self, info)
+        self.attached[h.name] = h
+        return h
+
+    # -- traffic --
+
+    def _frames(self, host: str, packets: Iterable) -> list[tuple[str, bytes]]:
+        h = self.hosts[host]
+        iface = h.interfaces[0]
+        out = []
+        if not isinstance(packets, (list, tuple)):
+            try:
+                packets = list(packets)
+            except TypeError:
+                packets = [packets]
+        for p in packets:
+            if isinstance(p, (bytes, bytearray)):
+                out.append(("l3" if p[0] >> 4 == 4 else "l2", bytes(p)))
+                continue
+            from scapy.layers.inet import IP
+            from scapy.layers.l2 import Ether
+
+            p = p.copy()
+            # Fill in lab addresses so scapy never resolves anything on the notebook's host.
+            if p.haslayer(IP) and "src" not in p[IP].fields:
+                p[IP].src = h.ip
+            if isinstance(p, Ether):
+                if "dst" not in p.fields:
+                    p.dst = iface.peer_mac
+                if "src" not in p.fields:
+                    p.src = iface.mac
+                out.append(("l2", bytes(p)))
+            else:
+                out.append(("l3", bytes(p)))
+        return out
+
+    def send(self, host: str, packets, iface: str | None = None, interval: float = 0.0) -> int:
+        """Send scapy packets (or raw bytes) from ``host``: IP packets are routed by the host,
+        Ethernet frames go out on ``iface`` (default: its first interface)."""
+        if host not in self.hosts:
+            raise LabError(f"no host {host!r}; hosts are {', '.join(self.hosts)}")
+        return self._call("send", host=host, frames=self._frames(host, packets), iface=iface,
+                          interval=interval)
+
+    def ping(self, src: str, dst: str, count: int = 3, interval: float = 0.2,
+             timeout: float = 1.0, size: int = 56) -> dict:
+        return self._call("ping", src=src, dst=dst, count=count, interval=interval,
+                          timeout=timeout, size=size)
+
+    def udp_stream(self, src: str, dst: str, port: int = 9000, rate: float = 100.0,
+                   duration: float = 2.0, size: int = 64, count: int | None = None,
+                   receiver: str | None = None, sport: int = 0) -> dict:
+        """Numbered datagrams at ``rate``/s for ``duration`` s; ``receiver`` is the host that
+        listens (default: the owner of ``dst``, which must then be a lab address)."""
+        return self._call("udp_stream", src=src, dst=dst, port=port, rate=rate,
+                          duration=duration, size=size, count=count, receiver=receiver, sport=sport)
+
+    def udp_blast(self, src: str, dst: str, port: int = 9000, count: int = 20000,
+                  size: int = 64) -> dict:
+        """Send ``count`` datagrams as fast as a separate sender process can (load tests)."""
+        return self._call("udp_blast", src=src, dst=dst, port=port, count=count, size=size)
+
+    def tcp_echo(self, src: str, dst: str, port: int = 7000, connections: int = 3,
+                 payload: bytes = b"hello packetscript", receiver: str | None = None,
+                 timeout: float = 2.0) -> dict:
+        return self._call("tcp_echo", src=src, dst=dst, port=port, connections=connections,
+                          payload=payload, receiver=receiver, timeout=timeout)
+
+    def replay_pcap(self, host: str, path: str, iface: str | None = None, interval: float = 0.0,
+                    rewrite_macs: bool = True) -> int:
+        """Put a pcap's packets on the wire from ``host`` (Ethernet frames get the hop's MACs)."""
+        return self._call("replay_pcap", host=host, path=os.path.abspath(path), iface=iface,
+                          interval=interval, rewrite_macs=rewrite_macs)
+
+    def capture(self, host: str, count: int | None = None, timeout: float = 2.0,
+                bpf: str | None = None, iface: str | None = None, wait: bool = True,
+                raw: bool = False):
+        """Frames arriving at ``host`` (after the verdicts and rewrites of earlier hops).
+
+        With ``wait=False`` the capture is started and a ``Capture`` is returned at once;
+        send traffic, then call its ``packets()``.
+        """
+        cid = self._call("capture_start", host=host, bpf=bpf, iface=iface)
+        cap = Capture(self, cid, count, timeout, raw)
+        return cap if not wait else cap.packets()
+
+    # -- inspection --
+
+    def iptables(self, host: str, args: str | list[str]) -> str:
+        """Run iptables with ``args`` inside a lab host (e.g. "-A INPUT -p udp -j DROP")."""
+        import shlex
+
+        argv = shlex.split(args) if isinstance(args, str) else list(args)
+        return self._call("iptables", host=host, args=argv)
+
+    def iptables_save(self, host: str) -> str:
+        return self._call("iptables_save", host=host)
+
+    def interfaces(self) -> dict:
+        """Per host and interface: rx/tx packets, bytes, errors and drops."""
+        return self._call("interfaces")
+
+    def interface_series(self) -> list[dict]:
+        return list(self._ifaces)
+
+    def status(self) -> dict:
+        return self._call("status")
+
+
+def connect(address: str) -> Lab:
+    """Connect to a lab started with ``packetscript lab up`` (see ``daemon.py``)."""
+    return Lab(_connect=address)

@@ -1,0 +1,227 @@
+"""The NetfilterQueue worker: one queue, one thread, one script at a time.
+
+The callback is the hot path: it reads the payload, runs the script, gives the verdict and
+bumps integer counters. Everything else (summaries, changed fields, samples) happens
+elsewhere. NetfilterQueue swallows exceptions raised in a callback, so the callback catches
+everything itself, still gives a verdict, counts the failure and reports it as an event.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import threading
+import time
+import warnings
+from typing import Any, Callable
+
+from netfilterqueue import NetfilterQueue
+
+from .stats import Counters, Recent
+
+# nfnetlink_queue configuration message (linux/netfilter/nfnetlink_queue.h)
+_NFNL_SUBSYS_QUEUE = 3
+_NFQNL_MSG_CONFIG = 2
+_NFQA_CFG_MASK = 4
+_NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 0x1
+_NLM_F_REQUEST = 0x1
+_NLM_F_ACK = 0x4
+_NLMSG_ERROR = 0x2
+
+
+def set_queue_flags(nfq_fd: int, queue_num: int, flags: int, mask: int) -> None:
+    """Set NFQA_CFG_FLAGS on a bound queue through the queue's own netlink socket.
+
+    NetfilterQueue 1.1 does not expose ``nfq_set_queue_flags``, and the kernel accepts a
+    queue's configuration only from the socket that bound it, so the message is written to
+    that socket (``NetfilterQueue.get_fd()``). Call this before any packet can be queued:
+    the acknowledgement is read from the same socket.
+    """
+    # netlink attribute headers are host order, payloads big-endian
+    attrs = (struct.pack("=HH", 8, _NFQA_CFG_MASK) + struct.pack("!I", mask)
+             + struct.pack("=HH", 8, _NFQA_CFG_FLAGS) + struct.pack("!I", flags))
+    nfgen = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack("!H", queue_num)
+    body = nfgen + attrs
+    seq = int(time.monotonic() * 1000) & 0x7FFFFFFF
+    hdr = struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
+                      _NLM_F_REQUEST | _NLM_F_ACK, seq, 0)
+    s = socket.socket(fileno=os.dup(nfq_fd))
+    try:
+        s.settimeout(2.0)
+        s.sendto(hdr + body, (0, 0))
+        while True:
+            reply = s.recv(65536)
+            off = 0
+            while off + 16 <= len(reply):
+                mlen, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", reply, off)
+                if mtype == _NLMSG_ERROR and mseq == seq:
+                    (err,) = struct.unpack_from("=i", reply, off + 16)
+                    if err != 0:
+                        raise OSError(-err, f"setting queue {queue_num} flags: {os.strerror(-err)}")
+                    return
+                off += (mlen + 3) & ~3
+    finally:
+        s.close()
+
+
+class QueueWorker:
+    """Binds queue ``queue_num`` in the calling thread's namespace and judges its packets.
+
+    ``script`` needs ``run_ip(bytes)`` returning an object with ``verdict``, ``data``,
+    ``modified``, ``error`` and ``eth_modified`` (packetscript_lab.Script), or is None for the
+    bare baseline that accepts everything (used by the benchmark).
+    """
+
+    def __init__(self, queue_num: int, mark_bit: int, script: Any, eth_by_ifindex: dict[int, bytes],
+                 use_outdev: bool, fail_open: bool, on_event: Callable[[dict], None],
+                 error_verdict: str = "drop", max_len: int = 4096, ring: int = 200):
+        self.queue_num = queue_num
+        self.mark_bit = mark_bit
+        self.script = script
+        self.eth_by_ifindex = eth_by_ifindex
+        self.use_outdev = use_outdev
+        self.fail_open = fail_open
+        self.on_event = on_event
+        self.error_verdict = error_verdict
+        self.max_len = max_len
+        self.counters = Counters()
+        self.recent = Recent(ring)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._bind_error: BaseException | None = None
+        self._nfq: NetfilterQueue | None = None
+        self._errors_reported = 0
+        self._last_ifindex = -1
+        self.first_t = 0.0  # wall time of the first and the latest judged packet
+        self.last_t = 0.0
+        self._eth = next(iter(eth_by_ifindex.values()), b"\0" * 12 + b"\x08\x00")
+
+    # -- lifecycle (bind runs in the worker thread, inside the host's namespace) --
+
+    def run(self) -> None:
+        try:
+            nfq = NetfilterQueue()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # rcvbuf capped: not fatal
+                nfq.bind(self.queue_num, self._callback_bare if self.script is None else self._callback,
+                         max_len=self.max_len)
+            if self.fail_open:
+                set_queue_flags(nfq.get_fd(), self.queue_num, NFQA_CFG_F_FAIL_OPEN,
+                                NFQA_CFG_F_FAIL_OPEN)
+            self._nfq = nfq
+        except BaseException as exc:
+            self._bind_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        fd = nfq.get_fd()
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([fd], [], [], 0.1)
+                if r:
+                    nfq.run(block=False)
+            except OSError as exc:
+                if exc.errno in (errno.EINTR, errno.ENOBUFS):
+                    continue
+                self._event_error("queue", f"{type(exc).__name__}: {exc}")
+                time.sleep(0.05)
+            except BaseException as exc:
+                self._event_error("queue", f"{type(exc).__name__}: {exc}")
+                time.sleep(0.05)
+        nfq.unbind()
+
+    def wait_bound(self, timeout: float = 5.0) -> None:
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"queue {self.queue_num} did not bind within {timeout}s")
+        if self._bind_error is not None:
+            raise self._bind_error
+
+    def drain(self, quiet: float = 0.1, limit: float = 2.0) -> None:
+        """Wait until no packet was seen for ``quiet`` seconds (after its rule is gone)."""
+        end = time.monotonic() + limit
+        last = -1
+        while time.monotonic() < end:
+            cur = self.counters.seen
+            if cur == last:
+                return
+            last = cur
+            time.sleep(quiet)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- the hot path --
+
+    def _callback(self, pkt) -> None:
+        c = self.counters
+        try:
+            data = pkt.get_payload()
+            script = self.script  # read once: a swap takes effect between packets
+            idx = pkt.outdev if self.use_outdev else pkt.indev
+            if idx != self._last_ifindex:
+                self._last_ifindex = idx
+                self._eth = self.eth_by_ifindex.get(idx, self._eth)
+            eth = self._eth
+            if script.eth_header != eth:
+                script.eth_header = eth
+            r = script.run_ip(data)
+            c.seen += 1
+            c.bytes += len(data)
+            out = None
+            if r.modified:
+                c.modified += 1
+                out = r.data
+                pkt.set_payload(out)
+            if r.eth_modified:
+                c.eth_modified += 1
+            if r.error is not None:
+                c.errors += 1
+                if self._errors_reported < 20:
+                    self._errors_reported += 1
+                    self.on_event({"event": "script_error", "message": str(r.error),
+                                   "line": getattr(r.error, "line", None)})
+            v = r.verdict
+            if v == "accept":
+                c.accepted += 1
+                pkt.accept()
+            elif v == "drop":
+                c.dropped += 1
+                pkt.drop()
+            else:
+                c.continued += 1
+                pkt.set_mark(pkt.get_mark() | self.mark_bit)
+                pkt.repeat()
+            t = time.time()
+            if not self.first_t:
+                self.first_t = t
+            self.last_t = t
+            self.recent.ring.append((t, data, out, v, r.error, eth))
+        except BaseException as exc:
+            c.internal_errors += 1
+            self._event_error("callback", f"{type(exc).__name__}: {exc}")
+            try:
+                pkt.accept() if self.error_verdict == "accept" else pkt.drop()
+            except BaseException:
+                pass  # a verdict was already given
+
+    def _callback_bare(self, pkt) -> None:
+        c = self.counters
+        c.seen += 1
+        c.bytes += pkt.get_payload_len()
+        c.accepted += 1
+        pkt.accept()
+        t = time.time()
+        if not self.first_t:
+            self.first_t = t
+        self.last_t = t
+
+    def _event_error(self, where: str, message: str) -> None:
+        if self._errors_reported < 50:
+            self._errors_reported += 1
+            try:
+                self.on_event({"event": "error", "where": where, "message": message})
+            except BaseException:
+                pass

@@ -1,0 +1,529 @@
+"""The lab process: owns the lab's namespaces, rules, queue workers and traffic.
+
+Started by the client (``client.py``) inside new namespaces, as
+``unshare [--user --map-root-user] --net --mount --pid --fork --kill-child python -m
+packetscript_lab.lab.process ...``. It is PID 1 of its PID namespace: when it exits, every
+process it started dies, and its network namespaces (held only by its descriptors) vanish
+with their links and rules. It serves one client over an inherited socket (``--fd``) and
+exits when that socket closes, or serves clients on an inherited listening socket
+(``--listen-fd``, daemon mode for ``packetscript lab up``) until told to shut down.
+
+Every command runs in its own thread, so a long capture does not block a send.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+
+from . import iptables as ipt
+from . import topology, traffic
+from .nfqueue import QueueWorker
+from .protocol import Connection, LabError, encode_error
+from .stats import parse_nfqueue, parse_net_dev
+
+MAX_QUEUES = 16
+
+
+class Session:
+    """One connected client: its outgoing messages and the scripts it attached."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.closed = False
+        self.handles: set[str] = set()
+        threading.Thread(target=self._writer, name="lab-writer", daemon=True).start()
+
+    def send(self, msg: dict) -> None:
+        if not self.closed:
+            self.outbox.put(msg)
+
+    def _writer(self) -> None:
+        # The only thread that writes to the socket: workers never block on a slow client.
+        while True:
+            msg = self.outbox.get()
+            if msg is None:
+                return
+            try:
+                self.conn.send(msg)
+            except OSError:
+                self.closed = True
+                return
+
+    def close(self) -> None:
+        self.closed = True
+        self.outbox.put(None)
+
+
+class Attached:
+    """Lab-side state of one attached script."""
+
+    def __init__(self, name, host, table, chain, match, rule, queue_num, worker, thread,
+                 options, session, backend):
+        self.name, self.host, self.table, self.chain, self.match = name, host, table, chain, match
+        self.rule, self.queue_num, self.worker, self.thread = rule, queue_num, worker, thread
+        self.options, self.session, self.backend = options, session, backend
+        self.past_errors: list[dict] = []
+        self.internal_errors: list[dict] = []
+        self.script_path: str | None = None
+
+    def info(self) -> dict:
+        return {"name": self.name, "host": self.host, "table": self.table, "chain": self.chain,
+                "match": self.match, "queue": self.queue_num, "backend": self.backend,
+                "mark": ipt.mark_bit(self.queue_num) if self.queue_num is not None else None}
+
+
+def _errors_of(script) -> list[dict]:
+    """The engine's first errors as {"message", "line", "count"} dicts."""
+    out = []
+    for e in getattr(script, "errors", None) or []:
+        if isinstance(e, dict):
+            out.append({"message": e.get("message"), "line": e.get("line"), "count": e.get("count", 1)})
+        elif isinstance(e, (tuple, list)):
+            msg, line, count = (list(e) + [None, None, 1])[:3]
+            out.append({"message": str(msg), "line": line, "count": count})
+        else:
+            out.append({"message": str(getattr(e, "message", e)), "line": getattr(e, "line", None),
+                        "count": getattr(e, "count", 1)})
+    return out
+
+
+class World:
+    def __init__(self, topo: str, sample_interval: float, iptables_program: str):
+        self.topology = topo
+        self.sample_interval = sample_interval
+        self.iptables_program = iptables_program
+        self.started = time.time()
+        self.hosts, self.spaces, self.ifindex = topology.build(topo)
+        self.tables = {n: ipt.IPTables(ns, iptables_program) for n, ns in self.spaces.items()}
+        self.attached: dict[str, Attached] = {}
+        self.free_queues = list(range(MAX_QUEUES))
+        self.lock = threading.Lock()
+        self.captures: dict[int, traffic.Capture] = {}
+        self.capture_seq = 0
+        self.sessions: set[Session] = set()
+        threading.Thread(target=self._sampler, name="lab-sampler", daemon=True).start()
+
+    # -- helpers --
+
+    def host(self, name: str) -> topology.Host:
+        if name not in self.hosts:
+            raise LabError(f"no host {name!r} in the {self.topology} topology; "
+                           f"hosts are {', '.join(self.hosts)}")
+        return self.hosts[name]
+
+    def host_by_addr(self, name_or_ip: str) -> str:
+        if name_or_ip in self.hosts:
+            return name_or_ip
+        h = topology.host_of_ip(self.hosts, name_or_ip)
+        if h is None:
+            raise LabError(f"{name_or_ip!r} is neither a lab host nor one of their addresses")
+        return h
+
+    def handle(self, name: str) -> Attached:
+        if self.attached.get(name) is None:
+            raise LabError(f"no script named {name!r} is attached")
+        return self.attached[name]
+
+    def _kernel_stats(self, host: str) -> tuple[dict, dict]:
+        def read():
+            try:
+                with open("/proc/thread-self/net/netfilter/nfnetlink_queue") as f:
+                    q = f.read()
+            except FileNotFoundError:
+                q = ""
+            with open("/proc/thread-self/net/dev") as f:
+                d = f.read()
+            return q, d
+
+        q, d = self.spaces[host].run(read)
+        return parse_nfqueue(q), parse_net_dev(d)
+
+    def handle_stats(self, a: Attached, queues: dict | None = None) -> dict:
+        if queues is None:
+            queues = self._kernel_stats(a.host)[0]
+        s = a.worker.counters.snapshot() if a.worker else {}
+        q = queues.get(a.queue_num, {})
+        s["queue_dropped"] = q.get("queue_dropped", 0)
+        s["user_dropped"] = q.get("user_dropped", 0)
+        s["queue_drops"] = s["queue_dropped"] + s["user_dropped"]
+        s["queued_total"] = q.get("id_sequence", 0)  # packets ever handed to this queue
+        s["queue_backlog"] = q.get("queue_total", 0)
+        if a.worker:
+            s["first_t"], s["last_t"] = a.worker.first_t, a.worker.last_t
+        return s
+
+    def interfaces(self) -> dict:
+        return {h: self._kernel_stats(h)[1] for h in self.hosts}
+
+    def _sampler(self) -> None:
+        while True:
+            time.sleep(self.sample_interval)
+            try:
+                with self.lock:
+                    handles = [a for a in self.attached.values() if a is not None]
+                    sessions = list(self.sessions)
+                if not sessions:
+                    continue
+                per_host = {h: self._kernel_stats(h) for h in self.hosts}
+                t = time.time()
+                for sess in sessions:
+                    mine = {a.name: self.handle_stats(a, per_host[a.host][0])
+                            for a in handles if a.session is sess}
+                    sess.send({"event": "sample", "t": t, "handles": mine,
+                               "ifaces": {h: v[1] for h, v in per_host.items()}})
+            except Exception as exc:
+                for sess in list(self.sessions):
+                    sess.send({"event": "error", "where": "sampler", "message": repr(exc)})
+
+    # -- scripts --
+
+    def _compile(self, source: str, name: str, options: dict):
+        from packetscript_lab.script import Script
+
+        return Script(source, name=name, **options)
+
+    def attach(self, sess: Session, source: str | None, host: str, table: str = "filter",
+               chain: str = "INPUT", match: str = "", name: str | None = None,
+               backend: str = "nfqueue", on_overload: str = "accept", position: int | None = None,
+               **options) -> dict:
+        self.host(host)
+        ipt.check_hook(table, chain)
+        if on_overload not in ("accept", "drop"):
+            raise ValueError("on_overload must be 'accept' (fail open) or 'drop'")
+        if backend not in ("nfqueue", "kernel", "bare"):
+            raise ValueError("backend must be 'nfqueue' or 'kernel'")
+        with self.lock:
+            if name is None:
+                i = 1
+                while f"script{i}" in self.attached:
+                    i += 1
+                name = f"script{i}"
+            if name in self.attached:
+                raise LabError(f"a script named {name!r} is already attached; detach it or pick another name")
+            self.attached[name] = None  # reserve the name
+        try:
+            if backend == "kernel":
+                return self._attach_kernel(sess, source, host, table, chain, match, name, position)
+            script = None if backend == "bare" else self._compile(source, name, options)
+            with self.lock:
+                if not self.free_queues:
+                    raise LabError(f"at most {MAX_QUEUES} scripts can be attached at once")
+                qnum = self.free_queues.pop(0)
+            bit = ipt.mark_bit(qnum)
+            egress = chain in ipt.EGRESS_CHAINS
+            eth = topology.eth_headers(self.hosts[host], egress, self.ifindex[host])
+
+            def on_event(ev, name=name):
+                ev["script"] = name
+                sess.send(ev)
+
+            worker = QueueWorker(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
+                                 error_verdict=options.get("on_error", "drop"))
+            if script is not None:
+                script.eth_header = next(iter(eth.values()))
+            thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
+            try:
+                worker.wait_bound()
+                rule = ipt.queue_rule(chain, match, qnum, bit)
+                self.tables[host].add(table, rule, position)
+            except BaseException:
+                worker.stop()
+                thread.join(2)
+                with self.lock:
+                    self.free_queues.append(qnum)
+                raise
+            a = Attached(name, host, table, chain, match, rule, qnum, worker, thread, options, sess,
+                         backend)
+            with self.lock:
+                self.attached[name] = a
+            sess.handles.add(name)
+            return a.info()
+        except BaseException:
+            with self.lock:
+                if self.attached.get(name) is None:
+                    self.attached.pop(name, None)
+            raise
+
+    def _attach_kernel(self, sess, source, host, table, chain, match, name, position) -> dict:
+        def targets() -> str:
+            try:
+                with open("/proc/thread-self/net/ip_tables_targets") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return ""
+
+        if "LUA" not in self.spaces[host].run(targets).split():
+            raise LabError("the xt_LUA kernel module is not loaded on this machine (no LUA target "
+                           "in ip_tables_targets); use backend='nfqueue', which runs the same "
+                           "script through NFQUEUE")
+        path = f"/tmp/packetscript-lab-{os.getpid()}-{name}.lua"
+        with open(path, "w") as f:
+            f.write(source)
+        rule = ipt.lua_rule(chain, match, path)
+        self.tables[host].add(table, rule, position)
+        a = Attached(name, host, table, chain, match, rule, None, None, None, {}, sess, "kernel")
+        a.script_path = path
+        with self.lock:
+            self.attached[name] = a
+        sess.handles.add(name)
+        return a.info()
+
+    def replace(self, name: str, source: str) -> dict:
+        a = self.handle(name)
+        if a.worker is None or a.worker.script is None:
+            raise LabError(f"script {name!r} ({a.backend} backend) cannot be replaced in place")
+        new = self._compile(source, name, a.options)  # compile errors leave the old one running
+        new.eth_header = a.worker.script.eth_header
+        old = a.worker.script
+        a.worker.script = new  # one attribute store: the next packet sees the new script
+        a.past_errors.extend(_errors_of(old))
+        return a.info()
+
+    def detach(self, name: str) -> dict:
+        a = self.handle(name)
+        with self.lock:
+            self.attached[name] = None  # no new commands on it while it goes
+        try:
+            self.tables[a.host].delete(a.table, a.rule)
+        finally:
+            if a.worker is not None:
+                a.worker.drain()
+                a.worker.stop()
+                a.thread.join(5)
+                with self.lock:
+                    self.free_queues.append(a.queue_num)
+                    self.free_queues.sort()
+            if a.script_path:
+                try:
+                    os.unlink(a.script_path)
+                except OSError:
+                    pass
+            with self.lock:
+                self.attached.pop(name, None)
+            a.session.handles.discard(name)
+        return self.handle_stats(a) if a.worker else {}
+
+    def errors(self, name: str) -> list[dict]:
+        a = self.handle(name)
+        script = a.worker.script if a.worker else None
+        return a.past_errors + (_errors_of(script) if script is not None else [])
+
+    def output(self, name: str) -> list[str]:
+        a = self.handle(name)
+        script = a.worker.script if a.worker else None
+        return list(getattr(script, "output", []) or [])
+
+    # -- traffic --
+
+    def iface_of(self, host: str, iface: str | None) -> str:
+        h = self.host(host)
+        if iface is None:
+            return h.ifname
+        if iface not in {i.ifname for i in h.interfaces}:
+            raise LabError(f"host {host!r} has no interface {iface!r}")
+        return iface
+
+    def send(self, host: str, frames: list, iface: str | None = None, interval: float = 0.0) -> int:
+        return traffic.send_frames(self.spaces[host], self.iface_of(host, iface), frames, interval)
+
+    def ping(self, src: str, dst: str, **kw) -> dict:
+        self.host(src)
+        return traffic.ping(self.spaces[src], topology.resolve(self.hosts, dst), **kw)
+
+    def udp_stream(self, src: str, dst: str, receiver: str | None = None, **kw) -> dict:
+        self.host(src)
+        addr = topology.resolve(self.hosts, dst)
+        rx = receiver or self.host_by_addr(dst)
+        self.host(rx)
+        return traffic.udp_stream(self.spaces[src], self.spaces[rx], addr, **kw)
+
+    def tcp_echo(self, src: str, dst: str, receiver: str | None = None, **kw) -> dict:
+        self.host(src)
+        addr = topology.resolve(self.hosts, dst)
+        rx = receiver or self.host_by_addr(dst)
+        return traffic.tcp_echo(self.spaces[src], self.spaces[rx], addr, **kw)
+
+    def udp_blast(self, src: str, dst: str, **kw) -> dict:
+        self.host(src)
+        return traffic.udp_blast(self.spaces[src], topology.resolve(self.hosts, dst), **kw)
+
+    def replay_pcap(self, host: str, path: str, iface: str | None = None, interval: float = 0.0,
+                    rewrite_macs: bool = True) -> int:
+        ifname = self.iface_of(host, iface)
+        i = next(i for i in self.hosts[host].interfaces if i.ifname == ifname)
+        frames = traffic.read_pcap(path, topology._mac_bytes(i.mac), topology._mac_bytes(i.peer_mac),
+                                   rewrite_macs)
+        return traffic.send_frames(self.spaces[host], ifname, frames, interval)
+
+    def capture_start(self, host: str, bpf: str | None = None, iface: str | None = None) -> int:
+        h = self.host(host)
+        names = [self.iface_of(host, iface)] if iface else [i.ifname for i in h.interfaces]
+        cap = traffic.Capture(self.spaces[host], names, bpf)
+        with self.lock:
+            self.capture_seq += 1
+            self.captures[self.capture_seq] = cap
+            return self.capture_seq
+
+    def capture_collect(self, cid: int, count: int | None = None, timeout: float = 2.0) -> list[bytes]:
+        with self.lock:
+            cap = self.captures.pop(cid, None)
+        if cap is None:
+            raise LabError(f"no capture {cid}")
+        return cap.collect(count, timeout)
+
+    def status(self) -> dict:
+        with self.lock:
+            attached = {n: a.info() for n, a in self.attached.items() if a is not None}
+        return {"topology": self.topology, "hosts": self.hosts, "attached": attached,
+                "pid": os.getpid(), "uid_in_lab": os.getuid(), "uptime": time.time() - self.started,
+                "iptables": self.iptables_program, "interfaces": self.interfaces(),
+                "sample_interval": self.sample_interval}
+
+    def end_session(self, sess: Session) -> None:
+        for name in list(sess.handles):
+            try:
+                self.detach(name)
+            except Exception:
+                pass
+        with self.lock:
+            self.sessions.discard(sess)
+        sess.close()
+
+
+def _dispatch(world: World, sess: Session, cmd: str, args: dict):
+    if cmd == "attach":
+        return world.attach(sess, **args)
+    if cmd == "replace":
+        return world.replace(args["name"], args["source"])
+    if cmd == "detach":
+        return world.detach(args["name"])
+    if cmd == "stats":
+        return world.handle_stats(world.handle(args["name"]))
+    if cmd == "recent":
+        return world.handle(args["name"]).worker.recent.entries(args.get("limit"))
+    if cmd == "errors":
+        return world.errors(args["name"])
+    if cmd == "output":
+        return world.output(args["name"])
+    if cmd == "iptables":
+        world.host(args["host"])
+        return world.tables[args["host"]].run(args["args"])
+    if cmd == "iptables_save":
+        world.host(args["host"])
+        return world.tables[args["host"]].save()
+    if cmd == "interfaces":
+        return world.interfaces()
+    if cmd == "status":
+        return world.status()
+    if cmd == "ping":
+        return world.ping(**args)
+    if cmd in ("send", "udp_stream", "udp_blast", "tcp_echo", "replay_pcap", "capture_start", "capture_collect"):
+        return getattr(world, cmd)(**args)
+    raise LabError(f"unknown lab command {cmd!r}")
+
+
+def serve_session(world: World, conn: Connection, daemon: bool) -> bool:
+    """Handle one client until it disconnects. Returns True when the lab should end."""
+    sess = Session(conn)
+    with world.lock:
+        world.sessions.add(sess)
+    sess.send({"event": "ready", "hosts": world.hosts, "topology": world.topology,
+               "pid": os.getpid(), "daemon": daemon})
+    shutdown = threading.Event()
+
+    def run(msg: dict) -> None:
+        mid, cmd = msg.get("id"), msg.get("cmd")
+        try:
+            if cmd in ("close", "shutdown"):
+                sess.send({"id": mid, "ok": True})
+                if cmd == "shutdown" or not daemon:
+                    shutdown.set()
+                return
+            sess.send({"id": mid, "ok": _dispatch(world, sess, cmd, msg.get("args") or {})})
+        except BaseException as exc:
+            sess.send({"id": mid, "err": encode_error(exc)})
+
+    while not shutdown.is_set():
+        msg = conn.recv()
+        if msg is None:
+            break
+        threading.Thread(target=run, args=(msg,), name=f"cmd-{msg.get('cmd')}", daemon=True).start()
+        if msg.get("cmd") == "shutdown" or (msg.get("cmd") == "close" and not daemon):
+            shutdown.wait(2)
+    if daemon and not shutdown.is_set():
+        world.end_session(sess)
+        return False
+    # Let the writer flush the last reply before the process goes.
+    deadline = time.monotonic() + 1
+    while not sess.outbox.empty() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return True
+
+
+def _peer_is_owner(sock: socket.socket) -> bool:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid == os.getuid()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="packetscript_lab.lab.process")
+    p.add_argument("--fd", type=int, help="connected socket to one client")
+    p.add_argument("--listen-fd", type=int, help="listening socket (daemon mode)")
+    p.add_argument("--topology", default="pair")
+    p.add_argument("--interval", type=float, default=0.5)
+    p.add_argument("--iptables", default="iptables")
+    a = p.parse_args(argv)
+
+    # Nothing may write to the client through stdout; stray output goes to the log.
+    os.dup2(2, 1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: os._exit(0))  # PID 1 ignores signals without handlers
+
+    sock = socket.socket(fileno=a.listen_fd if a.listen_fd is not None else a.fd)
+    try:
+        world = World(a.topology, a.interval, a.iptables)
+    except BaseException as exc:
+        traceback.print_exc()
+        msg = {"event": "fatal", "error": encode_error(exc)}
+        if a.listen_fd is None:
+            Connection(sock).send(msg)
+        return 1
+
+    if a.listen_fd is None:
+        serve_session(world, Connection(sock), daemon=False)
+        os._exit(0)
+    # Daemon: one session at a time per connection, each in its own thread.
+    sys.stdout.flush()
+    ended = threading.Event()
+
+    def serve(c: socket.socket) -> None:
+        if serve_session(world, Connection(c), daemon=True):
+            ended.set()
+
+    sock.settimeout(0.5)
+    while not ended.is_set():
+        try:
+            c, _ = sock.accept()
+        except socket.timeout:
+            continue
+        c.settimeout(None)
+        if not _peer_is_owner(c):
+            c.close()
+            continue
+        threading.Thread(target=serve, args=(c,), name="lab-session", daemon=True).start()
+    time.sleep(0.2)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

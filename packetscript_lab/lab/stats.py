@@ -1,0 +1,94 @@
+"""Counters of one attached script, its ring of recent packets, and kernel-side counters.
+
+The worker only increments integers and appends one tuple per packet; summaries and the
+list of changed fields are worked out when someone asks for them, not per packet.
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+COUNTER_NAMES = ("seen", "bytes", "accepted", "dropped", "continued", "modified",
+                 "errors", "eth_modified", "internal_errors")
+
+
+class Counters:
+    __slots__ = COUNTER_NAMES
+
+    def __init__(self) -> None:
+        for n in COUNTER_NAMES:
+            setattr(self, n, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        return {n: getattr(self, n) for n in COUNTER_NAMES}
+
+
+class Recent:
+    """Ring of (time, ip bytes before, ip bytes after or None, verdict, error) tuples."""
+
+    def __init__(self, size: int = 200):
+        self.ring: collections.deque = collections.deque(maxlen=size)
+
+    def entries(self, limit: int | None = None) -> list[dict]:
+        from packetscript_lab.fields import changed_fields, summary
+
+        items = list(self.ring)
+        if limit is not None:
+            items = items[-limit:]
+        out = []
+        for t, before, after, verdict, error, eth in items:
+            out.append({
+                "t": t,
+                "summary": _safe(summary, eth + before),
+                "verdict": verdict,
+                "changed": _safe(changed_fields, eth + before, eth + after) if after is not None else [],
+                "error": None if error is None else str(error),
+            })
+        return out
+
+
+def _safe(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # a malformed packet must not break the listing
+        return f"<{type(exc).__name__}: {exc}>"
+
+
+def parse_nfqueue(text: str) -> dict[int, dict[str, int]]:
+    """Parse /proc/net/netfilter/nfnetlink_queue: per queue number, its drop counters.
+
+    Columns: queue_num peer_portid queue_total copy_mode copy_range queue_dropped
+    user_dropped id_sequence 1. ``queue_dropped`` counts packets dropped because the queue
+    was full (without fail-open); ``user_dropped`` packets the netlink socket could not take.
+    """
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 8:
+            continue
+        out[int(f[0])] = {"queue_total": int(f[2]), "queue_dropped": int(f[5]),
+                          "user_dropped": int(f[6]), "id_sequence": int(f[7])}
+    return out
+
+
+NET_DEV_FIELDS = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped")
+NET_DEV_TX = ("tx_bytes", "tx_packets", "tx_errors", "tx_dropped")
+
+
+def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
+    """Parse /proc/net/dev into per-interface rx/tx packet, byte, error and drop counters."""
+    out = {}
+    for line in text.splitlines()[2:]:
+        if ":" not in line:
+            continue
+        name, rest = line.split(":", 1)
+        v = [int(x) for x in rest.split()]
+        name = name.strip()
+        if name == "lo":
+            continue
+        out[name] = dict(zip(NET_DEV_FIELDS, v[0:4])) | dict(zip(NET_DEV_TX, v[8:12]))
+    return out
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,370 @@
+"""Traffic inside lab hosts: plain and raw sockets created inside the host's namespace.
+
+Scapy is used for crafting (in the notebook) and for reading pcaps and compiling BPF
+filters here, never for sending: scapy caches interfaces at import and would send on the
+wrong one after a namespace switch. A socket created in a namespace stays in it, so each
+function creates its sockets through ``NetNS.run`` and may use them from any thread.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import threading
+import time
+
+from .netns import NetNS
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+PACKET_OUTGOING = 4
+SO_ATTACH_FILTER = 26
+
+
+# -- sending --------------------------------------------------------------------------
+
+def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interval: float = 0.0) -> int:
+    """Send ("l2", ethernet frame) on ``ifname`` or ("l3", IPv4 packet) through routing."""
+
+    def open_socks():
+        l2 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        l2.bind((ifname, 0))
+        l3 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        return l2, l3
+
+    l2, l3 = ns.run(open_socks)
+    sent = 0
+    try:
+        for kind, data in frames:
+            if kind == "l2":
+                l2.send(data)
+            else:
+                dst = socket.inet_ntoa(data[16:20])
+                l3.sendto(data, (dst, 0))
+            sent += 1
+            if interval:
+                time.sleep(interval)
+    finally:
+        l2.close()
+        l3.close()
+    return sent
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: float = 1.0,
+         size: int = 56) -> dict:
+    """ICMP echo from a host over a raw socket; RTTs in milliseconds of the answered ones."""
+    sock = ns.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+    ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
+    pending: dict[int, float] = {}
+    rtts: list[float] = []
+    lost: list[int] = []
+    try:
+        sock.setblocking(False)
+        payload = bytes(size)
+        next_send = time.monotonic()
+        seq = 0
+        deadline = None
+        while True:
+            now = time.monotonic()
+            if seq < count and now >= next_send:
+                hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+                pkt = struct.pack("!BBHHH", 8, 0, _csum(hdr + payload), ident, seq) + payload
+                pending[seq] = time.monotonic()
+                sock.sendto(pkt, (dst, 0))
+                seq += 1
+                next_send = now + interval
+                if seq == count:
+                    deadline = time.monotonic() + timeout
+            if seq == count and (not pending or time.monotonic() >= deadline):
+                break
+            wait = (next_send if seq < count else deadline) - time.monotonic()
+            r, _, _ = select.select([sock], [], [], max(0.0, wait))
+            if not r:
+                continue
+            while True:
+                try:
+                    data = sock.recv(65535)
+                except BlockingIOError:
+                    break
+                t = time.monotonic()
+                ihl = (data[0] & 0x0F) * 4
+                icmp = data[ihl:ihl + 8]
+                if len(icmp) < 8:
+                    continue
+                typ, _code, _ck, rid, rseq = struct.unpack("!BBHHH", icmp)
+                if typ == 0 and rid == ident and rseq in pending:
+                    rtts.append((t - pending.pop(rseq)) * 1000.0)
+        lost = sorted(pending)
+    finally:
+        sock.close()
+    return {"sent": count, "received": len(rtts), "lost": lost, "rtt_ms": rtts}
+
+
+# -- UDP stream with sequence numbers ----------------------------------------------------
+
+def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: float = 100.0,
+               duration: float = 2.0, size: int = 64, count: int | None = None,
+               grace: float = 0.5, sport: int = 0) -> dict:
+    """Send ``count`` (default rate*duration) numbered datagrams at ``rate``/s and count arrivals.
+
+    The receiver listens on ``port`` on every address of the receiving host, so a stream to
+    an address that a script rewrites still arrives. Returns sent, received, missing
+    sequence numbers, duplicates, out-of-order arrivals and the achieved rates.
+    """
+    n = int(count if count is not None else rate * duration)
+    size = max(size, 8)
+
+    def open_rx():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.bind(("0.0.0.0", port))
+        return s
+
+    def open_tx():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if sport:
+            s.bind(("0.0.0.0", sport))
+        return s
+
+    rx = dst_ns.run(open_rx)
+    tx = src.run(open_tx)
+    seen: dict[int, int] = {}
+    order: list[int] = []
+    done = threading.Event()
+
+    def receive() -> None:
+        rx.settimeout(0.05)
+        end = None
+        while True:
+            if done.is_set():
+                end = end or time.monotonic() + grace
+                if time.monotonic() >= end or len(seen) >= n:
+                    return
+            try:
+                data = rx.recv(65535)
+            except socket.timeout:
+                continue
+            if len(data) >= 8:
+                (sq,) = struct.unpack_from("!Q", data)
+                seen[sq] = seen.get(sq, 0) + 1
+                order.append(sq)
+
+    t = threading.Thread(target=receive, name="udp-rx", daemon=True)
+    t.start()
+    pad = bytes(size - 8)
+    start = time.monotonic()
+    sent = 0
+    try:
+        for i in range(n):
+            target = start + i / rate if rate > 0 else start
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                tx.sendto(struct.pack("!Q", i) + pad, (dst, port))
+                sent += 1
+            except OSError:
+                pass  # e.g. EPERM from an OUTPUT drop: the datagram counts as sent, not received
+        elapsed = time.monotonic() - start
+    finally:
+        done.set()
+        t.join()
+        tx.close()
+        rx.close()
+    missing = [i for i in range(n) if i not in seen]
+    reordered = sum(1 for a, b in zip(order, order[1:]) if b < a)
+    return {"sent": n, "sent_ok": sent, "received": len(seen), "missing": missing[:10000],
+            "missing_count": len(missing), "duplicates": sum(v - 1 for v in seen.values()),
+            "reordered": reordered, "elapsed": elapsed,
+            "rate": (n / elapsed) if elapsed > 0 else float(n)}
+
+
+# -- TCP echo ------------------------------------------------------------------------------
+
+def tcp_echo(src: NetNS, dst_ns: NetNS, dst: str, port: int = 7000, connections: int = 3,
+             payload: bytes = b"hello packetscript", timeout: float = 2.0) -> dict:
+    """Run a small echo server on the destination host and make ``connections`` round trips."""
+
+    def open_srv():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(16)
+        return s
+
+    srv = dst_ns.run(open_srv)
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except (socket.timeout, OSError):
+                continue
+            with c:
+                c.settimeout(timeout)
+                try:
+                    while data := c.recv(65536):
+                        c.sendall(data)
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=serve, name="tcp-echo", daemon=True)
+    t.start()
+    results = []
+    try:
+        for _ in range(connections):
+            t0 = time.monotonic()
+            try:
+                c = src.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                with c:
+                    c.settimeout(timeout)
+                    c.connect((dst, port))
+                    c.sendall(payload)
+                    c.shutdown(socket.SHUT_WR)
+                    got = b""
+                    while chunk := c.recv(65536):
+                        got += chunk
+                ok = got == payload
+                results.append({"ok": ok, "rtt_ms": (time.monotonic() - t0) * 1000.0,
+                                "error": None if ok else f"echoed {len(got)} of {len(payload)} bytes"})
+            except OSError as exc:
+                results.append({"ok": False, "rtt_ms": None, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+    return {"connections": connections, "ok": sum(r["ok"] for r in results),
+            "failed": sum(not r["ok"] for r in results), "results": results}
+
+
+# -- pcap replay ---------------------------------------------------------------------------
+
+def read_pcap(path: str, src_mac: bytes, dst_mac: bytes, rewrite_macs: bool = True) -> list[tuple[str, bytes]]:
+    """Frames of a pcap ready for ``send_frames``: Ethernet frames get this hop's MACs."""
+    from scapy.utils import RawPcapReader
+
+    out: list[tuple[str, bytes]] = []
+    with RawPcapReader(path) as reader:
+        linktype = reader.linktype
+        for data, _meta in reader:
+            if linktype == 1:  # Ethernet
+                if rewrite_macs:
+                    data = dst_mac + src_mac + data[12:]
+                out.append(("l2", data))
+            elif linktype in (101, 228, 12):  # raw IPv4
+                out.append(("l3", data))
+            elif linktype == 113:  # Linux cooked capture: 16-byte header, then the IP packet
+                out.append(("l3", data[16:]))
+            else:
+                raise ValueError(f"unsupported pcap link type {linktype} in {path}")
+    return out
+
+
+# -- capture ---------------------------------------------------------------------------------
+
+class Capture:
+    """Frames arriving on one host's interfaces (outgoing frames are left out)."""
+
+    def __init__(self, ns: NetNS, ifnames: list[str], bpf: str | None = None):
+        prog = _compile_bpf(bpf) if bpf else None
+
+        def open_socks():
+            socks = []
+            for name in ifnames:
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                if prog is not None:
+                    s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+                s.bind((name, ETH_P_ALL))
+                s.setblocking(False)
+                socks.append(s)
+            return socks
+
+        self._prog_keep = prog
+        self.socks = ns.run(open_socks)
+
+    def collect(self, count: int | None = None, timeout: float = 2.0) -> list[bytes]:
+        frames: list[bytes] = []
+        end = time.monotonic() + timeout
+        try:
+            while count is None or len(frames) < count:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                r, _, _ = select.select(self.socks, [], [], left)
+                for s in r:
+                    while count is None or len(frames) < count:
+                        try:
+                            data, addr = s.recvfrom(65535)
+                        except BlockingIOError:
+                            break
+                        if addr[2] != PACKET_OUTGOING:
+                            frames.append(data)
+        finally:
+            self.close()
+        return frames
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+        self.socks = []
+
+
+def _compile_bpf(expr: str) -> bytes:
+    """A ``struct sock_fprog`` for a tcpdump-style filter, compiled by libpcap through scapy."""
+    import ctypes
+
+    from scapy.arch.common import compile_filter
+
+    prog = compile_filter(expr, linktype=1)  # Ethernet; scapy bpf_program (bf_len, bf_insns)
+    # Keep the instruction array alive with the returned structure.
+    buf = struct.pack("HL", prog.bf_len, ctypes.addressof(prog.bf_insns.contents))
+    _KEEP.append(prog)
+    return buf
+
+
+_KEEP: list = []
+
+
+# -- load ----------------------------------------------------------------------------------
+
+_BLAST = """
+import socket, struct, sys, time
+dst, port, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+pad = bytes(max(size - 8, 0)); pack = struct.Struct("!Q").pack; send = s.sendto; a = (dst, port)
+t = time.monotonic(); err = 0
+for i in range(count):
+    try:
+        send(pack(i) + pad, a)
+    except OSError:
+        err += 1
+print(time.monotonic() - t, err)
+"""
+
+
+def udp_blast(src: NetNS, dst: str, port: int = 9000, count: int = 20000, size: int = 64,
+              timeout: float = 60.0) -> dict:
+    """Send ``count`` datagrams as fast as possible from a separate process in ``src``.
+
+    A separate process keeps the sender off the lab process's interpreter lock, so it
+    does not slow the queue workers it is measuring.
+    """
+    import sys
+
+    res = src.sh([sys.executable, "-c", _BLAST, dst, str(port), str(int(count)), str(int(size))],
+                 timeout=timeout)
+    elapsed, errors = res.stdout.split()
+    return {"sent": int(count) - int(errors), "send_errors": int(errors), "elapsed": float(elapsed)}
