@@ -114,8 +114,8 @@ class Script:
         self.function, self.budget, self.on_error = function, budget, on_error
         self.line_offset, self.faithful = line_offset, faithful
         self.fix_checksums = fix_checksums and not faithful
-        self.eth_header = DEFAULT_ETH_HEADER
         self.output: list[str] = []
+        self.last_error: ScriptRuntimeError | None = None
         self._errors = _ErrorLog()
 
         runtime = importlib.import_module(RUNTIMES[lua])
@@ -132,6 +132,8 @@ class Script:
         })
         self._engine = runner(packet_api, cfg)
         self._run_one = self._engine.run_one
+        self._run_ip = self._engine.run_ip
+        self.eth_header = DEFAULT_ETH_HEADER
         self._run_batch = self._engine.run_batch if lua == "luajit" else None
 
         code, prelude = source, None
@@ -164,20 +166,44 @@ class Script:
         error = self._errors.add(_text(emsg), self._line(eline)) if emsg is not None else None
         return RunResult(BY_CODE[code], out if changed else frame, bool(changed), error)
 
+    @property
+    def eth_header(self) -> bytes:
+        """The 14-byte Ethernet header that run_ip and judge_ip put in front of IP packets."""
+        return self._eth_header
+
+    @eth_header.setter
+    def eth_header(self, header: bytes) -> None:
+        if len(header) != 14:
+            raise ValueError("an Ethernet header is 14 bytes: destination MAC, source MAC, type")
+        self._eth_header = bytes(header)
+        self._engine.set_eth(self._eth_header)
+
+    def judge_ip(self, packet: bytes, ts: float | None = None) -> tuple[int, bytes | None]:
+        """The per-packet fast path for live backends: ``(code, new_packet)``.
+
+        ``code & 3`` is the verdict index into ``verdicts.BY_CODE``; ``code & 4``: the IP
+        packet changed and ``new_packet`` holds it (else None); ``code & 8``: the script
+        failed (``last_error`` says how); ``code & 16``: it changed the synthetic Ethernet
+        header, which cannot travel with the packet.
+        """
+        r = self._run_ip(packet, (time.monotonic() if ts is None else ts) * 1000)
+        code, data = (r, None) if type(r) is int else r
+        if code & 32:
+            self._drain_output()
+        if code & 8:
+            message, line = self._engine.last_error()
+            self.last_error = self._errors.add(_text(message), self._line(line))
+        return code & 31, data
+
     def run_ip(self, packet: bytes, ts: float | None = None) -> RunResult:
         """Run the script on an IP packet behind the synthetic header ``eth_header``.
 
         The result's data is the IP packet again; ``eth_modified`` tells that the script
         changed the Ethernet header, which cannot travel with an IP packet.
         """
-        header = self.eth_header
-        result = self.run(header + packet, ts)
-        data = result.data
-        result.data = data[14:] if result.modified else packet
-        if result.modified:
-            result.eth_modified = data[:14] != header
-            result.modified = result.data != packet
-        return result
+        code, data = self.judge_ip(packet, ts)
+        return RunResult(BY_CODE[code & 3], packet if data is None else data, data is not None,
+                         self.last_error if code & 8 else None, bool(code & 16))
 
     def run_many(self, frames: list[bytes], times_ms: list[float] | None = None):
         """Run the script over many Ethernet frames, crossing into Lua once (on LuaJIT).

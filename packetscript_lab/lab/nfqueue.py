@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from netfilterqueue import NetfilterQueue
 
+from packetscript_lab.verdicts import BY_CODE
+
 from .stats import Counters, Recent
 
 # nfnetlink_queue configuration message (linux/netfilter/nfnetlink_queue.h)
@@ -70,9 +72,8 @@ def set_queue_flags(nfq_fd: int, queue_num: int, flags: int, mask: int) -> None:
 class QueueWorker:
     """Binds queue ``queue_num`` in the calling thread's namespace and judges its packets.
 
-    ``script`` needs ``run_ip(bytes)`` returning an object with ``verdict``, ``data``,
-    ``modified``, ``error`` and ``eth_modified`` (packetscript_lab.Script), or is None for the
-    bare baseline that accepts everything (used by the benchmark).
+    ``script`` is a packetscript_lab.Script (its ``judge_ip`` fast path is used), or None for
+    the bare baseline that accepts everything (used by the benchmark).
     """
 
     def __init__(self, queue_num: int, mark_bit: int, script: Any, eth_by_ifindex: dict[int, bytes],
@@ -167,38 +168,38 @@ class QueueWorker:
             eth = self._eth
             if script.eth_header != eth:
                 script.eth_header = eth
-            r = script.run_ip(data)
+            code, out = script.judge_ip(data)
             c.seen += 1
             c.bytes += len(data)
-            out = None
-            if r.modified:
+            if out is not None:
                 c.modified += 1
-                out = r.data
                 pkt.set_payload(out)
-            if r.eth_modified:
+            if code & 16:
                 c.eth_modified += 1
-            if r.error is not None:
+            error = None
+            if code & 8:
+                error = script.last_error
                 c.errors += 1
                 if self._errors_reported < 20:
                     self._errors_reported += 1
-                    self.on_event({"event": "script_error", "message": str(r.error),
-                                   "line": getattr(r.error, "line", None)})
-            v = r.verdict
-            if v == "accept":
+                    self.on_event({"event": "script_error", "message": str(error), "line": error.line})
+            v = code & 3
+            if v == 1:
                 c.accepted += 1
                 pkt.accept()
-            elif v == "drop":
+            elif v == 0:
                 c.dropped += 1
                 pkt.drop()
             else:
                 c.continued += 1
                 pkt.set_mark(pkt.get_mark() | self.mark_bit)
                 pkt.repeat()
+            v = BY_CODE[v]
             t = time.time()
             if not self.first_t:
                 self.first_t = t
             self.last_t = t
-            self.recent.ring.append((t, data, out, v, r.error, eth))
+            self.recent.ring.append((t, data, out, v, error, eth))
         except BaseException as exc:
             c.internal_errors += 1
             self._event_error("callback", f"{type(exc).__name__}: {exc}")

@@ -254,17 +254,14 @@ class World:
             raise
 
     def _attach_kernel(self, sess, source, host, table, chain, match, name, position) -> dict:
-        def targets() -> str:
-            try:
-                with open("/proc/thread-self/net/ip_tables_targets") as f:
-                    return f.read()
-            except FileNotFoundError:
-                return ""
+        # Detection and the install route live in packetscript_lab.kernel.backend.
+        from packetscript_lab.kernel import backend as kernel_backend
 
-        if "LUA" not in self.spaces[host].run(targets).split():
-            raise LabError("the xt_LUA kernel module is not loaded on this machine (no LUA target "
-                           "in ip_tables_targets); use backend='nfqueue', which runs the same "
-                           "script through NFQUEUE")
+        try:
+            kernel_backend.require(lambda argv: self.spaces[host].sh(argv, check=False),
+                                   self.iptables_program)
+        except kernel_backend.KernelModuleMissing as exc:
+            raise LabError(str(exc)) from None
         path = f"/tmp/packetscript-lab-{os.getpid()}-{name}.lua"
         with open(path, "w") as f:
             f.write(source)

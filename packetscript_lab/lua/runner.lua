@@ -312,6 +312,37 @@ function E.run_one(s, ts)
   return code, changed, out, nil, nil, #OUT
 end
 
+-- An IP packet behind the synthetic Ethernet header set with set_eth: one number (code,
+-- +4 if the IP packet or header changed, +8 if the script failed, +16 if the Ethernet
+-- header changed, +32 if lines were printed), and the new IP packet when it changed.
+local ETH, LAST_ERR = string.rep("\0", 14), nil
+function E.set_eth(h) ETH = h end
+function E.last_error() return LAST_ERR[1], LAST_ERR[2] end
+function E.run_ip(s, ts)
+  local n = #s + 14
+  ensure(n)
+  if ffi then ffi.copy(buf, ETH, 14); ffi.copy(buf + 14, s, n - 14) else load_string(ETH .. s, n) end
+  A.set_buffer(buf)
+  local code, changed, err = process(n, ts)
+  if #OUT > 0 then code = code + 32 end
+  if err then
+    LAST_ERR = err
+    return code + 8
+  end
+  if not changed then return code end
+  local out
+  if ffi then
+    if ffi.string(buf, 14) ~= ETH then code = code + 16 end
+    out = ffi.string(buf + 14, n - 14)
+  else
+    out = table_string(n)
+    if ssub(out, 1, 14) ~= ETH then code = code + 16 end
+    out = ssub(out, 15)
+  end
+  if out == s then return code end
+  return code + 4, out
+end
+
 -- A batch (LuaJIT): blob holds the packets back to back, lens their int32 lengths, tss
 -- their float64 times in ms. Returns one result byte per packet (code + 4 if changed +
 -- 8 if failed), the blob after the scripts if any packet changed, and the errors as a

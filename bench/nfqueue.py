@@ -1,0 +1,129 @@
+"""NFQUEUE benchmark: the DNAT example vs. a bare accept-only NetfilterQueue callback.
+
+Same lab (router topology), same sender (a separate process in the client host sending
+numbered UDP datagrams as fast as it can), same hook (mangle POSTROUTING on the router),
+alternating trials. Throughput is what the queue worker judged per second between its
+first and last packet; the queue runs without fail-open so an overloaded worker shows up as
+queue drops, not as unjudged packets. Latency is the ping round trip client -> server with
+no rule, with the bare callback and with the script on the server's INPUT hook.
+
+Bounded: --count packets per trial (default 30000), --trials per variant (default 3),
+--pings per latency variant (default 300). Prints the figures; needs a lab (see docs/lab.md).
+
+    python bench/nfqueue.py [--count 30000] [--trials 3] [--pings 300]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from packetscript_lab.lab import Lab  # noqa: E402
+
+DNAT = """
+function process_packet(p)
+  local ip = p:data(packet_eth):data(packet_ip)
+  if not ip then return NF_DROP end
+  ip:daddr():set("%s")
+  return XT_CONTINUE
+end
+"""
+
+
+def settle(h, timeout: float = 20.0) -> dict:
+    """Stats once the worker has stopped seeing packets."""
+    end = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < end:
+        s = h.stats()
+        if s["seen"] == last and s["queue_backlog"] == 0:
+            return s
+        last = s["seen"]
+        time.sleep(0.3)
+    return h.stats()
+
+
+def throughput_trial(lab: Lab, variant: str, count: int) -> dict:
+    match = "-p udp --dport 9000"
+    if variant == "bare":
+        h = lab._attach_bare("router", "mangle", "POSTROUTING", match, name="bare", on_overload="drop")
+        dst = "10.77.2.2"
+    else:
+        h = lab.attach(DNAT % "10.77.2.2", host="router", table="mangle", chain="POSTROUTING",
+                       match=match, name="dnat", on_overload="drop")
+        dst = "10.77.2.100"
+    try:
+        sent = lab.udp_blast("client", dst, port=9000, count=count)
+        s = settle(h)
+    finally:
+        h.detach()
+    busy = max(s["last_t"] - s["first_t"], 1e-9)
+    return {"variant": variant, "sent": sent["sent"], "send_pps": sent["sent"] / sent["elapsed"],
+            "seen": s["seen"], "pps": s["seen"] / busy, "queue_drops": s["queue_drops"],
+            "modified": s["modified"], "errors": s["errors"]}
+
+
+def pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+
+
+def latency(lab: Lab, variant: str, pings: int) -> dict:
+    h = None
+    if variant == "bare":
+        h = lab._attach_bare("server", "filter", "INPUT", "-p icmp", name="bare-icmp")
+    elif variant == "script":
+        h = lab.attach(DNAT % "10.77.2.2", host="server", chain="INPUT", match="-p icmp",
+                       name="dnat-icmp")
+    try:
+        r = lab.ping("client", "server", count=pings, interval=0.005, timeout=1.0)
+    finally:
+        if h:
+            h.detach()
+    rtt = r["rtt_ms"]
+    return {"variant": variant, "received": r["received"], "p50_ms": pct(rtt, 0.5),
+            "p99_ms": pct(rtt, 0.99)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=30000)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--pings", type=int, default=300)
+    a = ap.parse_args()
+    count, trials = min(a.count, 200_000), min(a.trials, 10)
+    with Lab("router") as lab:
+        lab.ping("client", "server", count=5, interval=0.01)  # warm up
+        runs = {"bare": [], "dnat": []}
+        for i in range(trials):
+            for variant in ("bare", "dnat"):
+                r = throughput_trial(lab, variant, count)
+                runs[variant].append(r)
+                print(f"trial {i + 1} {variant:<5} sent {r['sent']} ({r['send_pps']:,.0f}/s)  "
+                      f"judged {r['seen']} at {r['pps']:,.0f} pkt/s  queue drops {r['queue_drops']}"
+                      f"  modified {r['modified']}  errors {r['errors']}")
+        best = {v: max(x["pps"] for x in rs) for v, rs in runs.items()}
+        med = {v: statistics.median(x["pps"] for x in rs) for v, rs in runs.items()}
+        print(f"\nthroughput (best of {trials}): bare {best['bare']:,.0f} pkt/s, "
+              f"DNAT script {best['dnat']:,.0f} pkt/s, ratio {best['dnat'] / best['bare']:.2f} "
+              f"(target >= 0.8); medians {med['bare']:,.0f} / {med['dnat']:,.0f} "
+              f"ratio {med['dnat'] / med['bare']:.2f}")
+        pings = min(a.pings, 2000)
+        lat = [latency(lab, v, pings) for v in ("none", "bare", "script")]
+        print(f"\nping round trip client -> server ({pings} pings):")
+        for r in lat:
+            print(f"  {r['variant']:<7} p50 {r['p50_ms'] * 1000:7.1f} us   p99 {r['p99_ms'] * 1000:7.1f} us"
+                  f"   received {r['received']}")
+        base = lat[0]
+        for r in lat[1:]:
+            print(f"  added by {r['variant']:<7} p50 {(r['p50_ms'] - base['p50_ms']) * 1000:+7.1f} us"
+                  f"   p99 {(r['p99_ms'] - base['p99_ms']) * 1000:+7.1f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

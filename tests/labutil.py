@@ -1,0 +1,117 @@
+"""Fixtures and helpers for the live-lab tests (real namespaces, iptables and NFQUEUE).
+
+Import the fixtures into a test module (``from labutil import pair_lab, router_lab``).
+When the machine cannot create the lab's namespaces the tests are skipped with the reason,
+except under CI (``CI`` set), where they fail: CI must run them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from packetscript_lab.lab import Lab
+from packetscript_lab.lab.client import lab_command
+
+_probe: str | None = None
+
+
+def lab_unavailable_reason() -> str | None:
+    """None when a lab can be started here, else why not (probed once)."""
+    global _probe
+    if _probe is None:
+        try:
+            argv = lab_command()[:-3] + ["true"]  # the same unshare flags, a trivial program
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+            _probe = "" if res.returncode == 0 else (res.stderr.strip() or f"exit {res.returncode}")
+        except Exception as exc:  # missing unshare, ...
+            _probe = str(exc)
+        for tool in ("iptables", "ip"):
+            if not _probe and shutil.which(tool) is None:
+                _probe = f"{tool} is not installed"
+    return _probe or None
+
+
+def require_lab() -> None:
+    reason = lab_unavailable_reason()
+    if reason:
+        msg = f"cannot create lab namespaces here: {reason}"
+        if os.environ.get("CI"):
+            pytest.fail(msg + " (CI is set: lab tests must run)")
+        pytest.skip(msg)
+
+
+@pytest.fixture
+def pair_lab():
+    require_lab()
+    with Lab("pair", sample_interval=0.2) as lab:
+        yield lab
+
+
+@pytest.fixture
+def router_lab():
+    require_lab()
+    with Lab("router", sample_interval=0.2) as lab:
+        yield lab
+
+
+def host_network_snapshot() -> dict[str, str]:
+    """The host's namespaces, links and rules, without counters or timestamps."""
+    def run(argv):
+        if shutil.which(argv[0]) is None:
+            return ""
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
+
+    def rules(text):
+        lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
+        return "\n".join(re.sub(r"\[\d+:\d+\]", "", ln) for ln in lines)
+
+    links = run(["ip", "-o", "link"])
+    return {
+        "netns": run(["ip", "-all", "netns"]),
+        "links": "\n".join(sorted(ln.split(":")[1].strip() for ln in links.splitlines() if ":" in ln)),
+        "iptables": rules(run(["iptables-save"])),
+        "iptables-legacy": rules(run(["iptables-legacy-save"])),
+    }
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+PYTHON = sys.executable
+
+DROP_9000 = """
+function process_packet(p)
+  return NF_DROP
+end
+"""
+
+ACCEPT_ALL = """
+function process_packet(p)
+  return NF_ACCEPT
+end
+"""
+
+CONTINUE_ALL = """
+function process_packet(p)
+  return XT_CONTINUE
+end
+"""
+
+DNAT_TO_SERVER = """
+function process_packet(p)
+  local ip = p:data(packet_eth):data(packet_ip)
+  if not ip then return NF_DROP end
+  ip:daddr():set("10.77.2.2")
+  return XT_CONTINUE
+end
+"""

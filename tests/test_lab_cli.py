@@ -1,0 +1,63 @@
+"""Live lab through the command line: `packetscript run` and `packetscript lab up|status|down`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from labutil import DROP_9000, PYTHON, host_network_snapshot, require_lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([PYTHON, "-m", "packetscript_lab", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_run_drop_script_with_traffic(tmp_path):
+    require_lab()
+    script = tmp_path / "drop.lua"
+    script.write_text(DROP_9000)
+    res = cli("run", str(script), "--host", "server", "--chain", "INPUT",
+              "--match", "-p udp --dport 9000", "--traffic", "udp rate=200 duration=0.5",
+              "--traffic", "udp port=9001 rate=200 duration=0.5", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["stats"]["dropped"] == out["stats"]["seen"] == 100
+    hit, miss = out["traffic"]
+    assert hit["received"] == 0 and miss["received"] == 100
+
+
+def test_run_reports_user_mistakes(tmp_path):
+    script = tmp_path / "bad.lua"
+    script.write_text("function process_packet(p)\n  return (\nend\n")
+    assert cli("run", str(tmp_path / "missing.lua")).returncode == 2
+    res = cli("run", str(script), "--traffic", "udp speed=3")
+    assert res.returncode == 2 and "unknown option" in res.stderr
+    require_lab()
+    res = cli("run", str(script))
+    assert res.returncode == 2 and "bad.lua" in res.stderr
+
+
+def test_lab_up_status_down():
+    require_lab()
+    name = f"test{os.getpid()}"
+    before = host_network_snapshot()
+    up = cli("lab", "up", "--name", name, "--topology", "router", "--json")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert json.loads(up.stdout)["topology"] == "router"
+        assert cli("lab", "up", "--name", name).returncode == 2  # already running
+        st = cli("lab", "status", "--name", name, "--json")
+        assert st.returncode == 0 and json.loads(st.stdout)["running"] is True
+    finally:
+        down = cli("lab", "down", "--name", name)
+    assert down.returncode == 0, down.stderr
+    st = cli("lab", "status", "--name", name, "--json")
+    assert st.returncode == 1 and json.loads(st.stdout)["running"] is False
+    assert host_network_snapshot() == before
