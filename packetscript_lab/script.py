@@ -139,7 +139,11 @@ class Script:
         code, prelude = source, None
         if faithful:
             from packetscript_lab.kernel import faithful as kernel_faithful
-            code, prelude = kernel_faithful.transform(source), kernel_faithful.FAITHFUL_PRELUDE
+            try:
+                code = kernel_faithful.transform(source)
+            except kernel_faithful.FaithfulError as exc:
+                raise ScriptError(exc.message, self._line(exc.line), name) from None
+            prelude = kernel_faithful.FAITHFUL_PRELUDE
         result = self._engine.compile(code.encode(), prelude.encode() if prelude else None)
         ok, message, line = (result if isinstance(result, tuple) else (result, None, None))
         if not ok:

@@ -354,15 +354,20 @@ class _Walker:
         if self.kernel:
             self._lua51("a `::label::`")
 
-    def visit_Name(self, node):
+    def visit_Name(self, node, member=None):
         if node.id in self.absent and not self.is_local(node.id):
             what = "strings have no methods and there is no string library" \
                 if node.id == "string" else f"`{node.id}` does not exist"
             where = "in the kernel" if self.kernel else "in the lab profile"
-            self.add("library", f"`{node.id}` is used: {what} {where}",
+            used = f"{node.id}.{member}" if member else node.id
+            self.add("library", f"`{used}` is used: {what} {where}",
                      _library_fix(node.id, self.kernel))
 
     def visit_Index(self, node):
+        if isinstance(node.value, N.Name) and node.notation == N.IndexNotation.DOT \
+                and isinstance(node.idx, N.Name):
+            self.visit_Name(node.value, member=node.idx.id)   # names `string.format`
+            return
         self.visit(node.value)
         if node.notation == N.IndexNotation.SQUARE:
             self.visit(node.idx)

@@ -135,6 +135,9 @@ function A.fix_checksums(len)
     put16(l4 + 16, 0xffff - fold(sum16(l4, l4len, pseudo)))
   elseif proto == 17 and l4len >= 8 then
     if B[l4 + 6] == 0 and B[l4 + 7] == 0 then return end   -- UDP without checksum
+    local ulen = get16(l4 + 4)                             -- the checksum covers what it declares
+    if ulen >= 8 and ulen <= l4len then l4len = ulen end
+    pseudo = sum16(ip + 12, 8) + proto + l4len
     local c = 0xffff - fold(sum16(l4, l4len, pseudo - get16(l4 + 6)))
     put16(l4 + 6, c == 0 and 0xffff or c)
   elseif proto == 1 and l4len >= 4 then

@@ -45,7 +45,8 @@ local function handler(msg)
   local line = user_line()
   if type(msg) ~= "string" then
     if getmetatable(msg) == BUDGET_MT then return msg end
-    msg = "error object is not a string: " .. tostring(msg)
+    local ok, text = pcall(tostring, msg)
+    msg = "error object is not a string: " .. (ok and type(text) == "string" and text or type(msg))
   end
   local _, _, l = sfind(msg, PREFIX)
   if l then
@@ -198,7 +199,7 @@ local random = math.random
 if cfg.seed then math.randomseed(cfg.seed) end
 env.nf = {
   get_time = function() return now_ms end,
-  get_random = function() return random(0, 4294967295) end,
+  get_random = function() return floor(random() * 4294967296) end,
 }
 env.__ps_tick = tick
 env._G = env
