@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import importlib
+import re
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -128,7 +129,9 @@ class Script:
             b"ffi": lua == "luajit", b"profile": profile.encode(), b"budget": budget,
             b"function": function.encode(), b"state_id": state_id, b"seed": seed,
             b"fix_checksums": self.fix_checksums, b"on_error_code": ON_ERROR[on_error],
-            b"chunkname": name.encode(),
+            # Lua cuts long chunk names (and with them the line); errors are reported
+            # under the script's own name by ScriptError and the CLI.
+            b"chunkname": b"script",
         })
         self._engine = runner(packet_api, cfg)
         self._run_one = self._engine.run_one
@@ -147,7 +150,7 @@ class Script:
         result = self._engine.compile(code.encode(), prelude.encode() if prelude else None)
         ok, message, line = (result if isinstance(result, tuple) else (result, None, None))
         if not ok:
-            raise ScriptError(_text(message), self._line(line), name)
+            raise ScriptError(self._message(message), self._line(line), name)
         self._drain_output()
 
     # ------------------------------------------------------------------ running
@@ -167,7 +170,7 @@ class Script:
         code, changed, out, emsg, eline, nout = self._run_one(frame, ms)
         if nout:
             self._drain_output()
-        error = self._errors.add(_text(emsg), self._line(eline)) if emsg is not None else None
+        error = self._errors.add(self._message(emsg), self._line(eline)) if emsg is not None else None
         return RunResult(BY_CODE[code], out if changed else frame, bool(changed), error)
 
     @property
@@ -196,7 +199,7 @@ class Script:
             self._drain_output()
         if code & 8:
             message, line = self._engine.last_error()
-            self.last_error = self._errors.add(_text(message), self._line(line))
+            self.last_error = self._errors.add(self._message(message), self._line(line))
         return code & 31, data
 
     def run_ip(self, packet: bytes, ts: float | None = None) -> RunResult:
@@ -229,7 +232,7 @@ class Script:
         errors = {}
         for entry in errs.values():
             index, message, line = entry[1], entry[2], entry[3]
-            errors[index] = self._errors.add(_text(message), self._line(line))
+            errors[index] = self._errors.add(self._message(message), self._line(line))
         return codes, blob, errors
 
     def _run_many_single(self, frames, times_ms):
@@ -239,7 +242,7 @@ class Script:
             if nout:
                 self._drain_output()
             if emsg is not None:
-                errors[i] = self._errors.add(_text(emsg), self._line(eline))
+                errors[i] = self._errors.add(self._message(emsg), self._line(eline))
                 code += 8
             elif ch:
                 code += 4
@@ -251,6 +254,13 @@ class Script:
     # ------------------------------------------------------------------ helpers
     def _line(self, line) -> int | None:
         return int(line) + self.line_offset if line else None
+
+    def _message(self, message) -> str:
+        """Lua's text, with the lines it mentions ("at line 3") shifted like our own."""
+        text = _text(message)
+        if self.line_offset:
+            text = re.sub(r"\bat line (\d+)", lambda m: f"at line {int(m.group(1)) + self.line_offset}", text)
+        return text
 
     def _drain_output(self) -> None:
         lines = self._engine.take_output()

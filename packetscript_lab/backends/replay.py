@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import gzip
 import itertools
+import logging
 import os
 import struct
 import time
@@ -23,6 +25,7 @@ BATCH = 4096
 # Link types (pcap LINKTYPE_*) and how to reach an Ethernet frame from them.
 ETHERNET, RAW_IP, LINUX_SLL, LINUX_SLL2 = 1, 101, 113, 276
 _RAW_IP_TYPES = {12, 14, RAW_IP, 228}          # DLT_RAW variants and LINKTYPE_IPV4
+scapy_log = logging.getLogger("scapy.runtime")
 _SUPPORTED = "Ethernet (1), raw IP (12, 14, 101, 228), Linux cooked SLL (113) and SLL2 (276)"
 
 
@@ -131,24 +134,35 @@ def _open_capture(path: Path):
         return getattr(reader, "linktype", ETHERNET), iter(())
     linktype = first[1].linktype if pcapng else reader.linktype
 
+    problems = _ScapyReadProblems()
+
+    def check(where: str) -> None:
+        if problems.messages:
+            raise ReplayError(f"{path}: {problems.messages[0]} ({where}): "
+                              "the file is truncated or corrupt")
+
     def pcap_batches():
-        done = 0
+        done, consumed = 0, 24                   # file header, then 16 bytes per record
         while True:
             chunk = list(itertools.islice(packets, BATCH)) if done else [first] + list(
                 itertools.islice(packets, BATCH - 1))
+            check(f"at packet {done + len(chunk)}")
             if not chunk:
-                return
-            # Only the last record of a file can be cut short: the reader stops after it.
+                break
+            frames = [d for d, _ in chunk]
+            consumed += 16 * len(chunk) + sum(map(len, frames))
             data, meta = chunk[-1]
             if len(data) != meta.caplen:
                 raise ReplayError(f"{path}: packet {done + len(chunk)} is cut short "
                                   f"({len(data)} of {meta.caplen} bytes): the file is truncated")
-            yield ([d for d, _ in chunk],
-                   [sec * 1000.0 + usec / 1000.0 for _, (sec, usec, _w, _c) in chunk])
+            yield frames, [sec * 1000.0 + usec / 1000.0 for _, (sec, usec, _w, _c) in chunk]
             done += len(chunk)
+        if not isinstance(reader.f, gzip.GzipFile) and consumed < path.stat().st_size:
+            raise ReplayError(f"{path}: {path.stat().st_size - consumed} bytes after packet {done} "
+                              "are not a whole record: the file is truncated")
 
     def pcapng_batches():
-        frames, times = [], []
+        frames, times, done = [], [], 0
         for data, meta in itertools.chain([first], packets):
             if meta.linktype != linktype:
                 raise ReplayError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
@@ -157,18 +171,38 @@ def _open_capture(path: Path):
             times.append(((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
             if len(frames) == BATCH:
                 yield frames, times
+                done += BATCH
                 frames, times = [], []
+        check(f"after packet {done + len(frames)}")
         if frames:
             yield frames, times
 
     def batches():
+        scapy_log.addFilter(problems)
         try:
             yield from (pcapng_batches() if pcapng else pcap_batches())
         except (Scapy_Exception, ValueError, struct.error) as exc:
             raise ReplayError(f"{path}: corrupt capture ({exc})") from None
         finally:
+            scapy_log.removeFilter(problems)
             reader.close()
     return linktype, batches()
+
+
+class _ScapyReadProblems(logging.Filter):
+    """scapy logs a cut or broken record and ends the capture there; collect those
+    messages (instead of printing them) so that replay can fail with them."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        if message.startswith("Pcap"):
+            self.messages.append(message)
+            return False
+        return True
 
 
 def _batches_from_packets(packets):

@@ -253,10 +253,12 @@ local function bad_verdict(v)
 end
 
 -- Runs the script on the packet in the API's buffer. Returns code (0 drop, 1 accept,
--- 2 continue), whether bytes changed, and the error {message, line} if it failed.
+-- 2 continue), whether it wrote any byte, and the error {message, line} if it failed.
+-- The drivers then compare with the input: a packet changed only if its bytes differ,
+-- and only then are its checksums fixed.
 local function process(len, ts)
   A.begin(len)
-  now_ms = ts
+  now_ms = floor(ts)
   cur_p = setmetatable({ o = 0, n = len }, raw.mt)
   arm(BUDGET)
   local ok, v = xpcall(call_user, handler)
@@ -268,9 +270,13 @@ local function process(len, ts)
     err = v
   end
   if err then return ON_ERROR, false, err end
-  local changed = A.dirty()
-  if changed and FIX then A.fix_checksums(len) end
-  return code, changed, err
+  return code, A.dirty(), err
+end
+
+local memcmp
+if ffi then
+  ffi.cdef("int memcmp(const void *, const void *, size_t);")
+  memcmp = ffi.C.memcmp
 end
 
 -- ---------------------------------------------------------------- drivers
@@ -306,11 +312,21 @@ function E.run_one(s, ts)
   ensure(n)
   if ffi then ffi.copy(buf, s, n) else load_string(s, n) end
   A.set_buffer(buf)
-  local code, changed, err = process(n, ts)
+  local code, wrote, err = process(n, ts)
+  if err then return code, false, nil, err[1], err[2], #OUT end
   local out
-  if changed then out = ffi and ffi.string(buf, n) or table_string(n) end
-  if err then return code, changed, out, err[1], err[2], #OUT end
-  return code, changed, out, nil, nil, #OUT
+  if wrote then
+    if ffi then
+      if memcmp(buf, s, n) ~= 0 then
+        if FIX then A.fix_checksums(n) end
+        out = ffi.string(buf, n)
+      end
+    elseif table_string(n) ~= s then
+      if FIX then A.fix_checksums(n) end
+      out = table_string(n)
+    end
+  end
+  return code, out ~= nil, out, nil, nil, #OUT
 end
 
 -- An IP packet behind the synthetic Ethernet header set with set_eth: one number (code,
@@ -324,24 +340,24 @@ function E.run_ip(s, ts)
   ensure(n)
   if ffi then ffi.copy(buf, ETH, 14); ffi.copy(buf + 14, s, n - 14) else load_string(ETH .. s, n) end
   A.set_buffer(buf)
-  local code, changed, err = process(n, ts)
+  local code, wrote, err = process(n, ts)
   if #OUT > 0 then code = code + 32 end
   if err then
     LAST_ERR = err
     return code + 8
   end
-  if not changed then return code end
-  local out
+  if not wrote then return code end
+  local eth_changed, ip_changed
   if ffi then
-    if ffi.string(buf, 14) ~= ETH then code = code + 16 end
-    out = ffi.string(buf + 14, n - 14)
+    eth_changed, ip_changed = memcmp(buf, ETH, 14) ~= 0, memcmp(buf + 14, s, n - 14) ~= 0
   else
-    out = table_string(n)
-    if ssub(out, 1, 14) ~= ETH then code = code + 16 end
-    out = ssub(out, 15)
+    local now = table_string(n)
+    eth_changed, ip_changed = ssub(now, 1, 14) ~= ETH, ssub(now, 15) ~= s
   end
-  if out == s then return code end
-  return code + 4, out
+  if eth_changed then code = code + 16 end
+  if not ip_changed then return code end
+  if FIX then A.fix_checksums(n) end
+  return code + 4, ffi and ffi.string(buf + 14, n - 14) or ssub(table_string(n), 15)
 end
 
 -- A batch (LuaJIT): blob holds the packets back to back, lens their int32 lengths, tss
@@ -357,6 +373,7 @@ if ffi then
     if count > rcap then rcap = count; results = ffi.new("uint8_t[?]", rcap) end
     local L = ffi.cast("const int32_t *", ffi.cast("const char *", lens))
     local T = ffi.cast("const double *", ffi.cast("const char *", tss))
+    local original = ffi.cast("const uint8_t *", blob)
     local errs, any, i, off = {}, false, 0, 0
     -- One protected call for the whole batch; a failing packet ends it, is recorded,
     -- and the loop resumes with the next packet.
@@ -365,13 +382,13 @@ if ffi then
         local n = L[i]
         A.set_buffer(buf + off)
         A.begin(n)
-        now_ms = T[i]
+        now_ms = floor(T[i])
         cur_p = setmetatable({ o = 0, n = n }, raw.mt)
         arm(BUDGET)
         local v = call_user()
         local code = verdict_code(v)
         if not code then error(setmetatable(bad_verdict(v), BUDGET_MT), 0) end
-        if A.dirty() then
+        if A.dirty() and memcmp(buf + off, original + off, n) ~= 0 then
           if FIX then A.fix_checksums(n) end
           any = true
           code = code + 4
