@@ -44,9 +44,29 @@ class ReplayResult:
     eth_changes: int = 0       # raw-IP input whose synthetic Ethernet header the script changed
     elapsed: float = 0.0
     linktype: int = ETHERNET
-    output: list = field(default_factory=list)          # passing packets as bytes, input link type
-    output_times: list = field(default_factory=list)
     script: Script | None = None
+    # Batches whose passing packets are not yet cut out as bytes: that happens on first
+    # use of `output`, so a replay that only counts does not pay for it.
+    _batches: list = field(default_factory=list, repr=False)
+    _output: list = field(default_factory=list, repr=False)
+    _output_times: list = field(default_factory=list, repr=False)
+
+    @property
+    def output(self) -> list:
+        """The packets that pass (accept or continue), as changed, in the input's link type."""
+        self._cut_batches()
+        return self._output
+
+    @property
+    def output_times(self) -> list:
+        """Their capture times, in seconds."""
+        self._cut_batches()
+        return self._output_times
+
+    def _cut_batches(self) -> None:
+        for batch in self._batches:
+            _collect_output(self, *batch)
+        self._batches.clear()
 
     @property
     def pps(self) -> float:
@@ -274,7 +294,7 @@ def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_s
         if blob is not None and to_eth:
             result.eth_changes += _count_eth_changes(eth_frames, codes, blob)
         if keep_output:
-            _collect_output(result, frames, eth_frames, times, codes, blob, from_eth)
+            result._batches.append((frames, eth_frames, times, codes, blob, from_eth))
         result.packets += len(frames)
         if bar is not None:
             bar.update(sum(map(len, frames)) + 16 * len(frames))
@@ -299,14 +319,14 @@ def _offsets(frames):
 
 def _collect_output(result, frames, eth_frames, times, codes, blob, from_eth):
     """Append the passing packets (as changed) to result.output, in the input's form."""
-    result.output_times += [t / 1000 for t, c in zip(times, codes) if c & 3]
+    result._output_times += [t / 1000 for t, c in zip(times, codes) if c & 3]
     if blob is None:
-        result.output += [f for f, c in zip(frames, codes) if c & 3]
+        result._output += [f for f, c in zip(frames, codes) if c & 3]
     elif from_eth is None:
-        result.output += [blob[o:o + len(f)] if c & 4 else f
-                          for f, c, o in zip(frames, codes, _offsets(frames)) if c & 3]
+        result._output += [blob[o:o + len(f)] if c & 4 else f
+                           for f, c, o in zip(frames, codes, _offsets(frames)) if c & 3]
     else:
-        result.output += [from_eth(f, blob[o:o + len(ef)]) if c & 4 else f
+        result._output += [from_eth(f, blob[o:o + len(ef)]) if c & 4 else f
                           for f, ef, c, o in zip(frames, eth_frames, codes, _offsets(eth_frames)) if c & 3]
 
 
