@@ -341,4 +341,5 @@ def _progress_bar(progress, total_bytes):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc="replay", leave=False)
+    # disable=None: only on a terminal, never into logs or pipes
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc="replay", leave=False, disable=None)
