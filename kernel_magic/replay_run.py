@@ -1,0 +1,156 @@
+"""The replay backend as a live run: a Script fed packets in a worker thread at their pace.
+
+It has the same reading interface as a Lab attachment handle (``stats``, ``series``,
+``recent``, ``errors``, ``replace``, ``detach``) so the dashboard and the summary do not
+care which backend produced the numbers. Packets are played at their recorded time offsets
+(gaps longer than one second are shortened to one second), so the dashboard shows rates
+as they were offered.
+
+The worker only computes; it never prints or touches widgets.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from packetscript_lab import Script
+
+ETHERNET = 1
+RAW_IP = {12, 14, 101, 228}     # link types whose packets start at the IP header
+MAX_GAP = 1.0
+RECENT = 50
+
+
+class ReplayRun:
+    backend = "replay"
+
+    def __init__(self, name: str, script: Script, frames, *, raw_ip: bool = False,
+                 sample_interval: float = 0.5):
+        """``frames``: (time offset in seconds, bytes) pairs sorted by time."""
+        self.name = name
+        self._script = script
+        self._raw_ip = raw_ip
+        self._interval = sample_interval
+        self._pending = collections.deque(_shorten_gaps(frames))
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._counts = dict.fromkeys(("seen", "bytes", "accepted", "dropped", "continued",
+                                      "modified", "errors", "queue_drops"), 0)
+        self._series: list[dict] = []
+        self._recent: collections.deque = collections.deque(maxlen=RECENT)
+        self._old_errors: list[dict] = []
+        self._t0 = time.monotonic()
+        self.played_all = threading.Event()
+        self.failure: str | None = None
+        self._thread = threading.Thread(target=self._work, name=f"replay-{name}", daemon=True)
+        self._thread.start()
+
+    # --- handle interface ------------------------------------------------------------
+    def stats(self) -> dict:
+        with self._lock:
+            return dict(self._counts)
+
+    def series(self) -> list[dict]:
+        with self._lock:
+            return list(self._series) + [self._sample()]
+
+    def recent(self) -> list[dict]:
+        with self._lock:
+            return list(self._recent)
+
+    def errors(self) -> list[dict]:
+        with self._lock:
+            current = [{"message": m, "line": ln, "count": c}
+                       for (m, ln, c) in _error_triples(self._script)]
+            return self._old_errors + current
+
+    def replace(self, script: Script) -> None:
+        """Swap the script between two packets: none is lost or run twice."""
+        with self._lock:
+            self._old_errors += [{"message": m, "line": ln, "count": c}
+                                 for (m, ln, c) in _error_triples(self._script)]
+            self._script = script
+
+    def inject(self, frames) -> None:
+        """Play more packets (``%packetscript send``), starting now."""
+        now = time.monotonic() - self._t0
+        with self._lock:
+            self._pending.extend((now + off, data) for off, data in _shorten_gaps(frames))
+            self.played_all.clear()
+        self._wake.set()
+
+    def detach(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    # --- worker ----------------------------------------------------------------------
+    def _work(self) -> None:
+        next_sample = self._interval
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic() - self._t0
+                with self._lock:
+                    while self._pending and self._pending[0][0] <= now:
+                        self._run_one(now, self._pending.popleft()[1])
+                    if now >= next_sample:
+                        self._series.append(self._sample())
+                        next_sample = now + self._interval
+                    if not self._pending:
+                        self.played_all.set()
+                    due = self._pending[0][0] if self._pending else next_sample
+                self._wake.wait(max(0.0, min(due, next_sample) - now))
+                self._wake.clear()
+        except Exception as exc:  # kept for the dashboard/summary, never printed here
+            self.failure = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._series.append(self._sample())
+            self.played_all.set()
+
+    def _run_one(self, now: float, data: bytes) -> None:
+        from packetscript_lab.fields import changed_fields, summary
+
+        script = self._script
+        result = script.run_ip(data, ts=now) if self._raw_ip else script.run(data, ts=now)
+        c = self._counts
+        c["seen"] += 1
+        c["bytes"] += len(data)
+        c[{"accept": "accepted", "drop": "dropped", "continue": "continued"}[result.verdict]] += 1
+        if result.modified:
+            c["modified"] += 1
+        if result.error is not None:
+            c["errors"] += 1
+        eth = script.eth_header if self._raw_ip else b""
+        self._recent.append({
+            "t": now,
+            "summary": summary(eth + data),
+            "verdict": result.verdict,
+            "changed": changed_fields(eth + data, eth + result.data) if result.modified else [],
+            "error": str(result.error) if result.error is not None else None,
+        })
+
+    def _sample(self) -> dict:
+        return {"t": time.monotonic() - self._t0, **self._counts}
+
+
+def _shorten_gaps(frames):
+    """Shift offsets so no gap between packets exceeds MAX_GAP (long captures stay watchable)."""
+    out, shift, last = [], 0.0, None
+    for off, data in frames:
+        if last is not None and off - last > MAX_GAP:
+            shift += off - last - MAX_GAP
+        last = off
+        out.append((off - shift, data))
+    return out
+
+
+def _error_triples(script):
+    """The script's kept errors (ScriptRuntimeError: message, line, count) as tuples."""
+    return [(e.message, e.line, e.count) for e in script.errors]

@@ -1,0 +1,299 @@
+"""Per-kernel state of the extension: the lab (made on first use), the runs by name, the
+cell cache and the pump. The magics are a thin layer of argument parsing over this.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from IPython.core.error import UsageError
+
+from kernel_magic import lua_errors, pcaps
+from kernel_magic import traffic as traffic_mod
+from kernel_magic.cache import CellCache
+from kernel_magic.dashboard import Dashboard
+from kernel_magic.options import RunOptions
+from kernel_magic.pump import INTERVAL, Pump
+from kernel_magic.runs import Run
+
+ENV_BACKEND = "PACKETSCRIPT_BACKEND"    # "replay": never try to build a lab (e.g. on Binder)
+GRACE = 0.6                            # let the last verdicts and stats sample arrive
+TRAFFIC_SLACK = 30.0                   # a traffic generator this late past --duration is stuck
+
+
+class Session:
+    def __init__(self, shell):
+        self.shell = shell
+        self.lab = None
+        self.topology = "pair"
+        self.lab_unavailable: str | None = None
+        self.runs: dict[str, Run] = {}
+        self.cache = CellCache()
+        self.pump = Pump(self)
+
+    # --- the lab ------------------------------------------------------------------------
+    def ensure_lab(self, topology: str | None = None):
+        """The running Lab, or None (after saying once why) when none can be built here."""
+        if topology is not None and self.lab is not None and topology != self.topology:
+            raise UsageError(f"the lab is up with topology {self.topology!r}; "
+                             "run %packetscript down first")
+        if topology is not None:
+            self.topology = topology
+        if self.lab is not None and getattr(self.lab, "closed", False):
+            # the lab process ended (crashed or killed): its scripts went with it
+            for run in self.runs.values():
+                if run.active and run.backend != "replay":
+                    run.stop("the lab process ended")
+            print("PacketScript Lab: the lab process had ended; building a new lab.")
+            self.lab = None
+        if self.lab is not None:
+            return self.lab
+        if self.lab_unavailable is not None:
+            return None
+        reason = None
+        if os.environ.get(ENV_BACKEND, "").lower() == "replay":
+            reason = f"{ENV_BACKEND}=replay is set"
+        else:
+            try:
+                from packetscript_lab import Lab, LabError
+            except ImportError as exc:
+                reason = f"the lab package cannot be imported ({exc})"
+            else:
+                try:
+                    lab = Lab(topology=self.topology)
+                    self.lab = lab.__enter__() or lab
+                except LabError as exc:
+                    reason = str(exc).rstrip(".")
+        if reason is not None:
+            self.lab_unavailable = reason
+            print(f"PacketScript Lab: no private lab network here: {reason}.\n"
+                  "Scripts run on the replay backend instead: over --pcap FILE, or over "
+                  "generated lab traffic (--traffic, default "
+                  f"{traffic_mod.DEFAULT_TRAFFIC!r}). Verdicts and the dashboard work the same.")
+            return None
+        return self.lab
+
+    def down(self) -> list:
+        summaries = [self.finish(run, "lab shut down") for run in list(self.runs.values())
+                     if run.active and run.backend != "replay"]
+        if self.lab is not None:
+            lab, self.lab = self.lab, None
+            lab.__exit__(None, None, None)
+        return summaries
+
+    def hosts(self) -> dict:
+        if self.lab is not None:
+            return dict(self.lab.hosts)
+        from kernel_magic.hosts import replay_hosts
+        return replay_hosts(self.topology)
+
+    def choose_backend(self, options: RunOptions) -> str:
+        if options.backend == "replay":
+            return "replay"
+        if self.ensure_lab() is None:
+            return "replay"
+        return options.backend or "nfqueue"
+
+    # --- runs ---------------------------------------------------------------------------
+    def start_cell(self, options: RunOptions, source: str, cell_lines: list[str]) -> Run:
+        """Compile, attach (or replace in place) and show the dashboard; returns the run."""
+        script = self.cache.compile(source, options, cell_lines)
+        if options.profile == "kernel":
+            self.report_portability(source, options, cell_lines)
+        backend = self.choose_backend(options)
+        old = self.runs.get(options.name)
+        if old is not None and old.active:
+            if old.backend == backend and old.options.same_attachment(options):
+                return self._replace(old, options, source, cell_lines, script)
+            self.finish(old, "replaced by a cell with other options")
+            print(f"{options.name!r}: options changed, so the old script was detached and the "
+                  "new one attached (not in place).")
+        if backend == "replay":
+            run = self._start_replay(options, source, cell_lines, script)
+        else:
+            run = self._start_live(options, source, cell_lines, backend)
+        self.runs[options.name] = run
+        self._show(run)
+        return run
+
+    def report_portability(self, source: str, options: RunOptions, cell_lines) -> None:
+        """Say which cell lines would not work in the kernel module (computed once per hash)."""
+        from packetscript_lab.kernel.checker import check_source
+        findings = self.cache.findings(
+            source, options, lambda src: check_source(src, "kernel", name=options.name).findings)
+        if not findings:
+            print("Kernel portability: no findings; this script should load and run in xt_LUA.")
+            return
+        print("Kernel portability (xt_LUA):")
+        for f in findings:
+            line = f.line + 1 if f.line else None          # the magic line is cell line 1
+            print("  " + lua_errors.describe(f"{f.severity} [{f.rule}] {f.message}; fix: {f.fix}",
+                                             line, cell_lines).replace("\n", "\n  "))
+
+    def _start_replay(self, options, source, cell_lines, script) -> Run:
+        from kernel_magic.replay_run import ReplayRun
+        frames, raw_ip = self.replay_frames(options)
+        handle = ReplayRun(options.name, script, frames, raw_ip=raw_ip)
+        run = Run(options.name, options, source, cell_lines, "replay", handle)
+        what = f"pcap {options.pcap}" if options.pcap else \
+            f"generated traffic {options.traffic or traffic_mod.DEFAULT_TRAFFIC!r}"
+        run.notes.append(f"replayed {len(frames)} packets of {what}")
+        if options.placement():
+            given = ", ".join(f"--{k}" for k in options.placement())
+            run.notes.append(f"{given}: iptables options, not applied on the replay backend; "
+                             "every replayed packet went through the script")
+        return run
+
+    def replay_frames(self, options: RunOptions):
+        if options.pcap:
+            return self.cache.memo(("pcap", options.pcap, os.path.getmtime(options.pcap)),
+                                   lambda: pcaps.read_frames(options.pcap))
+        spec = options.traffic or traffic_mod.DEFAULT_TRAFFIC
+        seconds = options.duration or traffic_mod.DEFAULT_SECONDS
+        hosts = self.hosts()
+
+        def build():
+            try:
+                packets = traffic_mod.build_packets(traffic_mod.parse_traffic(spec), hosts,
+                                                    seconds)
+            except traffic_mod.TrafficError as exc:
+                raise UsageError(f"--traffic: {exc}") from None
+            return packets, False
+        return self.cache.memo(("traffic", spec, seconds, self.topology), build)
+
+    def _start_live(self, options, source, cell_lines, backend) -> Run:
+        from packetscript_lab import LabError, ScriptError
+        lab = self.lab
+        flows = None
+        if not options.pcap and (options.traffic or options.duration):
+            flows = traffic_mod.parse_traffic(options.traffic or traffic_mod.DEFAULT_TRAFFIC)
+            try:
+                traffic_mod.check_hosts(flows, lab.hosts)
+            except traffic_mod.TrafficError as exc:
+                raise UsageError(f"--traffic: {exc}") from None
+        try:
+            handle = lab.attach(source, name=options.name, backend=backend,
+                                **options.placement(), **options.script_kwargs(),
+                                line_offset=1)
+        except ScriptError as exc:
+            raise UsageError(self.cache.describe_script_error(exc, cell_lines)) from None
+        except LabError as exc:
+            raise UsageError(f"cannot attach {options.name!r} on {backend}: {exc}") from None
+        run = Run(options.name, options, source, cell_lines, backend, handle)
+        if options.pcap:
+            path = options.pcap
+            run.start_traffic(lambda: [{"flow": f"pcap {os.path.basename(path)} from client",
+                                        **_plain(lab.replay_pcap("client", path))}],
+                              f"pcap {path}")
+        elif flows:
+            run.drive_flows(lab, flows, options.duration or traffic_mod.DEFAULT_SECONDS)
+        return run
+
+    def _replace(self, run: Run, options, source, cell_lines, script) -> Run:
+        replacement = script if run.backend == "replay" else source
+        try:
+            run.replace(source, cell_lines, replacement)
+        except Exception as exc:
+            raise UsageError(f"cannot replace {run.name!r}: {exc}") from None
+        if run.dashboard is not None:
+            run.dashboard.finish("replaced in place by a later cell")
+        if run.slots is not None:
+            for slot in run.slots:
+                slot.update({"text/plain": "(this run continues in a later cell)"}, raw=True)
+        run.options = options
+        run.deadline = None if options.duration is None else time.monotonic() + options.duration
+        print(f"{run.name!r}: script replaced in place on {run.backend}; no packet was lost.")
+        self._show(run)
+        return run
+
+    def _show(self, run: Run) -> None:
+        """Display the dashboard (and, for open-ended runs, slots for the summary)."""
+        from IPython.display import display
+        blocking = run.options.duration is not None
+        title = f"{run.name} · {run.backend}"
+        if run.backend != "replay":
+            place = " ".join(f"{k} {v}" for k, v in run.options.placement().items())
+            title += f" · {place}" if place else ""
+        if run.options.dashboard:
+            run.dashboard = Dashboard(
+                title, run.cell_lines,
+                on_stop=None if blocking else (lambda: self.finish(run, "stopped")),
+                stop_note="interrupt the kernel to end early" if blocking else "")
+            display(run.dashboard.bundle(), raw=True)
+        else:
+            run.dashboard = None
+        if blocking:
+            run.slots = None
+        else:
+            run.slots = [display({"text/plain": ""}, raw=True, display_id=True)
+                         for _ in range(2)]
+            if not run.options.dashboard:
+                print(f"{run.name!r} attached on {run.backend}; it runs until "
+                      f"%packetscript stop {run.name}")
+            self.pump.ensure_running()
+
+    def wait(self, run: Run):
+        """Block the cell until the run's duration is over, ticking the pump; then summarise."""
+        run.blocking = True
+        reason = "duration reached"
+        try:
+            while run.active and not run.due():
+                if run.deadline is not None and time.monotonic() > run.deadline + TRAFFIC_SLACK:
+                    run.notes.append("the traffic generator had not finished "
+                                     f"{TRAFFIC_SLACK:.0f} s after --duration")
+                    break
+                self.pump.tick()
+                time.sleep(INTERVAL)
+            if run.active and run.backend != "replay":
+                time.sleep(GRACE)
+        except KeyboardInterrupt:
+            reason = "interrupted"
+        if not run.active:                 # stopped meanwhile (e.g. %packetscript down)
+            return run.summary()
+        run.wait_traffic(timeout=5.0)
+        return self.finish(run, reason)
+
+    def finish(self, run: Run, reason: str):
+        """Stop ``run`` and write its summary where its cell can show it."""
+        run.stop(reason)
+        summary = run.summary()
+        if run.dashboard is not None:
+            try:
+                run.dashboard.update(run.view(), with_plot=True)
+            except Exception:
+                pass                       # the summary below holds the same numbers
+            run.dashboard.finish(f"ended: {reason}")
+        if run.slots is not None:
+            fig_slot, table_slot = run.slots
+            fig_slot.update(summary.figure_bundle(), raw=True)
+            table_slot.update(summary)
+            run.slots = None
+        return summary
+
+    def stop(self, name: str):
+        run = self.runs.get(name)
+        if run is None:
+            raise UsageError(f"no script named {name!r} (running: {self._names()})")
+        if not run.active:
+            raise UsageError(f"{name!r} already ended ({run.end_reason})")
+        return self.finish(run, "stopped")
+
+    def _names(self) -> str:
+        names = [n for n, r in self.runs.items() if r.active]
+        return ", ".join(names) if names else "none"
+
+    def close(self) -> None:
+        for run in list(self.runs.values()):
+            if run.active:
+                run.stop("extension unloaded")
+        if self.lab is not None:
+            self.down()
+
+
+def _plain(result) -> dict:
+    if isinstance(result, int):
+        return {"sent": result}
+    try:
+        return {k: v for k, v in dict(result).items() if isinstance(v, (int, float, str))}
+    except (TypeError, ValueError):
+        return {"result": str(result)}
