@@ -72,7 +72,7 @@ def set_queue_flags(nfq_fd: int, queue_num: int, flags: int, mask: int) -> None:
 class QueueWorker:
     """Binds queue ``queue_num`` in the calling thread's namespace and judges its packets.
 
-    ``script`` is a packetscript_lab.Script (its ``judge_ip`` fast path is used), or None for
+    ``script`` is a packetscript_lab.Script (batches go through ``run_many``), or None for
     the bare baseline that accepts everything (used by the benchmark).
     """
 
