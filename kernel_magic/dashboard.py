@@ -69,10 +69,16 @@ class Dashboard:
             widget.value = value
 
 
+def _shown(stats: dict, key: str) -> str:
+    # A counter the backend cannot know (absent from the kernel's rule counters) is a dash.
+    value = stats.get(key)
+    return "–" if value is None else str(int(value))
+
+
 def _counter_table(stats: dict) -> str:
     cells = "".join(
         f"<td style='padding:2px 10px;text-align:center'><div style='font-size:1.4em'>"
-        f"{int(stats.get(k, 0))}</div><div style='color:#666'>{k.replace('_', ' ')}</div></td>"
+        f"{_shown(stats, k)}</div><div style='color:#666'>{k.replace('_', ' ')}</div></td>"
         for k in COUNTERS)
     return f"<table><tr>{cells}</tr></table>"
 

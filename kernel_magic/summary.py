@@ -26,8 +26,17 @@ class RunSummary:
     traffic: list = dataclasses.field(default_factory=list)     # one dict per flow
     notes: list = dataclasses.field(default_factory=list)
 
-    def count(self, key: str) -> int:
-        return int(self.stats.get(key, 0))
+    def count(self, key: str) -> int | None:
+        """A counter, or None where the backend cannot know it (the kernel backend's rule
+        counters do not tell accepted from dropped, nor see changed bytes or errors)."""
+        value = self.stats.get(key)
+        if value is None:
+            return None if self.backend == "kernel" else 0
+        return int(value)
+
+    def shown(self, key: str) -> str:
+        value = self.count(key)
+        return "–" if value is None else str(value)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "backend": self.backend, "seconds": round(self.seconds, 3),
@@ -58,7 +67,7 @@ class RunSummary:
         return out
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{k} {self.count(k)}" for k in COUNTERS)
+        counts = ", ".join(f"{k} {self.shown(k)}" for k in COUNTERS)
         lines = [f"{self._title()}: {counts}"]
         lines += [f"traffic {t}" for t in self._traffic_lines()]
         lines += [f"error at {e}" for e in self._error_lines()]
@@ -67,7 +76,7 @@ class RunSummary:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in COUNTERS)
-        cells = "".join(f"<td>{self.count(k)}</td>" for k in COUNTERS)
+        cells = "".join(f"<td>{self.shown(k)}</td>" for k in COUNTERS)
         parts = [f"<b>{html.escape(self._title())}</b>",
                  f"<table class='packetscript-summary'><tr>{head}</tr><tr>{cells}</tr></table>"]
         if self.traffic:
@@ -82,7 +91,7 @@ class RunSummary:
     def _repr_markdown_(self) -> str:
         head = "| " + " | ".join(k.replace("_", " ") for k in COUNTERS) + " |"
         rule = "|" + "---:|" * len(COUNTERS)
-        row = "| " + " | ".join(str(self.count(k)) for k in COUNTERS) + " |"
+        row = "| " + " | ".join(self.shown(k) for k in COUNTERS) + " |"
         parts = [f"**{self._title()}**", "", head, rule, row, ""]
         parts += [f"- traffic {t}" for t in self._traffic_lines()]
         for e in self._error_lines():

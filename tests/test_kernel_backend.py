@@ -163,3 +163,61 @@ def test_lab_attach_with_the_kernel_backend_says_what_to_install(pair_lab):
         pair_lab.attach("function process_packet(p) return NF_ACCEPT end", backend="kernel")
     assert "kmod-ipt-lua" in str(err.value) and "iptables-mod-lua" in str(err.value)
     assert pair_lab.attached == {}
+
+
+KERNEL_DNAT = """
+function process_packet(p)
+  local ip = p:data(packet_eth):data(packet_ip)
+  if not ip then return NF_DROP end
+  ip:daddr():set("10.77.0.2")
+  return XT_CONTINUE
+end
+"""
+
+
+@pytest.fixture
+def standin_pair_lab(monkeypatch):
+    """A pair lab whose lab process sees the stand-in module (the env var is read there)."""
+    from labutil import require_lab
+    from packetscript_lab import Lab
+
+    require_lab()
+    monkeypatch.setenv("PACKETSCRIPT_XT_LUA_STANDIN", "1")
+    with Lab("pair", sample_interval=0.2) as lab:
+        yield lab
+
+
+def test_lab_attach_kernel_counts_from_the_rule_and_replaces_and_detaches(standin_pair_lab):
+    lab = standin_pair_lab
+    h = lab.attach(KERNEL_DNAT, host="server", chain="INPUT", match="-p udp --dport 9000",
+                   name="k", backend="kernel", function="process_packet", state_id=3)
+    rules = lab.iptables_save("server")
+    assert "--script" in rules and "--function process_packet" in rules and "--state 3" in rules
+    sent = lab.udp_stream("client", "server", port=9000, rate=400, duration=0.25)
+    stats = h.stats()
+    # The stand-in behaves like a script that always continues: every datagram arrives,
+    # and the rule counters account for each one.
+    assert sent["received"] == sent["sent"] > 0
+    assert stats["seen"] == sent["sent"] and stats["continued"] == stats["seen"]
+    assert stats["stopped"] == 0 and stats["bytes"] > 0
+
+    h.replace(KERNEL_DNAT.replace("10.77.0.2", "10.77.0.1"))
+    assert lab.iptables_save("server").count("-j LUA") == 0  # the stand-in's rules carry no target
+    assert lab.iptables_save("server").count("packetscript:k:1:lua") == 1
+    assert "packetscript:k:0" not in lab.iptables_save("server")
+
+    final = h.detach()
+    assert final["seen"] >= stats["seen"]
+    assert "packetscript:k" not in lab.iptables_save("server")
+    assert lab.attached == {}
+
+
+def test_lab_attach_kernel_refuses_a_broken_script_before_any_rule(standin_pair_lab):
+    from packetscript_lab import ScriptError
+
+    lab = standin_pair_lab
+    with pytest.raises(ScriptError) as err:
+        lab.attach("function process_packet(p)\n  return = 1\nend", host="server",
+                   backend="kernel", name="broken")
+    assert err.value.line == 2
+    assert "packetscript:broken" not in lab.iptables_save("server")

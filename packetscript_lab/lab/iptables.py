@@ -44,10 +44,6 @@ def queue_rule(chain: str, match: str, queue_num: int, bit: int) -> list[str]:
             "-j", "NFQUEUE", "--queue-num", str(queue_num), "--queue-bypass"]
 
 
-def lua_rule(chain: str, match: str, script_path: str) -> list[str]:
-    return [chain, *shlex.split(match or ""), "-j", "LUA", "--script", script_path]
-
-
 class IPTables:
     """Adds and removes rules in one namespace with the given iptables program."""
 

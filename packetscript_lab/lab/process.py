@@ -19,6 +19,7 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -73,7 +74,8 @@ class Attached:
         self.options, self.session, self.backend = options, session, backend
         self.past_errors: list[dict] = []
         self.internal_errors: list[dict] = []
-        self.script_path: str | None = None
+        self.kernel_rule = None   # packetscript_lab.kernel.backend.KernelRule (kernel backend)
+        self.kernel_past: dict = {}  # counts of the rules that earlier replace() calls removed
 
     def info(self) -> dict:
         return {"name": self.name, "host": self.host, "table": self.table, "chain": self.chain,
@@ -94,6 +96,18 @@ def _errors_of(script) -> list[dict]:
             out.append({"message": str(getattr(e, "message", e)), "line": getattr(e, "line", None),
                         "count": getattr(e, "count", 1)})
     return out
+
+
+def _insert_kernel_script(insert, source: str) -> None:
+    """Give the kernel the script through a file that lives only while the rule is added:
+    iptables copies the text into the rule, so nothing is left behind."""
+    with tempfile.NamedTemporaryFile("w", prefix="packetscript-", suffix=".lua") as f:
+        f.write(source)
+        f.flush()
+        try:
+            insert(f.name)
+        except RuntimeError as exc:
+            raise LabError(f"the kernel module refused the script: {exc}") from None
 
 
 class World:
@@ -148,6 +162,14 @@ class World:
         return parse_nfqueue(q), parse_net_dev(d)
 
     def handle_stats(self, a: Attached, queues: dict | None = None) -> dict:
+        if a.kernel_rule is not None:
+            # The rule counters: packets that reached the script, and those that went on
+            # (XT_CONTINUE); "stopped" is accepted + dropped, which counters cannot tell
+            # apart. Changed bytes and script errors stay in the kernel (its log).
+            c = a.kernel_rule.counters()
+            stats = {k: c[k] + a.kernel_past.get(k, 0) for k in ("seen", "bytes", "continued", "stopped")}
+            stats["queue_drops"] = 0
+            return stats
         if queues is None:
             queues = self._kernel_stats(a.host)[0]
         s = a.worker.counters.snapshot() if a.worker else {}
@@ -212,7 +234,7 @@ class World:
             self.attached[name] = None  # reserve the name
         try:
             if backend == "kernel":
-                return self._attach_kernel(sess, source, host, table, chain, match, name, position)
+                return self._attach_kernel(sess, source, host, table, chain, match, name, options)
             script = None if backend == "bare" else self._compile(source, name, options)
             with self.lock:
                 if not self.free_queues:
@@ -253,22 +275,36 @@ class World:
                     self.attached.pop(name, None)
             raise
 
-    def _attach_kernel(self, sess, source, host, table, chain, match, name, position) -> dict:
-        # Detection and the install route live in packetscript_lab.kernel.backend.
+    def _kernel_runner(self, host: str):
+        """Runs programs in the host's namespace for the kernel backend. Tests set
+        PACKETSCRIPT_XT_LUA_STANDIN=1 to go through the stand-in for the xt_LUA module,
+        which cannot be loaded on machines without loadable modules (kernel/standin.py)."""
+        def run(argv):
+            return self.spaces[host].sh(argv, check=False)
+
+        if os.environ.get("PACKETSCRIPT_XT_LUA_STANDIN") == "1":
+            from packetscript_lab.kernel.standin import StandInLuaTarget
+
+            return StandInLuaTarget(run)
+        return run
+
+    def _attach_kernel(self, sess, source, host, table, chain, match, name, options) -> dict:
+        # Detection, the install route and the rules live in packetscript_lab.kernel.backend.
         from packetscript_lab.kernel import backend as kernel_backend
 
+        run = self._kernel_runner(host)
         try:
-            kernel_backend.require(lambda argv: self.spaces[host].sh(argv, check=False),
-                                   self.iptables_program)
+            kernel_backend.require(run, self.iptables_program)
         except kernel_backend.KernelModuleMissing as exc:
             raise LabError(str(exc)) from None
-        path = f"/tmp/packetscript-lab-{os.getpid()}-{name}.lua"
-        with open(path, "w") as f:
-            f.write(source)
-        rule = ipt.lua_rule(chain, match, path)
-        self.tables[host].add(table, rule, position)
-        a = Attached(name, host, table, chain, match, rule, None, None, None, {}, sess, "kernel")
-        a.script_path = path
+        self._compile(source, name, {**options, "profile": "kernel"})  # ScriptError before any rule
+        rule = kernel_backend.KernelRule(run, tag=f"packetscript:{name}", table=table, chain=chain,
+                                         match=match, function=options.get("function"),
+                                         state_id=options.get("state_id"),
+                                         program=self.iptables_program)
+        _insert_kernel_script(rule.insert, source)
+        a = Attached(name, host, table, chain, match, None, None, None, None, options, sess, "kernel")
+        a.kernel_rule = rule
         with self.lock:
             self.attached[name] = a
         sess.handles.add(name)
@@ -276,6 +312,12 @@ class World:
 
     def replace(self, name: str, source: str) -> dict:
         a = self.handle(name)
+        if a.kernel_rule is not None:
+            self._compile(source, name, {**a.options, "profile": "kernel"})
+            before = self.handle_stats(a)
+            _insert_kernel_script(a.kernel_rule.replace, source)
+            a.kernel_past = before   # the new rules count from zero; the handle's counts go on
+            return a.info()
         if a.worker is None or a.worker.script is None:
             raise LabError(f"script {name!r} ({a.backend} backend) cannot be replaced in place")
         new = self._compile(source, name, a.options)  # compile errors leave the old one running
@@ -289,8 +331,12 @@ class World:
         a = self.handle(name)
         with self.lock:
             self.attached[name] = None  # no new commands on it while it goes
+        final = self.handle_stats(a) if a.kernel_rule is not None else None
         try:
-            self.tables[a.host].delete(a.table, a.rule)
+            if a.kernel_rule is not None:
+                a.kernel_rule.remove()
+            else:
+                self.tables[a.host].delete(a.table, a.rule)
         finally:
             if a.worker is not None:
                 a.worker.drain()
@@ -299,15 +345,10 @@ class World:
                 with self.lock:
                     self.free_queues.append(a.queue_num)
                     self.free_queues.sort()
-            if a.script_path:
-                try:
-                    os.unlink(a.script_path)
-                except OSError:
-                    pass
             with self.lock:
                 self.attached.pop(name, None)
             a.session.handles.discard(name)
-        return self.handle_stats(a) if a.worker else {}
+        return final if final is not None else self.handle_stats(a)
 
     def errors(self, name: str) -> list[dict]:
         a = self.handle(name)
@@ -406,7 +447,8 @@ def _dispatch(world: World, sess: Session, cmd: str, args: dict):
     if cmd == "stats":
         return world.handle_stats(world.handle(args["name"]))
     if cmd == "recent":
-        return world.handle(args["name"]).worker.recent.entries(args.get("limit"))
+        worker = world.handle(args["name"]).worker
+        return worker.recent.entries(args.get("limit")) if worker else []
     if cmd == "errors":
         return world.errors(args["name"])
     if cmd == "output":
