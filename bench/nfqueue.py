@@ -18,20 +18,9 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from packetscript_lab.lab import Lab  # noqa: E402
-
-DNAT = """
-function process_packet(p)
-  local ip = p:data(packet_eth):data(packet_ip)
-  if not ip then return NF_DROP end
-  ip:daddr():set("%s")
-  return XT_CONTINUE
-end
-"""
+from packetscript_lab.examples import dnat
+from packetscript_lab.lab import Lab
 
 
 def settle(h, timeout: float = 20.0) -> dict:
@@ -53,7 +42,7 @@ def throughput_trial(lab: Lab, variant: str, count: int) -> dict:
         h = lab._attach_bare("router", "mangle", "POSTROUTING", match, name="bare", on_overload="drop")
         dst = "10.77.2.2"
     else:
-        h = lab.attach(DNAT % "10.77.2.2", host="router", table="mangle", chain="POSTROUTING",
+        h = lab.attach(dnat("10.77.2.2"), host="router", table="mangle", chain="POSTROUTING",
                        match=match, name="dnat", on_overload="drop")
         dst = "10.77.2.100"
     try:
@@ -77,7 +66,7 @@ def latency(lab: Lab, variant: str, pings: int) -> dict:
     if variant == "bare":
         h = lab._attach_bare("server", "filter", "INPUT", "-p icmp", name="bare-icmp")
     elif variant == "script":
-        h = lab.attach(DNAT % "10.77.2.2", host="server", chain="INPUT", match="-p icmp",
+        h = lab.attach(dnat("10.77.2.2"), host="server", chain="INPUT", match="-p icmp",
                        name="dnat-icmp")
     try:
         r = lab.ping("client", "server", count=pings, interval=0.005, timeout=1.0)

@@ -15,14 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-DNAT = """
-function process_packet(p)
-  local ip = p:data(packet_eth):data(packet_ip)
-  if not ip then return NF_DROP end
-  ip:daddr():set("10.77.2.2")
-  return XT_CONTINUE
-end
-"""
+from packetscript_lab.examples import dnat
+
+DNAT = dnat("10.77.2.2")
 TARGET = 0.5
 
 

@@ -59,7 +59,7 @@ def changed_fields(before: bytes, after: bytes) -> list[str]:
 
 
 def summary(frame: bytes) -> str:
-    """A one-line description: ``UDP 10.0.0.1:1234 > 10.0.0.2:9000 len 60``."""
+    """A one-line description: ``UDP 10.77.0.1:1234 > 10.77.0.2:9000 len 60``."""
     if len(frame) < 14:
         return f"truncated frame, {len(frame)} bytes"
     if frame[12:14] != b"\x08\x00" or len(frame) < 34:

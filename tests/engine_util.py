@@ -70,13 +70,13 @@ def tcp_frame(payload: bytes = b"GET / HTTP/1.0\r\n\r\n", options=None, **tcp_kw
     if options is not None:
         tcp_kw["options"] = options
     return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-                 / IP(src="10.0.0.1", dst="8.8.8.8", id=4321, ttl=61, tos=0x10)
+                 / IP(src="10.77.0.1", dst="10.77.2.100", id=4321, ttl=61, tos=0x10)
                  / TCP(**tcp_kw) / Raw(payload))
 
 
 def udp_frame(payload: bytes = b"hello udp", sport=5353, dport=9000, chksum=None, **ip_kw) -> bytes:
-    ip_kw.setdefault("src", "10.0.0.1")
-    ip_kw.setdefault("dst", "10.0.0.2")
+    ip_kw.setdefault("src", "10.77.0.1")
+    ip_kw.setdefault("dst", "10.77.0.2")
     udp = UDP(sport=sport, dport=dport)
     if chksum is not None:
         udp.chksum = chksum
@@ -89,7 +89,7 @@ def icmp_frame(payload: bytes = b"pingpayload", **icmp_kw) -> bytes:
     icmp_kw.setdefault("id", 0x1234)
     icmp_kw.setdefault("seq", 7)
     return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-                 / IP(src="192.168.1.1", dst="192.168.1.2") / ICMP(**icmp_kw) / Raw(payload))
+                 / IP(src="10.77.1.1", dst="10.77.1.2") / ICMP(**icmp_kw) / Raw(payload))
 
 
 # ------------------------------------------------------------------ checksums

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from packetscript_lab.lab import Lab
+from packetscript_lab.examples import dnat
 from packetscript_lab.lab.client import lab_command
 
 _probe: str | None = None
@@ -107,11 +108,4 @@ function process_packet(p)
 end
 """
 
-DNAT_TO_SERVER = """
-function process_packet(p)
-  local ip = p:data(packet_eth):data(packet_ip)
-  if not ip then return NF_DROP end
-  ip:daddr():set("10.77.2.2")
-  return XT_CONTINUE
-end
-"""
+DNAT_TO_SERVER = dnat("10.77.2.2")

@@ -20,7 +20,7 @@ function process_packet(p)
   if not ip then return XT_CONTINUE end
   local udp = ip:data(packet_udp)
   if udp and udp:dport():get() == 9999 then return NF_DROP end
-  if ip:data(packet_tcp) then ip:daddr():set("192.0.2.1") end
+  if ip:data(packet_tcp) then ip:daddr():set("10.77.2.1") end
   if udp and udp:dport():get() == 1 then error("port one") end
   print("seen " .. ip:saddr():get())
   return NF_ACCEPT
@@ -29,10 +29,10 @@ end
 
 
 def _packets():
-    return [Ether() / IP(src="10.0.0.1") / UDP(dport=9999),
-            Ether() / IP(src="10.0.0.2") / UDP(dport=53) / Raw(b"q"),
-            Ether() / IP(src="10.0.0.3", dst="8.8.8.8") / TCP() / Raw(b"GET"),
-            Ether() / IP(src="10.0.0.4") / UDP(dport=1),
+    return [Ether() / IP(src="10.77.0.1") / UDP(dport=9999),
+            Ether() / IP(src="10.77.0.2") / UDP(dport=53) / Raw(b"q"),
+            Ether() / IP(src="10.77.0.3", dst="10.77.2.100") / TCP() / Raw(b"GET"),
+            Ether() / IP(src="10.77.0.4") / UDP(dport=1),
             Ether(type=0x0806) / Raw(b"\x00" * 28)]
 
 
@@ -56,7 +56,7 @@ def test_json_output(files, capsys):
     assert obj["packets"] == 5 and obj["errors"] == 1 and obj["modified"] == 1
     assert obj["verdicts"] == {"accept": 2, "drop": 2, "continue": 1}
     assert isinstance(obj["pps"], (int, float)) and obj["pps"] > 0
-    assert "[print] seen 10.0.0.2" in err
+    assert "[print] seen 10.77.0.2" in err
 
 
 def test_on_error_accept_and_out_file(files, capsys):
@@ -68,7 +68,7 @@ def test_on_error_accept_and_out_file(files, capsys):
     assert obj["verdicts"] == {"accept": 3, "drop": 1, "continue": 1} and obj["errors"] == 1
     pk = [Ether(bytes(p)) for p in _packets()]
     tcp = pk[2].copy()
-    tcp[IP].dst = "192.0.2.1"
+    tcp[IP].dst = "10.77.2.1"
     want = [bytes(pk[1]), rebuilt(tcp), bytes(pk[3]), bytes(pk[4])]
     assert [bytes(p) for p in rdpcap(str(out_path))] == want
 
@@ -93,7 +93,7 @@ def test_no_fix_checksums_option(files, capsys):
                  "--out", str(out_path)]) == 0
     tcp_pkt = [p for p in rdpcap(str(out_path)) if TCP in p][0]
     orig = Ether(bytes(_packets()[2]))
-    assert tcp_pkt[IP].dst == "192.0.2.1"
+    assert tcp_pkt[IP].dst == "10.77.2.1"
     assert tcp_pkt[TCP].chksum == orig[TCP].chksum            # stale, as the kernel leaves it
 
 

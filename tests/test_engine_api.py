@@ -11,17 +11,11 @@ from scapy.packet import Raw
 from engine_util import (RUNTIMES, assert_checksums_valid, expected, hexs, lua_values, run,
                          script_for, tcp_frame, udp_frame)
 from packetscript_lab import Script
+from packetscript_lab.examples import dnat
 from packetscript_lab.fields import changed_fields, summary
 
 # ------------------------------------------------------------------ reference examples
-DNAT = """
-function process_packet(p)
-  local ip = p:data(packet_eth):data(packet_ip)
-  if not ip then return NF_DROP end
-  ip:daddr():set("2.1.1.1")
-  return XT_CONTINUE
-end
-"""
+DNAT = dnat("10.77.2.2")  # the reference's dnat.lua, on a lab address
 
 
 @pytest.mark.parametrize("lua", RUNTIMES)
@@ -31,11 +25,11 @@ def test_dnat_example(lua, make):
     s = Script(DNAT, lua=lua)
     r = s.run(f)
     assert r.verdict == "continue" and r.modified and r.error is None
-    assert Ether(r.data)[IP].dst == "2.1.1.1"
-    assert r.data == expected(f, lambda p: setattr(p[IP], "dst", "2.1.1.1"))
+    assert Ether(r.data)[IP].dst == "10.77.2.2"
+    assert r.data == expected(f, lambda p: setattr(p[IP], "dst", "10.77.2.2"))
     assert_checksums_valid(r.data, ("IP", "TCP" if make is tcp_frame else "UDP"))
     # not IP: dropped, untouched
-    arp = bytes(Ether() / ARP(pdst="10.0.0.9"))
+    arp = bytes(Ether() / ARP(pdst="10.77.0.9"))
     r = s.run(arp)
     assert r.verdict == "drop" and not r.modified and r.error is None and r.data == arp
 
@@ -45,8 +39,8 @@ def test_dnat_without_fixup_updates_only_ip_checksum(lua):
     f = tcp_frame()
     r = Script(DNAT, lua=lua, fix_checksums=False).run(f)
     pkt = Ether(r.data)
-    assert pkt[IP].dst == "2.1.1.1"
-    want_ip = Ether(expected(f, lambda p: setattr(p[IP], "dst", "2.1.1.1")))
+    assert pkt[IP].dst == "10.77.2.2"
+    want_ip = Ether(expected(f, lambda p: setattr(p[IP], "dst", "10.77.2.2")))
     assert pkt[IP].chksum == want_ip[IP].chksum            # incremental IP checksum, as the kernel
     assert pkt[TCP].chksum == Ether(f)[TCP].chksum          # L4 checksum left stale
     assert pkt[TCP].chksum != want_ip[TCP].chksum
@@ -55,10 +49,10 @@ def test_dnat_without_fixup_updates_only_ip_checksum(lua):
 @pytest.mark.parametrize("lua", ["luajit", "5.1"])
 def test_saddr_without_fixup_incremental_checksum(lua):
     f = udp_frame(ttl=17)
-    r, _ = run("ip:saddr():set('255.254.0.1')", f, lua=lua, fix_checksums=False)
+    r, _ = run("ip:saddr():set('10.77.254.1')", f, lua=lua, fix_checksums=False)
     ip = Ether(r.data)[IP]
-    assert ip.src == "255.254.0.1"
-    assert ip.chksum == Ether(expected(f, lambda p: setattr(p[IP], "src", "255.254.0.1")))[IP].chksum
+    assert ip.src == "10.77.254.1"
+    assert ip.chksum == Ether(expected(f, lambda p: setattr(p[IP], "src", "10.77.254.1")))[IP].chksum
     assert Ether(r.data)[UDP].chksum == Ether(f)[UDP].chksum
     # other fields: nothing is recomputed
     r, _ = run("ip:ttl():set(1)", f, lua=lua, fix_checksums=False)
@@ -81,7 +75,7 @@ end
 
 
 def _tftp_frame(layer, dport=69):
-    return bytes(Ether() / IP(src="10.1.1.1", dst="10.1.1.2") / UDP(sport=3333, dport=dport)
+    return bytes(Ether() / IP(src="10.77.1.1", dst="10.77.1.2") / UDP(sport=3333, dport=dport)
                  / TFTP() / layer)
 
 
@@ -198,8 +192,8 @@ def test_field_objects_stay_bound(lua):
                       setup="local ttl = ip:ttl(); local d = ip:daddr(); ip:tos(); tcp:sport()",
                       lua=lua)
     assert vals == [str(ip.ttl), ip.dst, str(f[14])]
-    r, _ = run("local ttl, d = ip:ttl(), ip:daddr(); ip:id(); ttl:set(9); d:set('1.2.3.4')", f, lua=lua)
-    assert r.data == expected(f, lambda p: (setattr(p[IP], "ttl", 9), setattr(p[IP], "dst", "1.2.3.4")))
+    r, _ = run("local ttl, d = ip:ttl(), ip:daddr(); ip:id(); ttl:set(9); d:set('10.77.3.4')", f, lua=lua)
+    assert r.data == expected(f, lambda p: (setattr(p[IP], "ttl", 9), setattr(p[IP], "dst", "10.77.3.4")))
 
 
 @pytest.mark.parametrize("lua", RUNTIMES)
@@ -278,7 +272,7 @@ function process_packet(p)
 end
 """
     s = Script(src, lua=lua)
-    got = [s.run(udp_frame(src=a)).verdict for a in ["1.1.1.1", "1.1.1.1", "2.2.2.2", "1.1.1.1"]]
+    got = [s.run(udp_frame(src=a)).verdict for a in ["10.77.1.11", "10.77.1.11", "10.77.1.22", "10.77.1.11"]]
     assert got == ["accept", "accept", "accept", "drop"]
     assert s.output == ["1", "2", "3"]
 
@@ -286,11 +280,11 @@ end
 @pytest.mark.parametrize("lua", RUNTIMES)
 def test_run_ip(lua):
     s = Script(DNAT, lua=lua)
-    pkt = bytes(IP(src="10.0.0.1", dst="8.8.8.8") / UDP() / Raw(b"dns?"))
+    pkt = bytes(IP(src="10.77.0.1", dst="10.77.2.100") / UDP() / Raw(b"dns?"))
     r = s.run_ip(pkt)
     assert r.verdict == "continue" and r.modified and not r.eth_modified
     want = IP(pkt)
-    want.dst = "2.1.1.1"
+    want.dst = "10.77.2.2"
     del want.chksum
     del want[UDP].chksum
     assert r.data == bytes(want)
@@ -469,7 +463,7 @@ def test_changed_fields_and_summary():
     u = Ether(f)
     assert summary(f) == f"UDP {u[IP].src}:1234 > {u[IP].dst}:9000 len {len(f)}"
     t = tcp_frame(flags="S")
-    assert summary(t).startswith(f"TCP 10.0.0.1:{Ether(t)[TCP].sport} > 8.8.8.8:80 [S]")
+    assert summary(t).startswith(f"TCP 10.77.0.1:{Ether(t)[TCP].sport} > 10.77.2.100:80 [S]")
     assert summary(b"\x00" * 5) == "truncated frame, 5 bytes"
 
 
@@ -489,8 +483,8 @@ def test_fixup_with_ip_options_and_padding(lua):
     s = Script(DNAT, lua=lua)
     for f in frames:
         r = s.run(f)
-        assert r.error is None and Ether(r.data)[IP].dst == "2.1.1.1"
-        assert r.data == expected(f, lambda p: setattr(p[IP], "dst", "2.1.1.1"))
+        assert r.error is None and Ether(r.data)[IP].dst == "10.77.2.2"
+        assert r.data == expected(f, lambda p: setattr(p[IP], "dst", "10.77.2.2"))
         assert_checksums_valid(r.data, ("IP",))
 
 

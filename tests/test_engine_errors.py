@@ -99,7 +99,7 @@ def test_api_error_points_at_script_line(lua):
 def test_error_discards_byte_changes(lua):
     src = """function process_packet(p)
   local ip = p:data(packet_eth):data(packet_ip)
-  ip:daddr():set("9.9.9.9")
+  ip:daddr():set("10.77.9.9")
   p:data(packet_eth):dmac():set(0)
   if ip:ttl():get() < 100 then error("late failure") end
   return NF_ACCEPT
@@ -109,7 +109,7 @@ end"""
     assert r.verdict == "accept" and r.error and r.data == FRAME and not r.modified
     ok = udp_frame(ttl=200)
     r = s.run(ok)
-    assert r.error is None and Ether(r.data)[IP].dst == "9.9.9.9"
+    assert r.error is None and Ether(r.data)[IP].dst == "10.77.9.9"
 
 
 def test_error_caught_by_pcall_is_not_a_failure(lua):

@@ -64,7 +64,7 @@ def test_eth_data_fill(lua):
 
 # ------------------------------------------------------------------ ip
 def test_ip_fields_read(lua):
-    f = bytes(Ether() / IP(src="172.16.5.4", dst="192.0.2.77", tos=0xb8, id=0xbeef, ttl=3,
+    f = bytes(Ether() / IP(src="10.77.1.4", dst="10.77.2.77", tos=0xb8, id=0xbeef, ttl=3,
                            flags="DF", frag=0) / UDP(sport=1, dport=2) / Raw(b"x" * 11))
     ip = Ether(f)[IP]
     exprs = ["ip:version():get()", "ip:ihl():get()", "ip:tos():get()", "ip:tot_len():get()",
@@ -90,8 +90,8 @@ def test_ip_fragment_fields_read(lua):
     ("ip:id():set(0x0102)", lambda p: setattr(p[IP], "id", 0x0102)),
     ("ip:ttl():set(1)", lambda p: setattr(p[IP], "ttl", 1)),
     ("ip:ttl():set(ip:ttl():get() - 1)", lambda p: setattr(p[IP], "ttl", p[IP].ttl - 1)),
-    ("ip:saddr():set('203.0.113.9')", lambda p: setattr(p[IP], "src", "203.0.113.9")),
-    ("ip:daddr():set('198.51.100.200')", lambda p: setattr(p[IP], "dst", "198.51.100.200")),
+    ("ip:saddr():set('10.77.3.9')", lambda p: setattr(p[IP], "src", "10.77.3.9")),
+    ("ip:daddr():set('10.77.3.200')", lambda p: setattr(p[IP], "dst", "10.77.3.200")),
     ("ip:flags():set(2)", lambda p: setattr(p[IP], "flags", p[IP].flags | 2)),
     ("ip:check():set(0)", lambda p: None),             # fixed up again
 ])
@@ -165,7 +165,7 @@ def test_ip_check_write_without_fixup(lua):
 
 def test_ip_data_follows_ihl_and_tot_len(lua):
     # IP options (ihl 7) and Ethernet padding after tot_len
-    f = bytes(Ether() / IP(options=[IPOption_RR(routers=["1.2.3.4"])]) / ICMP() / Raw(b"pp"))
+    f = bytes(Ether() / IP(options=[IPOption_RR(routers=["10.77.3.4"])]) / ICMP() / Raw(b"pp"))
     f = f + b"\xee" * (60 - len(f))
     ip = Ether(f)[IP]
     payload = bytes(ip)[ip.ihl * 4:ip.len]
@@ -436,7 +436,7 @@ def test_udp_check_write_without_fixup(lua):
 
 # ------------------------------------------------------------------ tftp
 def _tftp(layer) -> bytes:
-    return bytes(Ether() / IP(src="10.0.0.5", dst="10.0.0.6") / UDP(sport=3000, dport=69)
+    return bytes(Ether() / IP(src="10.77.0.5", dst="10.77.0.6") / UDP(sport=3000, dport=69)
                  / TFTP() / layer)
 
 

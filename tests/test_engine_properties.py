@@ -12,6 +12,7 @@ from scapy.packet import Raw
 
 from engine_util import assert_checksums_valid, tcp_frame
 from packetscript_lab import Script
+from packetscript_lab.examples import dnat
 
 # Touches every field of every protocol, reading and writing, each inside pcall so that
 # one failing access does not hide the others.
@@ -34,7 +35,7 @@ function process_packet(p)
     for _, n in ipairs {"version", "ihl", "tos", "tot_len", "id", "frag_off", "ttl",
                         "protocol", "check", "saddr", "daddr", "data"} do rw(ip, n) end
     try(function() ip:flags():set(2, not ip:flags():get(2)) end)
-    try(function() ip:daddr():set("10.9.8.7") end)
+    try(function() ip:daddr():set("10.77.8.7") end)
     try(function() tcp = ip:data(packet_tcp) end)
     try(function() udp = ip:data(packet_udp) end)
     try(function() icmp = ip:data(packet_icmp) end)
@@ -61,14 +62,7 @@ function process_packet(p)
 end
 """
 
-DNAT = """
-function process_packet(p)
-  local ip = p:data(packet_eth):data(packet_ip)
-  if not ip then return NF_DROP end
-  ip:daddr():set("2.1.1.1")
-  return XT_CONTINUE
-end
-"""
+DNAT = dnat()
 
 _SCRIPTS = {}
 

@@ -53,7 +53,7 @@ end"""
     s = Script(src, lua=lua, profile="kernel")
     assert s.run(udp_frame(b"GET /x")).verdict == "drop"
     assert s.run(udp_frame(b"PUT /x")).verdict == "accept"
-    assert s.output == ["GET from 10.0.0.1"] and s.error_count == 0
+    assert s.output == ["GET from 10.77.0.1"] and s.error_count == 0
 
 
 @pytest.mark.parametrize("profile", ["lab", "kernel"])

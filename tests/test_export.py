@@ -19,10 +19,10 @@ def export_cli(*args):
 
 
 def test_iptables_rule_has_the_modules_options():
-    plan = export_script(DNAT, name="dnat.lua", chain="POSTROUTING", match="-d 8.8.8.8",
+    plan = export_script(DNAT, name="dnat.lua", chain="POSTROUTING", match="-d 10.77.2.100",
                          function="process_packet", state_id=3)
     assert plan.iptables_command() == (
-        "iptables -t mangle -A POSTROUTING -d 8.8.8.8 -m comment --comment packetscript:dnat "
+        "iptables -t mangle -A POSTROUTING -d 10.77.2.100 -m comment --comment packetscript:dnat "
         "-j LUA --script /etc/packetscript/dnat.lua --function process_packet --state 3")
 
 

@@ -77,7 +77,7 @@ def test_kernel_arithmetic_on_every_runtime(runtime):
 
 def _frame(ttl=64):
     from scapy.all import IP, UDP, Ether, raw
-    return raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", ttl=ttl) / UDP(sport=1, dport=9000)
+    return raw(Ether() / IP(src="10.77.0.1", dst="10.77.0.2", ttl=ttl) / UDP(sport=1, dport=9000)
                / b"hello")
 
 

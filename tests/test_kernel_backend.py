@@ -79,9 +79,9 @@ def test_inserting_a_rule_without_the_module_changes_nothing(netns, tmp_path):
 # --- the rule arguments ----------------------------------------------------------------------
 
 def test_rule_args_are_the_modules_options():
-    assert rule_args("POSTROUTING", "-d 8.8.8.8 -p udp", "/etc/ps/dnat.lua",
+    assert rule_args("POSTROUTING", "-d 10.77.2.100 -p udp", "/etc/ps/dnat.lua",
                      function="handler", state_id=3, tag="psl:dnat") == [
-        "POSTROUTING", "-d", "8.8.8.8", "-p", "udp", "-m", "comment", "--comment", "psl:dnat",
+        "POSTROUTING", "-d", "10.77.2.100", "-p", "udp", "-m", "comment", "--comment", "psl:dnat",
         "-j", "LUA", "--script", "/etc/ps/dnat.lua", "--function", "handler", "--state", "3"]
     assert rule_args("INPUT", "", "/s.lua") == ["INPUT", "-j", "LUA", "--script", "/s.lua"]
     with pytest.raises(ValueError, match="0..8"):

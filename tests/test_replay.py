@@ -21,7 +21,7 @@ function process_packet(p)
   local udp = ip:data(packet_udp)
   if udp and udp:dport():get() == 9999 then return NF_DROP end
   local tcp = ip:data(packet_tcp)
-  if tcp then ip:daddr():set("192.0.2.1") return NF_ACCEPT end
+  if tcp then ip:daddr():set("10.77.2.1") return NF_ACCEPT end
   if ip:data(packet_icmp) then return p:to_bytes()[100000] end
   return NF_ACCEPT
 end
@@ -31,11 +31,11 @@ end
 def packets(n_udp_drop=2):
     pk = []
     for i in range(n_udp_drop):
-        pk.append(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(dport=9999) / Raw(b"d%d" % i))
-    pk.append(Ether() / IP(src="10.0.0.1", dst="10.0.0.3") / UDP(dport=53) / Raw(b"query"))
-    pk.append(Ether() / IP(src="10.0.0.1", dst="8.8.8.8") / TCP(dport=443) / Raw(b"hello"))
+        pk.append(Ether() / IP(src="10.77.0.1", dst="10.77.0.2") / UDP(dport=9999) / Raw(b"d%d" % i))
+    pk.append(Ether() / IP(src="10.77.0.1", dst="10.77.0.3") / UDP(dport=53) / Raw(b"query"))
+    pk.append(Ether() / IP(src="10.77.0.1", dst="10.77.2.100") / TCP(dport=443) / Raw(b"hello"))
     pk.append(Ether() / ARP())
-    pk.append(Ether() / IP(src="10.0.0.1", dst="10.0.0.4") / ICMP())
+    pk.append(Ether() / IP(src="10.77.0.1", dst="10.77.0.4") / ICMP())
     out = [Ether(bytes(p)) for p in pk]
     for i, p in enumerate(out):
         p.time = 1_700_000_000 + i * 0.5 + 0.0003      # sub-millisecond part: 300 us
@@ -52,7 +52,7 @@ def expected_output(pkts):
             continue                                   # the script fails: dropped
         if TCP in p:
             q = p.copy()
-            q[IP].dst = "192.0.2.1"
+            q[IP].dst = "10.77.2.1"
             out.append(rebuilt(q))
         else:
             out.append(bytes(p))
@@ -131,9 +131,9 @@ def test_replay_nf_get_time_from_capture(tmp_path):
 
 @pytest.mark.parametrize("linktype", [101, 228])
 def test_replay_raw_ip_linktype(tmp_path, linktype):
-    ips = [IP(src="10.0.0.1", dst="8.8.8.8") / TCP(dport=80) / Raw(b"x" * 10),
-           IP(src="10.0.0.1", dst="10.0.0.2") / UDP(dport=9999),
-           IP(src="10.0.0.1", dst="10.0.0.2") / UDP(dport=53) / Raw(b"q")]
+    ips = [IP(src="10.77.0.1", dst="10.77.2.100") / TCP(dport=80) / Raw(b"x" * 10),
+           IP(src="10.77.0.1", dst="10.77.0.2") / UDP(dport=9999),
+           IP(src="10.77.0.1", dst="10.77.0.2") / UDP(dport=53) / Raw(b"q")]
     src, out = tmp_path / "raw.pcap", tmp_path / "raw_out.pcap"
     with RawPcapWriter(str(src), linktype=linktype) as w:
         for p in ips:
@@ -147,17 +147,17 @@ def test_replay_raw_ip_linktype(tmp_path, linktype):
     got = [data for data, _ in reader]
     reader.close()
     want_tcp = ips[0].copy()
-    want_tcp.dst = "192.0.2.1"
+    want_tcp.dst = "10.77.2.1"
     assert got == [rebuilt(IP(bytes(want_tcp))), bytes(ips[2])]
-    assert res.packets_out()[0][IP].dst == "192.0.2.1"
+    assert res.packets_out()[0][IP].dst == "10.77.2.1"
     assert res.eth_changes == 0
 
 
 def test_replay_raw_ip_list_of_scapy_packets():
-    ips = [IP(dst="8.8.8.8") / TCP(), IP(dst="1.1.1.1") / UDP(dport=9999)]
+    ips = [IP(dst="10.77.2.100") / TCP(), IP(dst="10.77.1.11") / UDP(dport=9999)]
     res = replay(SCRIPT, ips)
     assert res.linktype != 1 and res.verdicts["drop"] == 1
-    assert IP(res.output[0]).dst == "192.0.2.1" and len(res.output[0]) == len(ips[0])
+    assert IP(res.output[0]).dst == "10.77.2.1" and len(res.output[0]) == len(ips[0])
     assert_checksums_valid(bytes(Ether() / IP(res.output[0])), ("IP", "TCP"))
 
 
@@ -168,15 +168,15 @@ def test_replay_raw_ip_eth_header_change_counted():
 
 
 def test_replay_linux_cooked(tmp_path):
-    pkts = [CookedLinux(proto=0x0800) / IP(dst="8.8.8.8") / TCP(dport=1) / Raw(b"ab"),
-            CookedLinux(proto=0x0800) / IP(dst="9.9.9.9") / UDP(dport=9999)]
+    pkts = [CookedLinux(proto=0x0800) / IP(dst="10.77.2.100") / TCP(dport=1) / Raw(b"ab"),
+            CookedLinux(proto=0x0800) / IP(dst="10.77.9.9") / UDP(dport=9999)]
     src = tmp_path / "sll.pcap"
     wrpcap(str(src), pkts)
     out = tmp_path / "sll_out.pcap"
     res = replay(SCRIPT, src, out=out)
     assert res.verdicts["accept"] == 1 and res.verdicts["drop"] == 1
     got = rdpcap(str(out))
-    assert len(got) == 1 and isinstance(got[0], CookedLinux) and got[0][IP].dst == "192.0.2.1"
+    assert len(got) == 1 and isinstance(got[0], CookedLinux) and got[0][IP].dst == "10.77.2.1"
     assert bytes(got[0])[:16] == bytes(pkts[0])[:16]
 
 

@@ -20,7 +20,7 @@ def register(sub) -> None:
                        description=__doc__.split("\n\n", 1)[1])
     p.add_argument("script", help="the Lua script")
     p.add_argument("--chain", required=True, help="chain of the rule, e.g. POSTROUTING")
-    p.add_argument("--match", default="", help="iptables match, e.g. \"-d 10.0.0.2 -p udp\"")
+    p.add_argument("--match", default="", help="iptables match, e.g. \"-d 10.77.0.2 -p udp\"")
     p.add_argument("--table", default="mangle", help="table of the rule (default: mangle)")
     p.add_argument("--function", metavar="NAME", help="function the rule calls "
                    "(the module's default: process_packet)")

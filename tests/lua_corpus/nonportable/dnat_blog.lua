@@ -5,6 +5,6 @@ function process_packet(p)
   local eth = p:data(packet_eth)
   local ip = eth:data(packet_ip)
   if not ip then return NF_DROP end
-  ip:daddr():set("2.1.1.1")
+  ip:daddr():set("10.77.2.2")
   return XT_CONTINUE
 end

@@ -5,6 +5,6 @@ function process_packet(p)
   if not ip then return XT_CONTINUE end
   local ttl = ip:ttl()
   local dst = ip:daddr():get()
-  if dst == "10.0.0.2" and ttl:get() < 5 then return NF_DROP end
+  if dst == "10.77.0.2" and ttl:get() < 5 then return NF_DROP end
   return XT_CONTINUE
 end

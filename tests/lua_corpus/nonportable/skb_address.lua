@@ -3,6 +3,6 @@
 function process_packet(p, skb)
   local ip = p:data(packet_eth):data(packet_ip)
   if not ip then return XT_CONTINUE end
-  ip:saddr():set("10.0.0.1", skb)
+  ip:saddr():set("10.77.0.1", skb)
   return XT_CONTINUE
 end
