@@ -17,11 +17,12 @@ local sbyte, schar, sformat, sfind = string.byte, string.char, string.format, st
 
 local B                            -- current packet buffer (set by the runner)
 local PLEN = 0                     -- current packet length
+local GEN = 0                      -- which packet this is: segments of earlier ones are refused
 local dirty = false                -- the script changed at least one byte
 local fix_addr_checksum = false    -- kernel-style incremental IP checksum on address set
 
 function A.set_buffer(buf) B = buf end
-function A.begin(len) PLEN = len; dirty = false end
+function A.begin(len) PLEN = len; dirty = false; GEN = GEN + 1 end
 function A.dirty() return dirty end
 function A.configure(opts) fix_addr_checksum = opts.kernel_address_checksum end
 
@@ -47,6 +48,9 @@ end
 
 local function ba_state(a, i)
   local st = BA[a]
+  if st.g and st.g ~= GEN then
+    error("this byte array views an earlier packet: copy the bytes you need to keep", 0)
+  end
   if type(i) ~= "number" then
     error("byte arrays are indexed with integers from 0 (got " .. type(i) .. ")", 0)
   end
@@ -84,7 +88,7 @@ local function ba_copy(o, n)
 end
 local function ba_view(o, n)
   local a = new_ba_object()
-  BA[a] = { o = o, n = n }
+  BA[a] = { o = o, n = n, g = GEN }
   return a
 end
 local function ba_read(a)          -- byte array or string -> function(i) -> byte, length
@@ -94,6 +98,7 @@ local function ba_read(a)          -- byte array or string -> function(i) -> byt
   local st = BA[a]
   if not st then return nil end
   if st.t then return function(i) return st.t[i] end, st.n end
+  if st.g ~= GEN then error("this byte array views an earlier packet: copy the bytes you need to keep", 0) end
   return function(i) return B[st.o + i] end, st.n
 end
 A.ba_read = ba_read
@@ -153,12 +158,30 @@ local supported = {}      -- id -> name, the script's `supported_protocols`
 A.PROTO, A.supported = PROTO, supported
 
 local function seg_new(p, o, n, ch, ip)
-  return setmetatable({ o = o, n = n, ch = ch, ip = ip }, p.mt)
+  return setmetatable({ o = o, n = n, ch = ch, ip = ip, g = GEN }, p.mt)
 end
+function A.packet(len) return seg_new(PROTO[0], 0, len) end
 
+-- Every method checks its segment: a colon call, of this packet, inside the packet. The
+-- last check keeps a script that edits a segment's fields (seg.o = ...) inside the buffer.
 local function check_self(seg, what)
   if type(seg) ~= "table" or seg.o == nil then
     error("bad self for '" .. what .. "': call it with a colon, as obj:" .. what .. "()", 0)
+  end
+  if seg.g ~= GEN then
+    error("'" .. what .. "' on a segment of an earlier packet: keep numbers or strings between packets, not segments", 0)
+  end
+  local o, n = seg.o, seg.n
+  if type(o) ~= "number" or type(n) ~= "number" or o < 0 or n < 0 or o + n > PLEN
+     or o % 1 ~= 0 or n % 1 ~= 0 then
+    error("'" .. what .. "' on a segment outside the packet", 0)
+  end
+end
+
+local function checked(fn, what)   -- a getter or setter that checks its field object first
+  return function(f, ...)
+    check_self(f, what)
+    return fn(f, ...)
   end
 end
 
@@ -299,10 +322,11 @@ local function protocol(def)
   function m.get_offset(seg) check_self(seg, "get_offset"); return seg.o end
   function m.get_size(seg) check_self(seg, "get_size"); return seg.n end
   function m.to_bytes(seg) check_self(seg, "to_bytes"); return ba_copy(seg.o, seg.n) end
-  m.get, m.set = raw_get, raw_set
+  m.get, m.set = checked(raw_get, "get"), checked(raw_set, "set")
   for idx, fd in ipairs(def.fields) do
     local name, bo, bl = fd[1], fd[2], fd[3]
-    local fmt = { __index = setmetatable({ get = fd[4] or raw_get, set = fd[5] or raw_set }, { __index = m }),
+    local accessors = { get = checked(fd[4] or raw_get, "get"), set = checked(fd[5] or raw_set, "set") }
+    local fmt = { __index = setmetatable(accessors, { __index = m }),
                   __metatable = def.name,
                   __tostring = function(s) return "type: " .. def.name .. ", offset: " .. s.o .. ", length: " .. s.n end }
     local locate = def.locate and def.locate[name]
@@ -330,7 +354,7 @@ local function protocol(def)
         if is_payload then return convert(p, seg, seg.o + ro, rl, t) end
         if t == fd.as then return seg_new(PROTO[t], seg.o + ro, rl) end
       end
-      return setmetatable({ o = seg.o + ro, n = rl, ip = seg.ip or (p.id == 2 and seg.o) or nil }, fmt)
+      return setmetatable({ o = seg.o + ro, n = rl, ip = seg.ip or (p.id == 2 and seg.o) or nil, g = GEN }, fmt)
     end
   end
   PROTO[p.id], BYNAME[p.name] = p, p

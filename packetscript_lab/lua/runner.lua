@@ -230,7 +230,6 @@ function E.compile(src, prelude)
 end
 
 -- ---------------------------------------------------------------- one packet
-local raw = A.PROTO[0]
 local cur_p
 local function call_user()
   local f = env[FN]
@@ -259,7 +258,7 @@ end
 local function process(len, ts)
   A.begin(len)
   now_ms = floor(ts)
-  cur_p = setmetatable({ o = 0, n = len }, raw.mt)
+  cur_p = A.packet(len)
   arm(BUDGET)
   local ok, v = xpcall(call_user, handler)
   local code, err
@@ -383,7 +382,7 @@ if ffi then
         A.set_buffer(buf + off)
         A.begin(n)
         now_ms = floor(T[i])
-        cur_p = setmetatable({ o = 0, n = n }, raw.mt)
+        cur_p = A.packet(n)
         arm(BUDGET)
         local v = call_user()
         local code = verdict_code(v)

@@ -1,0 +1,58 @@
+"""A script cannot reach outside its packet: not by editing a segment's fields, not with a
+segment or byte-array view kept from an earlier packet. Each attempt is a Lua error with
+the script's line, and the next packet runs normally."""
+import pytest
+
+from engine_util import RUNTIMES, udp_frame
+from packetscript_lab import Script
+
+pytestmark = pytest.mark.parametrize("lua", RUNTIMES)
+
+ESCAPES = {
+    "field offset moved far away": ("local d = ip:daddr(); d.o = 100000; d:set('10.77.0.9')", "outside the packet"),
+    "field offset moved before the packet": ("local t = ip:ttl(); t.o = -3; t:set(1)", "outside the packet"),
+    "segment made huge": ("ip.n = 1e9; local x = ip:data():get()", "outside the packet"),
+    "rawset on a segment": ("rawset(ip, 'o', -5); local x = ip:ttl():get()", "outside the packet"),
+    "fractional offset": ("ip.o = 14.5; local x = ip:ttl():get()", "outside the packet"),
+}
+
+
+@pytest.mark.parametrize("name", list(ESCAPES))
+def test_edited_segments_stay_inside_the_packet(lua, name):
+    body, message = ESCAPES[name]
+    frame = udp_frame(b"payload")
+    s = Script("function process_packet(p)\n  local ip = p:data(packet_eth):data(packet_ip)\n"
+               f"  {body}\n  return NF_ACCEPT\nend", lua=lua)
+    r = s.run(frame)
+    assert r.verdict == "drop" and r.error is not None
+    assert message in r.error.message and r.error.line == 3
+    assert r.data == frame and not r.modified
+
+
+def test_a_segment_kept_from_an_earlier_packet_is_refused(lua):
+    s = Script("function process_packet(p)\n  if saved then saved:ttl():set(1) end\n"
+               "  saved = p:data(packet_eth):data(packet_ip)\n  return NF_ACCEPT\nend", lua=lua)
+    assert s.run(udp_frame()).verdict == "accept"
+    r = s.run(udp_frame())
+    assert r.verdict == "drop" and "earlier packet" in r.error.message and r.error.line == 2
+
+
+def test_a_byte_array_view_kept_from_an_earlier_packet_is_refused(lua):
+    # Dynamic-protocol callbacks get views into the packet; one kept in a global must not
+    # write into whatever packet comes next.
+    src = """
+function get_tag(view) kept = view return view[0] end
+register_dynamic_protbuf { name = "packet_tag", protocol_fields = { {"tag", 0, 8, "get_tag", nil} } }
+function process_packet(p)
+  if kept then kept[0] = 7 end
+  local udp = p:data(packet_eth):data(packet_ip):data(packet_udp)
+  local tag = udp:data(packet_tag)
+  tag:tag():get()
+  return NF_ACCEPT
+end"""
+    s = Script(src, lua=lua)
+    first = s.run(udp_frame(b"\x05abc"))
+    assert first.verdict == "accept" and not first.modified
+    r = s.run(udp_frame(b"\x05abc"))
+    assert r.verdict == "drop" and "earlier packet" in r.error.message and r.error.line == 5
+    assert not r.modified
