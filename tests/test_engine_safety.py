@@ -14,6 +14,8 @@ ESCAPES = {
     "segment made huge": ("ip.n = 1e9; local x = ip:data():get()", "outside the packet"),
     "rawset on a segment": ("rawset(ip, 'o', -5); local x = ip:ttl():get()", "outside the packet"),
     "fractional offset": ("ip.o = 14.5; local x = ip:ttl():get()", "outside the packet"),
+    "IP header moved away": ("local c = ip:data(packet_udp) and ip:saddr(); c.ip = 1e6; c:set('10.77.0.3')",
+                             "IP header is outside the packet"),
 }
 
 

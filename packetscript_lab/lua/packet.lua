@@ -176,6 +176,10 @@ local function check_self(seg, what)
      or o % 1 ~= 0 or n % 1 ~= 0 then
     error("'" .. what .. "' on a segment outside the packet", 0)
   end
+  local ip = seg.ip                 -- where its IP header is, for checksum work
+  if ip ~= nil and (type(ip) ~= "number" or ip < 0 or ip + 20 > PLEN or ip % 1 ~= 0) then
+    error("'" .. what .. "' on a segment whose IP header is outside the packet", 0)
+  end
 end
 
 local function checked(fn, what)   -- a getter or setter that checks its field object first
