@@ -93,14 +93,16 @@ class Script:
 
     ``lua`` picks the runtime (LuaJIT is fast; 5.1 is the kernel's language version),
     ``profile`` the libraries the script sees (``lab``: base, string, table, math,
-    coroutine; ``kernel``: what xt_LUA offers), ``budget`` the instructions one packet may
-    take, ``on_error`` the verdict of a packet whose script failed.
+    coroutine; ``kernel``: what xt_LUA offers), ``budget`` the steps (loop iterations,
+    calls, jumps back) one packet may take, ``on_error`` the verdict of a packet whose
+    script failed, ``max_memory`` the bytes its Lua runtime may hold.
     """
 
     def __init__(self, source: str, *, name: str = "script", lua: str = "luajit",
                  profile: str = "lab", fix_checksums: bool = True, budget: int = 100_000,
                  on_error: str = "drop", function: str = "process_packet", state_id: int = 0,
-                 line_offset: int = 0, seed: int | None = None, faithful: bool = False):
+                 line_offset: int = 0, seed: int | None = None, faithful: bool = False,
+                 max_memory: int | None = 256 << 20):
         if lua not in RUNTIMES:
             raise ValueError(f"unknown Lua runtime {lua!r}: choose one of {', '.join(RUNTIMES)}")
         if profile not in PROFILES:
@@ -120,7 +122,10 @@ class Script:
         self._errors = _ErrorLog()
 
         runtime = importlib.import_module(RUNTIMES[lua])
-        self._lua = runtime.LuaRuntime(encoding=None, register_eval=False, register_builtins=False)
+        # max_memory: a script that allocates without end gets "not enough memory" (an
+        # error like any other) instead of taking the machine's memory.
+        self._lua = runtime.LuaRuntime(encoding=None, register_eval=False, register_builtins=False,
+                                       max_memory=max_memory)
         g = self._lua.globals()
         loader = g.loadstring or g.load
         packet_api = loader(_lua_source("packet.lua"), b"=packet.lua")

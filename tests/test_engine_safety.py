@@ -58,3 +58,13 @@ end"""
     r = s.run(udp_frame(b"\x05abc"))
     assert r.verdict == "drop" and "earlier packet" in r.error.message and r.error.line == 5
     assert not r.modified
+
+
+def test_a_script_that_eats_memory_gets_an_error_not_the_machine(lua):
+    s = Script("function process_packet(p)\n  tries = (tries or 0) + 1\n"
+               "  if tries == 1 then local big = string.rep('x', 2^30) end\n  return NF_ACCEPT\nend",
+               lua=lua, max_memory=64 << 20, on_error="accept")
+    r = s.run(udp_frame())
+    assert r.verdict == "accept" and r.error is not None and "memory" in r.error.message
+    r = s.run(udp_frame())                   # the runtime recovers: the next packet runs
+    assert r.error is None and s.error_count == 1

@@ -265,8 +265,10 @@ local function process(len, ts)
   if ok then
     code = verdict_code(v)
     if not code then err = bad_verdict(v) end
-  else
+  elseif type(v) == "table" then
     err = v
+  else
+    err = { tostring(v), nil }          -- out of memory: Lua skips the message handler
   end
   if err then return ON_ERROR, false, err end
   return code, A.dirty(), err
@@ -400,6 +402,7 @@ if ffi then
     while true do
       local ok, err = xpcall(loop, handler)
       if ok then break end
+      if type(err) ~= "table" then err = { tostring(err), nil } end
       errs[#errs + 1] = { i, err[1], err[2] }
       results[i] = ON_ERROR + 8                -- its bytes are not used: the input stands
       off = off + L[i]
