@@ -198,24 +198,20 @@ class QueueWorker:
             self.first_t = t
         self.last_t = t
 
-        # The new IP packets; a change to the synthetic Ethernet header is counted, not sent.
+        # The new IP packets go back with the verdicts; a change to the synthetic Ethernet
+        # header is counted, not sent.
         outs = [None] * len(batch)
-        if blob is not None:
-            offset = 0
-            for i, (eth, frame, code) in enumerate(zip(eths, frames, codes)):
-                n = len(frame)
-                if code & 4:
-                    if blob[offset:offset + 14] != eth:
-                        c.eth_modified += 1
-                    new = blob[offset + 14:offset + n]
-                    if new != datas[i]:
-                        outs[i] = new
-                offset += n
-
-        mark_bit = self.mark_bit
-        for (pkt, _, _), code, out in zip(batch, codes, outs):
-            if out is not None:
-                pkt.set_payload(out)
+        mark_bit, offset = self.mark_bit, 0
+        for i, ((pkt, data, _), eth, code) in enumerate(zip(batch, eths, codes)):
+            n = len(data) + 14
+            if code & 4:
+                if blob[offset:offset + 14] != eth:
+                    c.eth_modified += 1
+                new = blob[offset + 14:offset + n]
+                if new != data:
+                    outs[i] = new
+                    pkt.set_payload(new)
+            offset += n
             v = code & 3
             if v == 1:
                 pkt.accept()
@@ -225,19 +221,15 @@ class QueueWorker:
                 pkt.set_mark(pkt.get_mark() | mark_bit)
                 pkt.repeat()
 
+        verdicts = [code & 3 for code in codes]
         c.seen += len(batch)
         c.bytes += sum(map(len, datas))
         c.modified += len(outs) - outs.count(None)
-        verdicts = [code & 3 for code in codes]
         c.dropped += verdicts.count(0)
         c.accepted += verdicts.count(1)
         c.continued += verdicts.count(2)
         c.errors += len(errors)
-        keep = self.recent.ring.maxlen or len(batch)
-        self.recent.ring.extend(
-            (t, data, out, BY_CODE[v], errors.get(i), eth)
-            for i, (data, out, v, eth) in enumerate(zip(datas, outs, verdicts, eths))
-            if i >= len(batch) - keep)
+        self.recent.add_batch(t, datas, outs, [BY_CODE[v] for v in verdicts], errors, eths)
         for error in errors.values():
             if self._errors_reported < 20:
                 self._errors_reported += 1

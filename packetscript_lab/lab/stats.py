@@ -1,7 +1,7 @@
 """Counters of one attached script, its ring of recent packets, and kernel-side counters.
 
-The worker only increments integers and appends one tuple per packet; summaries and the
-list of changed fields are worked out when someone asks for them, not per packet.
+The worker only adds to integers and keeps each batch's lists as they are; summaries and
+the list of changed fields are worked out when someone asks for them, not per packet.
 """
 from __future__ import annotations
 
@@ -24,15 +24,35 @@ class Counters:
 
 
 class Recent:
-    """Ring of (time, ip bytes before, ip bytes after or None, verdict, error) tuples."""
+    """The most recent packets of one script: (time, ip bytes before, ip bytes after or
+    None, verdict, error, Ethernet header) each.
+
+    The worker hands over whole batches (one append per batch, not per packet); they are
+    unpacked only when someone reads the entries.
+    """
 
     def __init__(self, size: int = 200):
-        self.ring: collections.deque = collections.deque(maxlen=size)
+        self.size = size
+        self._batches: collections.deque = collections.deque()
+        self._count = 0
+
+    def add_batch(self, t: float, befores, afters, verdicts, errors: dict, eths) -> None:
+        self._batches.append((t, befores, afters, verdicts, errors, eths))
+        self._count += len(befores)
+        while self._batches and self._count - len(self._batches[0][1]) >= self.size:
+            self._count -= len(self._batches.popleft()[1])
+
+    def items(self) -> list[tuple]:
+        out = []
+        for t, befores, afters, verdicts, errors, eths in list(self._batches):
+            out += [(t, b, a, v, errors.get(i), e)
+                    for i, (b, a, v, e) in enumerate(zip(befores, afters, verdicts, eths))]
+        return out[-self.size:]
 
     def entries(self, limit: int | None = None) -> list[dict]:
         from packetscript_lab.fields import changed_fields, summary
 
-        items = list(self.ring)
+        items = self.items()
         if limit is not None:
             items = items[-limit:]
         out = []
