@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from packetscript_lab.examples import dnat
 from packetscript_lab.kernel import backend
 from packetscript_lab.kernel.backend import KernelModuleMissing, KernelRule, detect, rule_args
 from packetscript_lab.kernel.standin import StandInLuaTarget
@@ -165,14 +166,7 @@ def test_lab_attach_with_the_kernel_backend_says_what_to_install(pair_lab):
     assert pair_lab.attached == {}
 
 
-KERNEL_DNAT = """
-function process_packet(p)
-  local ip = p:data(packet_eth):data(packet_ip)
-  if not ip then return NF_DROP end
-  ip:daddr():set("10.77.0.2")
-  return XT_CONTINUE
-end
-"""
+KERNEL_DNAT = dnat("10.77.0.2")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
 import kernel_magic
+from packetscript_lab.examples import dnat
 
 DROP_UDP = """\
 function process_packet(p)
@@ -31,14 +32,7 @@ function process_packet(p)
 end
 """
 
-DNAT = """\
-function process_packet(p)
-  local ip = p:data(packet_eth):data(packet_ip)
-  if not ip then return NF_DROP end
-  ip:daddr():set("10.77.0.9")
-  return XT_CONTINUE
-end
-"""
+DNAT = dnat("10.77.0.9")
 
 
 def get_shell():
