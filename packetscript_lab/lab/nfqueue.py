@@ -99,6 +99,9 @@ class QueueWorker:
         self.last_t = 0.0
         self._eth = next(iter(eth_by_ifindex.values()), b"\0" * 12 + b"\x08\x00")
         self._pending: list = []   # (packet, payload, ifindex) waiting for a verdict
+        # True while this queue's rule ends a chain whose policy is ACCEPT: XT_CONTINUE is
+        # then NF_ACCEPT (the lab keeps it up to date whenever the host's rules change).
+        self.continue_accepts = False
 
     # -- lifecycle (bind runs in the worker thread, inside the host's namespace) --
 
@@ -201,7 +204,7 @@ class QueueWorker:
         # The new IP packets go back with the verdicts; a change to the synthetic Ethernet
         # header is counted, not sent.
         outs = [None] * len(batch)
-        mark_bit, offset = self.mark_bit, 0
+        mark_bit, offset, continue_accepts = self.mark_bit, 0, self.continue_accepts
         for i, ((pkt, data, _), eth, code) in enumerate(zip(batch, eths, codes)):
             n = len(data) + 14
             if code & 4:
@@ -213,7 +216,7 @@ class QueueWorker:
                     pkt.set_payload(new)
             offset += n
             v = code & 3
-            if v == 1:
+            if v == 1 or (v == 2 and continue_accepts):
                 pkt.accept()
             elif v == 0:
                 pkt.drop()

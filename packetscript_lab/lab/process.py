@@ -13,6 +13,7 @@ Every command runs in its own thread, so a long capture does not block a send.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import queue
 import signal
@@ -117,7 +118,8 @@ class World:
         self.iptables_program = iptables_program
         self.started = time.time()
         self.hosts, self.spaces, self.ifindex = topology.build(topo)
-        self.tables = {n: ipt.IPTables(ns, iptables_program) for n, ns in self.spaces.items()}
+        self.tables = {n: ipt.IPTables(ns, iptables_program, functools.partial(self._rules_changed, n))
+                       for n, ns in self.spaces.items()}
         self.attached: dict[str, Attached] = {}
         self.free_queues = list(range(MAX_QUEUES))
         self.lock = threading.Lock()
@@ -141,6 +143,23 @@ class World:
         if h is None:
             raise LabError(f"{name_or_ip!r} is neither a lab host nor one of their addresses")
         return h
+
+    def _rules_changed(self, host: str, done: bool) -> None:
+        """Keep each worker's shortcut for XT_CONTINUE true: before any change to a host's
+        rules the workers go back to NF_REPEAT (always right); afterwards each learns again
+        whether its rule ends an accepting chain (docs/lab.md, Verdicts)."""
+        with self.lock:
+            mine = [a for a in self.attached.values()
+                    if a is not None and a.host == host and a.worker is not None]
+        for a in mine:
+            a.worker.continue_accepts = False
+        if done:
+            for a in mine:
+                try:
+                    a.worker.continue_accepts = self.tables[host].ends_with_queue(
+                        a.table, a.chain, a.queue_num)
+                except LabError:
+                    pass                 # reading failed: stay with NF_REPEAT
 
     def handle(self, name: str) -> Attached:
         if self.attached.get(name) is None:
@@ -267,6 +286,7 @@ class World:
                          backend)
             with self.lock:
                 self.attached[name] = a
+            self._rules_changed(host, True)
             sess.handles.add(name)
             return a.info()
         except BaseException:
@@ -302,7 +322,11 @@ class World:
                                          match=match, function=options.get("function"),
                                          state_id=options.get("state_id"),
                                          program=self.iptables_program)
-        _insert_kernel_script(rule.insert, source)
+        self._rules_changed(host, False)
+        try:
+            _insert_kernel_script(rule.insert, source)
+        finally:
+            self._rules_changed(host, True)
         a = Attached(name, host, table, chain, match, None, None, None, None, options, sess, "kernel")
         a.kernel_rule = rule
         with self.lock:
@@ -315,7 +339,11 @@ class World:
         if a.kernel_rule is not None:
             self._compile(source, name, {**a.options, "profile": "kernel"})
             before = self.handle_stats(a)
-            _insert_kernel_script(a.kernel_rule.replace, source)
+            self._rules_changed(a.host, False)
+            try:
+                _insert_kernel_script(a.kernel_rule.replace, source)
+            finally:
+                self._rules_changed(a.host, True)
             a.kernel_past = before   # the new rules count from zero; the handle's counts go on
             return a.info()
         if a.worker is None or a.worker.script is None:
@@ -334,7 +362,11 @@ class World:
         final = self.handle_stats(a) if a.kernel_rule is not None else None
         try:
             if a.kernel_rule is not None:
-                a.kernel_rule.remove()
+                self._rules_changed(a.host, False)
+                try:
+                    a.kernel_rule.remove()
+                finally:
+                    self._rules_changed(a.host, True)
             else:
                 self.tables[a.host].delete(a.table, a.rule)
         finally:
