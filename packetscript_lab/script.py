@@ -221,9 +221,9 @@ class Script:
         """Run the script over many Ethernet frames, crossing into Lua once (on LuaJIT).
 
         Returns ``(codes, blob, errors)``: one code byte per frame (0 drop, 1 accept,
-        2 continue, plus 4 when the frame changed and 8 when the script failed on it), the
-        frames after the script back to back (None when none changed), and the errors by
-        frame index.
+        2 continue; + 4 when the frame changed, + 16 when its Ethernet header did, + 32 when
+        the bytes after the header did; + 8 when the script failed on it), the frames after
+        the script back to back (None when none changed), and the errors by frame index.
         """
         if times_ms is None:
             times_ms = [time.monotonic() * 1000] * len(frames)
@@ -250,7 +250,7 @@ class Script:
                 errors[i] = self._errors.add(self._message(emsg), self._line(eline))
                 code += 8
             elif ch:
-                code += 4
+                code += 4 + (16 if out[:14] != frame[:14] else 0) + (32 if out[14:] != frame[14:] else 0)
             codes[i] = code
             outs.append(out if ch else frame)
         changed = any(c & 4 for c in codes)

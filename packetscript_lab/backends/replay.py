@@ -269,7 +269,7 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
 
     result = ReplayResult(linktype=linktype, script=script)
     bar = _progress_bar(progress, total_bytes)
-    codes_seen = [0] * 16
+    codes_seen = [0] * 64
     started = time.perf_counter()
     with _cyclic_gc_paused():
         _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_seen, bar)
@@ -279,7 +279,10 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
     result.verdicts = {v: sum(n for c, n in enumerate(codes_seen) if c & 3 == i)
                        for i, v in enumerate(verdicts.BY_CODE)}
     result.errors = sum(n for c, n in enumerate(codes_seen) if c & 8)
-    result.modified = sum(n for c, n in enumerate(codes_seen) if c & 4)
+    # Raw-IP and cooked captures cannot keep a changed Ethernet header: only what follows counts.
+    changed = 32 if to_eth else 4
+    result.modified = sum(n for c, n in enumerate(codes_seen) if c & changed)
+    result.eth_changes = sum(n for c, n in enumerate(codes_seen) if c & 16) if to_eth else 0
     if out is not None:
         result.write(out)
     return result
@@ -291,8 +294,6 @@ def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_s
         codes, blob, _errors = script.run_many(eth_frames, times)
         for code in set(codes):
             codes_seen[code] += codes.count(code)
-        if blob is not None and to_eth:
-            result.eth_changes += _count_eth_changes(eth_frames, codes, blob)
         if keep_output:
             result._batches.append((frames, eth_frames, times, codes, blob, from_eth))
         result.packets += len(frames)
@@ -326,14 +327,8 @@ def _collect_output(result, frames, eth_frames, times, codes, blob, from_eth):
         result._output += [blob[o:o + len(f)] if c & 4 else f
                            for f, c, o in zip(frames, codes, _offsets(frames)) if c & 3]
     else:
-        result._output += [from_eth(f, blob[o:o + len(ef)]) if c & 4 else f
+        result._output += [from_eth(f, blob[o:o + len(ef)]) if c & 32 else f
                           for f, ef, c, o in zip(frames, eth_frames, codes, _offsets(eth_frames)) if c & 3]
-
-
-def _count_eth_changes(eth_frames, codes, blob):
-    """Frames whose synthetic Ethernet header the script changed (it cannot be kept)."""
-    return sum(1 for ef, c, o in zip(eth_frames, codes, _offsets(eth_frames))
-               if c & 4 and blob[o:o + 14] != ef[:14])
 
 
 def _progress_bar(progress, total_bytes):

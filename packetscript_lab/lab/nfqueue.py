@@ -205,15 +205,11 @@ class QueueWorker:
         # header is counted, not sent.
         outs = [None] * len(batch)
         mark_bit, offset, continue_accepts = self.mark_bit, 0, self.continue_accepts
-        for i, ((pkt, data, _), eth, code) in enumerate(zip(batch, eths, codes)):
+        for i, ((pkt, data, _), code) in enumerate(zip(batch, codes)):
             n = len(data) + 14
-            if code & 4:
-                if blob[offset:offset + 14] != eth:
-                    c.eth_modified += 1
-                new = blob[offset + 14:offset + n]
-                if new != data:
-                    outs[i] = new
-                    pkt.set_payload(new)
+            if code & 32:
+                outs[i] = new = blob[offset + 14:offset + n]
+                pkt.set_payload(new)
             offset += n
             v = code & 3
             if v == 1 or (v == 2 and continue_accepts):
@@ -232,6 +228,7 @@ class QueueWorker:
         c.accepted += verdicts.count(1)
         c.continued += verdicts.count(2)
         c.errors += len(errors)
+        c.eth_modified += sum(1 for code in codes if code & 16)
         self.recent.add_batch(t, datas, outs, [BY_CODE[v] for v in verdicts], errors, eths)
         for error in errors.values():
             if self._errors_reported < 20:
@@ -246,7 +243,8 @@ class QueueWorker:
         if r.error is not None:
             return bytes([code | 8]), None, {0: r.error}
         if r.modified:
-            return bytes([code | 4]), r.data, {}
+            code |= 4 | (16 if r.data[:14] != frame[:14] else 0) | (32 if r.data[14:] != frame[14:] else 0)
+            return bytes([code]), r.data, {}
         return bytes([code]), None, {}
 
     def _fail(self, batch, exc) -> None:

@@ -362,9 +362,10 @@ function E.run_ip(s, ts)
 end
 
 -- A batch (LuaJIT): blob holds the packets back to back, lens their int32 lengths, tss
--- their float64 times in ms. Returns one result byte per packet (code + 4 if changed +
--- 8 if failed), the blob after the scripts if any packet changed, and the errors as a
--- list of {index, message, line}.
+-- their float64 times in ms. Returns one result byte per packet (code, + 4 if it changed,
+-- + 16 if its first 14 bytes (the Ethernet header) changed, + 32 if bytes after them
+-- changed, + 8 if the script failed), the blob after the scripts if any packet changed,
+-- and the errors as a list of {index, message, line}.
 if ffi then
   local results, rcap = nil, 0
   function E.run_batch(blob, lens, tss, count)
@@ -389,10 +390,15 @@ if ffi then
         local v = call_user()
         local code = verdict_code(v)
         if not code then error(setmetatable(bad_verdict(v), BUDGET_MT), 0) end
-        if A.dirty() and memcmp(buf + off, original + off, n) ~= 0 then
-          if FIX then A.fix_checksums(n) end
-          any = true
-          code = code + 4
+        if A.dirty() then
+          local head = n < 14 and n or 14
+          local eth = memcmp(buf + off, original + off, head) ~= 0
+          local rest = memcmp(buf + off + head, original + off + head, n - head) ~= 0
+          if eth or rest then
+            if FIX then A.fix_checksums(n) end
+            any = true
+            code = code + 4 + (eth and 16 or 0) + (rest and 32 or 0)
+          end
         end
         results[i] = code
         off = off + n
