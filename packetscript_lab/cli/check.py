@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
-from packetscript_lab.cli import CliError
+from packetscript_lab.cli.replay import read_script
+from packetscript_lab.script import RUNTIMES
 
 EXIT_COMPILE = 1
 
@@ -20,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("script", help="the Lua script")
     p.add_argument("--profile", choices=("lab", "kernel"), default="lab",
                    help="lab: the lab sandbox; kernel: what xt_LUA can run (default: lab)")
-    p.add_argument("--lua", choices=("luajit", "5.1", "5.4"), default="luajit",
+    p.add_argument("--lua", choices=list(RUNTIMES), default="luajit",
                    help="runtime used to compile the script (default: luajit)")
     p.add_argument("--function", default="process_packet", metavar="NAME",
                    help="the function the rule calls (default: process_packet)")
@@ -29,20 +30,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def read_script(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def compile_error(source: str, lua: str, function: str):
+def compile_error(source: str, path: str, lua: str, function: str):
     """The engine's ScriptError for the script in the lab sandbox, or None."""
     from packetscript_lab import Script, ScriptError
     try:
-        # a short chunk name: Lua cuts long ones (LUA_IDSIZE), which would hide the line
-        Script(source, name="script", lua=lua, profile="lab", function=function)
+        Script(source, name=path, lua=lua, profile="lab", function=function)
     except ScriptError as exc:
         return exc
     return None
@@ -57,7 +49,7 @@ def run(args) -> int:
     from packetscript_lab.kernel.checker import check_source
 
     source = read_script(args.script)
-    error = compile_error(source, args.lua, args.function)
+    error = compile_error(source, args.script, args.lua, args.function)
     if error is not None:
         print(describe(error, args.script), file=sys.stderr)
         if args.json:

@@ -33,9 +33,9 @@ def read_script(path: str) -> str:
     try:
         return Path(path).read_text()
     except FileNotFoundError:
-        raise CliError(f"{path}: no such script file") from None
+        raise CliError(f"cannot read {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"{path}: cannot read the script ({exc})") from None
+        raise CliError(f"cannot read {path}: {exc}") from None
 
 
 def compile_script(path: str, **kwargs):
