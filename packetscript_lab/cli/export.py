@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 
 from packetscript_lab.cli import CliError
-from packetscript_lab.cli.check import compile_error, describe, read_script
+from packetscript_lab.cli.check import compile_error, describe
+from packetscript_lab.cli.replay import read_script
 
 EXIT_REFUSED = 3
 
@@ -36,7 +37,7 @@ def run(args) -> int:
     from packetscript_lab.kernel.export import NotExportable, export_script
 
     source = read_script(args.script)
-    error = compile_error(source, args.lua, args.function or "process_packet")
+    error = compile_error(source, args.script, args.lua, args.function or "process_packet")
     if error is not None:
         print(describe(error, args.script), file=sys.stderr)
         return 1
