@@ -192,10 +192,7 @@ class QueueWorker:
         datas = [data for _, data, _ in batch]
         frames = [eth + data for eth, data in zip(eths, datas)]
         now = time.monotonic() * 1000
-        if len(batch) == 1:      # a lone packet takes the shorter single-packet path
-            codes, blob, errors = self._judge_one(script, frames[0], now)
-        else:
-            codes, blob, errors = script.run_many(frames, [now] * len(frames))
+        codes, blob, errors = script.run_many(frames, [now] * len(frames))
         t = time.time()
         if not self.first_t:
             self.first_t = t
@@ -234,18 +231,6 @@ class QueueWorker:
             if self._errors_reported < 20:
                 self._errors_reported += 1
                 self.on_event({"event": "script_error", "message": str(error), "line": error.line})
-
-    @staticmethod
-    def _judge_one(script, frame: bytes, now_ms: float):
-        """run_many's answer for one frame, through Script.run (less work per call)."""
-        r = script.run(frame, now_ms / 1000)
-        code = BY_CODE.index(r.verdict)
-        if r.error is not None:
-            return bytes([code | 8]), None, {0: r.error}
-        if r.modified:
-            code |= 4 | (16 if r.data[:14] != frame[:14] else 0) | (32 if r.data[14:] != frame[14:] else 0)
-            return bytes([code]), r.data, {}
-        return bytes([code]), None, {}
 
     def _fail(self, batch, exc) -> None:
         """An internal failure (not the script's): count it and still give every verdict."""

@@ -85,18 +85,8 @@ class Attached:
 
 
 def _errors_of(script) -> list[dict]:
-    """The engine's first errors as {"message", "line", "count"} dicts."""
-    out = []
-    for e in getattr(script, "errors", None) or []:
-        if isinstance(e, dict):
-            out.append({"message": e.get("message"), "line": e.get("line"), "count": e.get("count", 1)})
-        elif isinstance(e, (tuple, list)):
-            msg, line, count = (list(e) + [None, None, 1])[:3]
-            out.append({"message": str(msg), "line": line, "count": count})
-        else:
-            out.append({"message": str(getattr(e, "message", e)), "line": getattr(e, "line", None),
-                        "count": getattr(e, "count", 1)})
-    return out
+    """The engine's first errors (ScriptRuntimeError) as {"message", "line", "count"} dicts."""
+    return [{"message": e.message, "line": e.line, "count": e.count} for e in script.errors]
 
 
 def _insert_kernel_script(insert, source: str) -> None:
@@ -269,8 +259,6 @@ class World:
 
             worker = QueueWorker(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
                                  error_verdict=options.get("on_error", "drop"))
-            if script is not None:
-                script.eth_header = next(iter(eth.values()))
             thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
             try:
                 worker.wait_bound()
@@ -349,7 +337,6 @@ class World:
         if a.worker is None or a.worker.script is None:
             raise LabError(f"script {name!r} ({a.backend} backend) cannot be replaced in place")
         new = self._compile(source, name, a.options)  # compile errors leave the old one running
-        new.eth_header = a.worker.script.eth_header
         old = a.worker.script
         a.worker.script = new  # one attribute store: the next packet sees the new script
         a.past_errors.extend(_errors_of(old))

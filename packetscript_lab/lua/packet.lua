@@ -101,7 +101,6 @@ local function ba_read(a)          -- byte array or string -> function(i) -> byt
   if st.g ~= GEN then error("this byte array views an earlier packet: copy the bytes you need to keep", 0) end
   return function(i) return B[st.o + i] end, st.n
 end
-A.ba_read = ba_read
 
 -- ---------------------------------------------------------------- checksums
 local function sum16(o, n, s)
@@ -155,7 +154,7 @@ end
 local PROTO = {}          -- id -> protocol
 local BYNAME = {}         -- name -> protocol
 local supported = {}      -- id -> name, the script's `supported_protocols`
-A.PROTO, A.supported = PROTO, supported
+A.supported = supported
 
 local function seg_new(p, o, n, ch, ip)
   return setmetatable({ o = o, n = n, ch = ch, ip = ip, g = GEN }, p.mt)
@@ -199,24 +198,21 @@ local function convert(p, seg, o, n, t)
   return seg_new(target, o, n, ch, seg.ip or (p.id == 2 and seg.o) or nil)
 end
 
-local function raw_get(f) return ba_copy(f.o, f.n) end
-local function raw_set(f, v)
-  if type(v) ~= "number" then
-    local rd, n = ba_read(v)
-    if not rd then error("cannot cast value to char: give a byte value 0..255 or a byte array", 0) end
-    if n > f.n then error("provided byte array too big for given packet segment", 0) end
-    for i = 0, n - 1 do wr(f.o + i, rd(i)) end
-    return true
-  end
-  if v < 0 or v > 255 or v % 1 ~= 0 then error("cannot cast value to char: " .. tostring(v), 0) end
-  for i = f.o, f.o + f.n - 1 do wr(i, v) end
-  return true
-end
-local function setdata(f, v)
+local function setdata(f, v)         -- copy a byte array (or a string) into the field
   local rd, n = ba_read(v)
   if not rd then error("this field is set from a byte array (or a string)", 0) end
   if n > f.n then error("provided byte array too big for given packet segment", 0) end
   for i = 0, n - 1 do wr(f.o + i, rd(i)) end
+  return true
+end
+local function raw_get(f) return ba_copy(f.o, f.n) end
+local function raw_set(f, v)          -- fill with one byte value, or copy a byte array in
+  if type(v) ~= "number" then
+    if not ba_read(v) then error("cannot cast value to char: give a byte value 0..255 or a byte array", 0) end
+    return setdata(f, v)
+  end
+  if v < 0 or v > 255 or v % 1 ~= 0 then error("cannot cast value to char: " .. tostring(v), 0) end
+  for i = f.o, f.o + f.n - 1 do wr(i, v) end
   return true
 end
 
