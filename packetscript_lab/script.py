@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 
+
 from packetscript_lab.verdicts import BY_CODE
 
 RUNTIMES = {"luajit": "lupa.luajit21", "5.1": "lupa.lua51", "5.4": "lupa.lua54"}
@@ -19,6 +20,9 @@ PROFILES = ("lab", "kernel")
 ON_ERROR = {"drop": 0, "accept": 1}
 MAX_KEPT_ERRORS = 20
 MAX_OUTPUT_LINES = 1000
+# Lua memory beyond max_memory that only the engine's own work may use: handing a packet
+# over or a result back must never fail outside a protected call (that aborts the process).
+MEMORY_HEADROOM = 48 << 20
 
 # A synthetic Ethernet header for IP packets (run_ip): locally administered MACs, IPv4.
 DEFAULT_ETH_HEADER = bytes.fromhex("020000000002" "020000000001" "0800")
@@ -69,6 +73,40 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
+_CODE = {name: code for code, name in enumerate(BY_CODE)}
+
+
+def _error_records(blob: bytes):
+    """The batch errors the runner packs as "index:line:length:message" records."""
+    pos, end = 0, len(blob or b"")
+    while pos < end:
+        i_end = blob.index(b":", pos)
+        l_end = blob.index(b":", i_end + 1)
+        n_end = blob.index(b":", l_end + 1)
+        size = int(blob[l_end + 1:n_end])
+        yield int(blob[pos:i_end]), blob[n_end + 1:n_end + 1 + size], int(blob[i_end + 1:l_end])
+        pos = n_end + 1 + size
+
+
+def _join_batches(first, second, frames1, frames2, offset):
+    """Two run_many results as one (a batch split to stay under MAX_BATCH_BYTES)."""
+    (c1, b1, e1), (c2, b2, e2) = first, second
+    blob = None
+    if b1 is not None or b2 is not None:
+        blob = (b1 if b1 is not None else b"".join(frames1)) + (b2 if b2 is not None else b"".join(frames2))
+    errors = dict(e1)
+    errors.update({offset + i: e for i, e in e2.items()})
+    return c1 + c2, blob, errors
+
+
+def _lua_error_text(exc: BaseException) -> str:
+    """A failure of the Lua runtime itself (out of memory outside the script's own call)."""
+    text = _text(exc.args[0] if exc.args else exc)
+    if "memory" in text:
+        return "the script's Lua runtime ran out of memory (max_memory)"
+    return text[:500]
+
+
 @dataclass
 class _ErrorLog:
     """Counts failed packets and keeps the first distinct errors."""
@@ -78,6 +116,10 @@ class _ErrorLog:
 
     def add(self, message: str, line: int | None) -> ScriptRuntimeError:
         self.count += 1
+        return self.note(message, line)
+
+    def note(self, message: str, line: int | None = None) -> ScriptRuntimeError:
+        """Keep an error without counting a failed packet (e.g. the runtime restarted)."""
         for err in self.kept:
             if err.message == message and err.line == line:
                 err.count += 1
@@ -118,32 +160,13 @@ class Script:
         self.line_offset, self.faithful = line_offset, faithful
         self.fix_checksums = fix_checksums and not faithful
         self.output: list[str] = []
+        self.output_dropped = 0          # printed lines not kept (the bounds on print)
         self.last_error: ScriptRuntimeError | None = None
         self._errors = _ErrorLog()
 
-        runtime = importlib.import_module(RUNTIMES[lua])
-        # max_memory: a script that allocates without end gets "not enough memory" (an
-        # error like any other) instead of taking the machine's memory.
-        self._lua = runtime.LuaRuntime(encoding=None, register_eval=False, register_builtins=False,
-                                       max_memory=max_memory)
-        g = self._lua.globals()
-        loader = g.loadstring or g.load
-        packet_api = loader(_lua_source("packet.lua"), b"=packet.lua")
-        runner = loader(_lua_source("runner.lua"), b"=runner.lua")
-        cfg = self._lua.table_from({
-            b"ffi": lua == "luajit", b"profile": profile.encode(), b"budget": budget,
-            b"function": function.encode(), b"state_id": state_id, b"seed": seed,
-            b"fix_checksums": self.fix_checksums, b"on_error_code": ON_ERROR[on_error],
-            # Lua cuts long chunk names (and with them the line); errors are reported
-            # under the script's own name by ScriptError and the CLI.
-            b"chunkname": b"script",
-        })
-        self._engine = runner(packet_api, cfg)
-        self._run_one = self._engine.run_one
-        self._run_ip = self._engine.run_ip
-        self.eth_header = DEFAULT_ETH_HEADER
-        self._run_batch = self._engine.run_batch if lua == "luajit" else None
-
+        self.max_memory, self.seed, self.state_id = max_memory, seed, state_id
+        self.state_resets = 0
+        self._broken: str | None = None
         code, prelude = source, None
         if faithful:
             from packetscript_lab.kernel import faithful as kernel_faithful
@@ -152,11 +175,51 @@ class Script:
             except kernel_faithful.FaithfulError as exc:
                 raise ScriptError(exc.message, self._line(exc.line), name) from None
             prelude = kernel_faithful.FAITHFUL_PRELUDE
-        result = self._engine.compile(code.encode(), prelude.encode() if prelude else None)
+        self._code = code.encode()
+        self._prelude = prelude.encode() if prelude else None
+        self._eth_header = DEFAULT_ETH_HEADER
+        ok, message, line = self._start()
+        if not ok:
+            raise ScriptError(message, line, name)
+
+    def _start(self):
+        """A fresh Lua runtime with the API, the script compiled and its top level run.
+
+        Returns ``(ok, message, line)``.
+        """
+        runtime = importlib.import_module(RUNTIMES[self.lua])
+        self._lua_error = runtime.LuaError      # each lupa runtime has its own error classes
+        limit = self.max_memory + MEMORY_HEADROOM if self.max_memory else None
+        self._lua = runtime.LuaRuntime(encoding=None, register_eval=False, register_builtins=False,
+                                       max_memory=limit)
+        g = self._lua.globals()
+        loader = g.loadstring or g.load
+        packet_api = loader(_lua_source("packet.lua"), b"=packet.lua")
+        instrumenter = loader(_lua_source("instrument.lua"), b"=instrument.lua")()
+        runner = loader(_lua_source("runner.lua"), b"=runner.lua")
+        cfg = self._lua.table_from({
+            b"ffi": self.lua == "luajit", b"lua": self.lua.encode(), b"profile": self.profile.encode(),
+            b"budget": self.budget, b"function": self.function.encode(), b"state_id": self.state_id,
+            b"seed": self.seed, b"fix_checksums": self.fix_checksums,
+            b"on_error_code": ON_ERROR[self.on_error],
+            # Lua cuts long chunk names (and with them the line); errors are reported
+            # under the script's own name by ScriptError and the CLI.
+            b"chunkname": b"script",
+        })
+        self._engine = runner(packet_api, instrumenter, cfg)
+        self._run_one = self._engine.run_one
+        self._run_ip = self._engine.run_ip
+        self._run_batch = self._engine.run_batch if self.lua == "luajit" else None
+        self._engine.set_eth(self._eth_header)
+        try:
+            result = self._engine.compile(self._code, self._prelude)
+        except self._lua_error as exc:       # out of memory on the top level
+            return False, _lua_error_text(exc), None
         ok, message, line = (result if isinstance(result, tuple) else (result, None, None))
         if not ok:
-            raise ScriptError(self._message(message), self._line(line), name)
+            return False, self._message(message), self._line(line)
         self._drain_output()
+        return True, None, None
 
     # ------------------------------------------------------------------ running
     @property
@@ -172,7 +235,10 @@ class Script:
     def run(self, frame: bytes, ts: float | None = None) -> RunResult:
         """Run the script on one Ethernet frame. ``ts`` (seconds) feeds ``nf.get_time()``."""
         ms = int((time.monotonic() if ts is None else ts) * 1000)
-        code, changed, out, emsg, eline, nout = self._run_one(frame, ms)
+        r = self._enter(self._run_one, frame, ms)
+        if r is None:
+            return RunResult(BY_CODE[ON_ERROR[self.on_error]], frame, False, self._runtime_failed(1))
+        code, changed, out, emsg, eline, nout = r
         if nout:
             self._drain_output()
         error = self._errors.add(self._message(emsg), self._line(eline)) if emsg is not None else None
@@ -188,7 +254,7 @@ class Script:
         if len(header) != 14:
             raise ValueError("an Ethernet header is 14 bytes: destination MAC, source MAC, type")
         self._eth_header = bytes(header)
-        self._engine.set_eth(self._eth_header)
+        self._enter(self._engine.set_eth, self._eth_header)
 
     def judge_ip(self, packet: bytes, ts: float | None = None) -> tuple[int, bytes | None]:
         """The per-packet fast path for live backends: ``(code, new_packet)``.
@@ -198,7 +264,10 @@ class Script:
         failed (``last_error`` says how); ``code & 16``: it changed the synthetic Ethernet
         header, which cannot travel with the packet.
         """
-        r = self._run_ip(packet, (time.monotonic() if ts is None else ts) * 1000)
+        r = self._enter(self._run_ip, packet, (time.monotonic() if ts is None else ts) * 1000)
+        if r is None:
+            self.last_error = self._runtime_failed(1)
+            return ON_ERROR[self.on_error] + 8, None
         code, data = (r, None) if type(r) is int else r
         if code & 32:
             self._drain_output()
@@ -217,6 +286,9 @@ class Script:
         return RunResult(BY_CODE[code & 3], packet if data is None else data, data is not None,
                          self.last_error if code & 8 else None, bool(code & 16))
 
+    # A batch crosses into Lua as one string: bounded, so the engine's headroom covers it.
+    MAX_BATCH_BYTES = 8 << 20
+
     def run_many(self, frames: list[bytes], times_ms: list[float] | None = None):
         """Run the script over many Ethernet frames, crossing into Lua once (on LuaJIT).
 
@@ -231,36 +303,89 @@ class Script:
         # when packets come one at a time.
         if self._run_batch is None or len(frames) == 1:
             return self._run_many_single(frames, times_ms)
-        codes, blob, errs, nout = self._run_batch(
-            b"".join(frames), array.array("i", map(len, frames)).tobytes(),
-            array.array("d", times_ms).tobytes(), len(frames))
+        blob = b"".join(frames)
+        if len(blob) > self.MAX_BATCH_BYTES:
+            half = len(frames) // 2
+            first, second = self.run_many(frames[:half], times_ms[:half]), self.run_many(frames[half:], times_ms[half:])
+            return _join_batches(first, second, frames[:half], frames[half:], half)
+        r = self._enter(self._run_batch, blob, array.array("i", map(len, frames)).tobytes(),
+                        array.array("d", times_ms).tobytes(), len(frames))
+        if r is None:
+            error = self._runtime_failed(len(frames))
+            code = ON_ERROR[self.on_error] + 8
+            return bytes([code]) * len(frames), None, dict.fromkeys(range(len(frames)), error)
+        codes, out, errs, nout = r
         if nout:
             self._drain_output()
         errors = {}
-        for entry in errs.values():
-            index, message, line = entry[1], entry[2], entry[3]
+        for index, message, line in _error_records(errs):
             errors[index] = self._errors.add(self._message(message), self._line(line))
-        return codes, blob, errors
+        return codes, out, errors
 
     def _run_many_single(self, frames, times_ms):
         codes, outs, errors = bytearray(len(frames)), [], {}
         for i, (frame, ms) in enumerate(zip(frames, times_ms)):
-            code, ch, out, emsg, eline, nout = self._run_one(frame, int(ms))
-            if nout:
-                self._drain_output()
-            if emsg is not None:
-                errors[i] = self._errors.add(self._message(emsg), self._line(eline))
+            r = self.run(frame, ms / 1000)
+            code = ON_ERROR[self.on_error] if r.error else _CODE[r.verdict]
+            if r.error:
+                errors[i] = r.error
                 code += 8
-            elif ch:
+            elif r.modified:
+                out = r.data
                 code += 4 + (16 if out[:14] != frame[:14] else 0) + (32 if out[14:] != frame[14:] else 0)
             codes[i] = code
-            outs.append(out if ch else frame)
+            outs.append(r.data)
         changed = any(c & 4 for c in codes)
         return bytes(codes), b"".join(outs) if changed else None, errors
 
+    # ------------------------------------------------------------------ the runtime itself
+    def _enter(self, fn, *args):
+        """Every call into Lua goes through here.
+
+        The script's own failures come back as values; this catches what is left: the runtime
+        failing outside the script's protected call (out of memory while handing a result
+        over). Such a runtime, or one that the script left holding more than max_memory, is
+        replaced by a fresh one (the script compiled again, its globals new). Returns None
+        when the call did not complete.
+        """
+        if self._broken is not None:
+            return None
+        try:
+            result = fn(*args)
+        except self._lua_error as exc:
+            self._restart(_lua_error_text(exc))
+            return None
+        if self.max_memory and self._lua.get_memory_used() > self.max_memory:
+            self._trim()
+        return result
+
+    def _trim(self) -> None:
+        try:
+            self._engine.collect()
+        except self._lua_error:
+            pass
+        if self._lua.get_memory_used() > self.max_memory:
+            self._restart(f"the script holds more than max_memory ({self.max_memory >> 20} MiB)")
+
+    def _restart(self, reason: str) -> None:
+        self.state_resets += 1
+        self._errors.note(f"{reason}: the script was restarted with fresh globals")
+        ok, message, _line = self._start()
+        if not ok:
+            self._broken = f"{reason}; restarting the script failed: {message}"
+
+    def _runtime_failed(self, packets: int) -> ScriptRuntimeError:
+        """Count ``packets`` that the runtime could not judge; the error that says why."""
+        message = self._broken or (self._errors.kept[-1].message if self._errors.kept
+                                   else "the script's Lua runtime failed")
+        error = None
+        for _ in range(packets):
+            error = self._errors.add(message, None)
+        return error
+
     # ------------------------------------------------------------------ helpers
     def _line(self, line) -> int | None:
-        return int(line) + self.line_offset if line else None
+        return int(line) + self.line_offset if isinstance(line, (int, float)) and line > 0 else None
 
     def _message(self, message) -> str:
         """Lua's text, with the lines it mentions ("at line 3") shifted like our own."""
@@ -270,9 +395,14 @@ class Script:
         return text
 
     def _drain_output(self) -> None:
-        lines = self._engine.take_output()
-        room = MAX_OUTPUT_LINES - len(self.output)
-        self.output.extend(_text(v) for v in list(lines.values())[:max(room, 0)])
+        r = self._enter(self._engine.take_output)
+        if r is None:
+            return
+        text, count, lost = r
+        lines = _text(text).split("\n") if count else []
+        room = max(MAX_OUTPUT_LINES - len(self.output), 0)
+        self.output.extend(lines[:room])
+        self.output_dropped += int(lost) + max(len(lines) - room, 0)
 
     def __repr__(self) -> str:
         return f"Script({self.name!r}, lua={self.lua}, profile={self.profile})"

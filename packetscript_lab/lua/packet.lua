@@ -12,7 +12,7 @@
 
 local A = ...                      -- api table filled here, returned to runner.lua
 local floor, type, error, tostring, tonumber = math.floor, type, error, tostring, tonumber
-local setmetatable, getmetatable, pairs, ipairs = setmetatable, getmetatable, pairs, ipairs
+local setmetatable, getmetatable, pairs, ipairs, rawget, rawequal = setmetatable, getmetatable, pairs, ipairs, rawget, rawequal
 local sbyte, schar, sformat, sfind = string.byte, string.char, string.format, string.find
 
 local B                            -- current packet buffer (set by the runner)
@@ -104,6 +104,7 @@ end
 
 -- ---------------------------------------------------------------- checksums
 local function sum16(o, n, s)
+  if o < 0 or n < 0 or o + n > PLEN then error("checksum range outside the packet", 0) end
   s = s or 0
   local last = o + n - 1
   for i = o, last - 1, 2 do s = s + B[i] * 256 + B[i + 1] end
@@ -156,84 +157,99 @@ local BYNAME = {}         -- name -> protocol
 local supported = {}      -- id -> name, the script's `supported_protocols`
 A.supported = supported
 
-local function seg_new(p, o, n, ch, ip)
-  return setmetatable({ o = o, n = n, ch = ch, ip = ip, g = GEN }, p.mt)
+-- Segments and field objects hold only their slot number; their state (offset, length,
+-- offset changes, where their IP header is) lives in per-packet arrays indexed by slot,
+-- out of the script's reach. LIVE[slot] is the object made for that slot in this packet:
+-- an object of an earlier packet, or one whose slot was edited, is refused.
+local LIVE, SO, SN, SIP, SCH = {}, {}, {}, {}, {}
+local LIVEN = 0
+local function read_only()
+  error("segments and fields are read and changed through their methods (get, set, data, ...)", 0)
 end
-function A.packet(len) return seg_new(PROTO[0], 0, len) end
+local function new_object(mt, o, n, ch, ip)
+  local k = LIVEN + 1
+  LIVEN = k
+  local obj = setmetatable({ k }, mt)
+  LIVE[k], SO[k], SN[k], SCH[k], SIP[k] = obj, o, n, ch or false, ip or false
+  return obj
+end
+local function seg_new(p, o, n, ch, ip) return new_object(p.mt, o, n, ch, ip) end
+function A.packet(len) LIVEN = 0; return seg_new(PROTO[0], 0, len) end
 
--- Every method checks its segment: a colon call, of this packet, inside the packet. The
--- last check keeps a script that edits a segment's fields (seg.o = ...) inside the buffer.
-local function check_self(seg, what)
-  if type(seg) ~= "table" or seg.o == nil then
-    error("bad self for '" .. what .. "': call it with a colon, as obj:" .. what .. "()", 0)
-  end
-  if seg.g ~= GEN then
+-- The slot of a segment or field that a method was called on: made by the API for this packet.
+local function state(seg, what)
+  local k = type(seg) == "table" and rawget(seg, 1)
+  if not rawequal(LIVE[k], seg) or k > LIVEN then
+    if not k or not (type(seg) == "table" and getmetatable(seg)) then
+      error("bad self for '" .. what .. "': call it with a colon, as obj:" .. what .. "()", 0)
+    end
     error("'" .. what .. "' on a segment of an earlier packet: keep numbers or strings between packets, not segments", 0)
   end
-  local o, n = seg.o, seg.n
-  if type(o) ~= "number" or type(n) ~= "number" or o < 0 or n < 0 or o + n > PLEN
-     or o % 1 ~= 0 or n % 1 ~= 0 then
-    error("'" .. what .. "' on a segment outside the packet", 0)
-  end
-  local ip = seg.ip                 -- where its IP header is, for checksum work
-  if ip ~= nil and (type(ip) ~= "number" or ip < 0 or ip + 20 > PLEN or ip % 1 ~= 0) then
-    error("'" .. what .. "' on a segment whose IP header is outside the packet", 0)
-  end
+  return k
 end
 
-local function checked(fn, what)   -- a getter or setter that checks its field object first
+-- Where a field's IP header starts, checked to lie inside the packet (a truncated packet
+-- can end inside it).
+local function ip_header(st, what)
+  local ip = SIP[st]
+  if ip and ip + 20 > PLEN then
+    error("'" .. what .. "' needs the whole IP header, and this packet ends inside it", 0)
+  end
+  return ip
+end
+
+local function checked(fn, what)   -- a getter or setter, given its field's state
   return function(f, ...)
-    check_self(f, what)
-    return fn(f, ...)
+    return fn(state(f, what), ...)
   end
 end
 
 -- Payload conversion: seg:data(TYPE) gives a TYPE segment or false.
-local function convert(p, seg, o, n, t)
+local function convert(p, seg, st, o, n, t)
   local target = PROTO[t]
   if not target then error("provided protocol is unknown: " .. tostring(t), 0) end
-  if not p.has(seg, t, o, n) then return false end
+  if not p.has(st, t, seg) then return false end
   local ch
   if target.changes then ch = target.changes(seg_new(target, o, n)) end
-  return seg_new(target, o, n, ch, seg.ip or (p.id == 2 and seg.o) or nil)
+  return seg_new(target, o, n, ch, SIP[st] or (p.id == 2 and SO[st]) or nil)
 end
 
 local function setdata(f, v)         -- copy a byte array (or a string) into the field
   local rd, n = ba_read(v)
   if not rd then error("this field is set from a byte array (or a string)", 0) end
-  if n > f.n then error("provided byte array too big for given packet segment", 0) end
-  for i = 0, n - 1 do wr(f.o + i, rd(i)) end
+  if n > SN[f] then error("provided byte array too big for given packet segment", 0) end
+  for i = 0, n - 1 do wr(SO[f] + i, rd(i)) end
   return true
 end
-local function raw_get(f) return ba_copy(f.o, f.n) end
+local function raw_get(f) return ba_copy(SO[f], SN[f]) end
 local function raw_set(f, v)          -- fill with one byte value, or copy a byte array in
   if type(v) ~= "number" then
     if not ba_read(v) then error("cannot cast value to char: give a byte value 0..255 or a byte array", 0) end
     return setdata(f, v)
   end
   if v < 0 or v > 255 or v % 1 ~= 0 then error("cannot cast value to char: " .. tostring(v), 0) end
-  for i = f.o, f.o + f.n - 1 do wr(i, v) end
+  for i = SO[f], SO[f] + SN[f] - 1 do wr(i, v) end
   return true
 end
 
 local function int_get(f)
   local v = 0
-  for i = f.o, f.o + f.n - 1 do v = v * 256 + B[i] end
+  for i = SO[f], SO[f] + SN[f] - 1 do v = v * 256 + B[i] end
   return v
 end
 local function int_set(f, v)
   if type(v) ~= "number" then error("this field is set from a number, got " .. type(v), 0) end
-  v = floor(floor(v) % 256 ^ f.n)  -- truncated to the field width, as the C setters do
-  for i = f.o + f.n - 1, f.o, -1 do wr(i, floor(v % 256)); v = floor(v / 256) end
+  v = floor(floor(v) % 256 ^ SN[f])  -- truncated to the field width, as the C setters do
+  for i = SO[f] + SN[f] - 1, SO[f], -1 do wr(i, floor(v % 256)); v = floor(v / 256) end
   return true
 end
-local function nib_hi_get(f) return floor(B[f.o] / 16) end
-local function nib_lo_get(f) return B[f.o] % 16 end
+local function nib_hi_get(f) return floor(B[SO[f]] / 16) end
+local function nib_lo_get(f) return B[SO[f]] % 16 end
 local function nib_set(hi, lo_bound, hi_bound, msg)
   return function(f, v)
     if type(v) ~= "number" or v % 1 ~= 0 or v < lo_bound or v > hi_bound then error(msg, 0) end
-    local b = B[f.o]
-    if hi then wr(f.o, v * 16 + b % 16) else wr(f.o, b - b % 16 + v) end
+    local b = B[SO[f]]
+    if hi then wr(SO[f], v * 16 + b % 16) else wr(SO[f], b - b % 16 + v) end
     return true
   end
 end
@@ -246,15 +262,15 @@ local function bit_index(n)
 end
 local function bit_get(f, n)
   local m = bit_index(n)
-  return floor(B[f.o] / m) % 2 == 1
+  return floor(B[SO[f]] / m) % 2 == 1
 end
 local function bit_set(f, n, on)    -- set(n) sets the bit; set(n, false) clears it
-  local m, b = bit_index(n), B[f.o]
+  local m, b = bit_index(n), B[SO[f]]
   local is = floor(b / m) % 2 == 1
   if on == false then
-    if is then wr(f.o, b - m) end
+    if is then wr(SO[f], b - m) end
   elseif not is then
-    wr(f.o, b + m)
+    wr(SO[f], b + m)
   end
   return true
 end
@@ -273,17 +289,18 @@ local function parse_addr(s)
   return a
 end
 local function addr_get(f)
-  return B[f.o] .. "." .. B[f.o + 1] .. "." .. B[f.o + 2] .. "." .. B[f.o + 3]
+  return B[SO[f]] .. "." .. B[SO[f] + 1] .. "." .. B[SO[f] + 2] .. "." .. B[SO[f] + 3]
 end
 local function addr_set(f, s)
   local a = parse_addr(s)
-  local old1, old2 = get16(f.o), get16(f.o + 2)
-  local o = f.o                     -- written out: a 4-step loop would cost LuaJIT a trace
+  local old1, old2 = get16(SO[f]), get16(SO[f] + 2)
+  local o = SO[f]                     -- written out: a 4-step loop would cost LuaJIT a trace
   wr(o, a[1]); wr(o + 1, a[2]); wr(o + 2, a[3]); wr(o + 3, a[4])
-  if fix_addr_checksum and f.ip then
+  local ip = fix_addr_checksum and ip_header(f, "set")
+  if ip then
     -- What xt_LUA does in the kernel: an incremental IP header checksum update (RFC 1624).
-    local c = f.ip + 10
-    local s2 = (0xffff - get16(c)) + (0xffff - old1) + get16(f.o) + (0xffff - old2) + get16(f.o + 2)
+    local c = ip + 10
+    local s2 = (0xffff - get16(c)) + (0xffff - old1) + get16(SO[f]) + (0xffff - old2) + get16(SO[f] + 2)
     local v = 0xffff - fold(s2)
     B[c] = floor(v / 256); B[c + 1] = v % 256
   end
@@ -292,15 +309,15 @@ end
 
 local function str_get(f)
   local t = {}
-  for i = 0, f.n - 1 do t[i + 1] = schar(B[f.o + i]) end
+  for i = 0, SN[f] - 1 do t[i + 1] = schar(B[SO[f] + i]) end
   return table.concat(t)
 end
 local function str_set(f, v)
   if type(v) == "number" then return raw_set(f, v) end
-  if type(v) ~= "string" or #v ~= f.n then
-    error("a string field is set from a string of the same length (" .. f.n .. " bytes)", 0)
+  if type(v) ~= "string" or #v ~= SN[f] then
+    error("a string field is set from a string of the same length (" .. SN[f] .. " bytes)", 0)
   end
-  for i = 0, f.n - 1 do wr(f.o + i, sbyte(v, i + 1)) end
+  for i = 0, SN[f] - 1 do wr(SO[f] + i, sbyte(v, i + 1)) end
   return true
 end
 
@@ -310,51 +327,59 @@ local function protocol(def)
   local p = { id = def.id, name = def.name, fields = {}, payload = def.payload,
               has = def.has, changes = def.changes }
   p.methods = {}
-  p.mt = { __index = p.methods, __metatable = def.name,
-           __tostring = function(s) return "type: " .. def.name .. ", offset: " .. s.o .. ", length: " .. s.n end }
+  local function describe(s)
+    local st = rawget(s, 1)
+    return "type: " .. def.name .. ", offset: " .. tostring(SO[st]) .. ", length: " .. tostring(SN[st])
+  end
+  p.mt = { __index = p.methods, __newindex = read_only, __metatable = def.name, __tostring = describe }
   local m = p.methods
   function m.raw(seg, off, len)
-    check_self(seg, "raw")
-    if type(off) ~= "number" or type(len) ~= "number" then error("raw(offset, length) takes two numbers", 0) end
-    if off < 0 or len < 0 or off + len > seg.n then return false end
-    return seg_new(p, seg.o + off, len)
+    local st = state(seg, "raw")
+    if type(off) ~= "number" or type(len) ~= "number" or off % 1 ~= 0 or len % 1 ~= 0 then
+      error("raw(offset, length) takes two whole numbers", 0)
+    end
+    if off < 0 or len < 0 or off + len > SN[st] then return false end
+    return seg_new(p, SO[st] + off, len)
   end
-  function m.get_offset(seg) check_self(seg, "get_offset"); return seg.o end
-  function m.get_size(seg) check_self(seg, "get_size"); return seg.n end
-  function m.to_bytes(seg) check_self(seg, "to_bytes"); return ba_copy(seg.o, seg.n) end
+  function m.get_offset(seg) return SO[state(seg, "get_offset")] end
+  function m.get_size(seg) return SN[state(seg, "get_size")] end
+  function m.to_bytes(seg) local st = state(seg, "to_bytes"); return ba_copy(SO[st], SN[st]) end
   m.get, m.set = checked(raw_get, "get"), checked(raw_set, "set")
   for idx, fd in ipairs(def.fields) do
     local name, bo, bl = fd[1], fd[2], fd[3]
     local accessors = { get = checked(fd[4] or raw_get, "get"), set = checked(fd[5] or raw_set, "set") }
-    local fmt = { __index = setmetatable(accessors, { __index = m }),
-                  __metatable = def.name,
-                  __tostring = function(s) return "type: " .. def.name .. ", offset: " .. s.o .. ", length: " .. s.n end }
+    local fmt = { __index = setmetatable(accessors, { __index = m }), __newindex = read_only,
+                  __metatable = def.name, __tostring = describe }
     local locate = def.locate and def.locate[name]
     local is_payload = (name == def.payload)
     local byte_off, byte_len = floor(bo / 8), floor(bl / 8)
     if bl > 0 and byte_len == 0 then byte_len = 1 end
     m[name] = function(seg, t)
-      check_self(seg, name)
+      local st = state(seg, name)
       local ro, rl
       if locate then
-        ro, rl = locate(seg)
-      elseif seg.ch then                 -- offsets adjusted by a dynamic protocol's get_field_changes
-        local cb, cl = bo + (seg.ch[1][idx] or 0), bl + (seg.ch[2][idx] or 0)
+        ro, rl = locate(st)
+      elseif SCH[st] then                  -- offsets adjusted by a dynamic protocol's get_field_changes
+        local dc, dl = SCH[st][1][idx] or 0, SCH[st][2][idx] or 0
+        if type(dc) ~= "number" or type(dl) ~= "number" then
+          error("get_field_changes gave a change for field '" .. name .. "' that is not a number", 0)
+        end
+        local cb, cl = bo + dc, bl + dl
         ro, rl = floor(cb / 8), floor(cl / 8)
         if cl > 0 and rl == 0 then rl = 1 end
-        if cl == 0 then rl = seg.n - ro end
+        if cl == 0 then rl = SN[st] - ro end
       else
-        ro, rl = byte_off, (bl == 0) and (seg.n - byte_off) or byte_len
+        ro, rl = byte_off, (bl == 0) and (SN[st] - byte_off) or byte_len
       end
-      if ro < 0 or rl < 0 or ro + rl > seg.n then
-        error(sformat("%s field '%s' (bytes %d..%d) is beyond the end of the %d-byte segment",
-                      def.name, name, ro, ro + rl - 1, seg.n), 0)
+      if ro < 0 or rl < 0 or ro + rl > SN[st] or ro % 1 ~= 0 or rl % 1 ~= 0 then
+        error(sformat("%s field '%s' (bytes %s..%s) is beyond the end of the %d-byte segment",
+                      def.name, name, tostring(ro), tostring(ro + rl - 1), SN[st]), 0)
       end
       if type(t) == "number" then
-        if is_payload then return convert(p, seg, seg.o + ro, rl, t) end
-        if t == fd.as then return seg_new(PROTO[t], seg.o + ro, rl) end
+        if is_payload then return convert(p, seg, st, SO[st] + ro, rl, t) end
+        if t == fd.as then return seg_new(PROTO[t], SO[st] + ro, rl) end
       end
-      return setmetatable({ o = seg.o + ro, n = rl, ip = seg.ip or (p.id == 2 and seg.o) or nil, g = GEN }, fmt)
+      return new_object(fmt, SO[st] + ro, rl, nil, SIP[st] or (p.id == 2 and SO[st]) or nil)
     end
   end
   PROTO[p.id], BYNAME[p.name] = p, p
@@ -372,12 +397,12 @@ protocol { id = 0, name = "packet_raw", payload = "data",
 protocol { id = 1, name = "packet_eth", payload = "data",
   fields = { { "dmac", 0, 48 }, { "smac", 48, 48 }, { "type", 96, 16 }, { "data", 112, 0 } },
   has = function(seg, t)
-    return t == 2 and seg.n >= 14 and B[seg.o + 12] == 8 and B[seg.o + 13] == 0
+    return t == 2 and SN[seg] >= 14 and B[SO[seg] + 12] == 8 and B[SO[seg] + 13] == 0
   end }
 
 local function ip_ihl(seg)
-  if seg.n < 1 then error("packet_ip segment is empty", 0) end
-  return (B[seg.o] % 16) * 4
+  if SN[seg] < 1 then error("packet_ip segment is empty", 0) end
+  return (B[SO[seg]] % 16) * 4
 end
 protocol { id = 2, name = "packet_ip", payload = "data",
   fields = {
@@ -386,11 +411,11 @@ protocol { id = 2, name = "packet_ip", payload = "data",
     { "tos", 8, 8, int_get, int_set }, { "tot_len", 16, 16, int_get, int_set },
     { "id", 32, 16, int_get, int_set }, { "flags", 48, 3, bit_get, bit_set },
     { "frag_off", 51, 13,
-      function(f) return (B[f.o] % 32) * 256 + B[f.o + 1] end,
+      function(f) return (B[SO[f]] % 32) * 256 + B[SO[f] + 1] end,
       function(f, v)
         if type(v) ~= "number" then error("frag_off is set from a number", 0) end
         v = floor(v) % 8192
-        wr(f.o, B[f.o] - B[f.o] % 32 + floor(v / 256)); wr(f.o + 1, v % 256)
+        wr(SO[f], B[SO[f]] - B[SO[f]] % 32 + floor(v / 256)); wr(SO[f] + 1, v % 256)
         return true
       end },
     { "ttl", 64, 8, int_get, int_set }, { "protocol", 72, 8, int_get, int_set },
@@ -401,16 +426,16 @@ protocol { id = 2, name = "packet_ip", payload = "data",
     frag_off = function(seg) return 6, 2 end,      -- the 13 bits that follow the flags
     data = function(seg)                          -- after the options, up to tot_len
       local ihl = ip_ihl(seg)
-      local stop = seg.n
-      if seg.n >= 4 then
-        local tot = get16(seg.o + 2)
+      local stop = SN[seg]
+      if SN[seg] >= 4 then
+        local tot = get16(SO[seg] + 2)
         if tot >= ihl and tot < stop then stop = tot end
       end
       return ihl, stop - ihl
     end },
   has = function(seg, t)
-    if seg.n < 10 then return false end
-    local pr = B[seg.o + 9]
+    if SN[seg] < 10 then return false end
+    local pr = B[SO[seg] + 9]
     return (pr == 1 and t == 3) or (pr == 6 and t == 4) or (pr == 17 and t == 6)
   end }
 
@@ -419,9 +444,9 @@ protocol { id = 3, name = "packet_icmp",
              { "id", 32, 16 }, { "sequence", 48, 16 } } }
 
 local function tcp_hdr(seg)
-  if seg.n < 13 then error("TCP header truncated: no data offset byte", 0) end
-  local h = floor(B[seg.o + 12] / 16) * 4
-  if h < 20 or h > seg.n then error("TCP data offset " .. h .. " does not fit the " .. seg.n .. "-byte segment", 0) end
+  if SN[seg] < 13 then error("TCP header truncated: no data offset byte", 0) end
+  local h = floor(B[SO[seg] + 12] / 16) * 4
+  if h < 20 or h > SN[seg] then error("TCP data offset " .. h .. " does not fit the " .. SN[seg] .. "-byte segment", 0) end
   return h
 end
 protocol { id = 4, name = "packet_tcp", payload = "data",
@@ -434,16 +459,17 @@ protocol { id = 4, name = "packet_tcp", payload = "data",
     { "window_size", 112, 16, int_get, int_set },
     { "check", 128, 16, int_get, function(f)
         -- Recompute the TCP checksum over pseudo-header and segment, whatever was given.
-        local ip = f.ip
+        local ip = ip_header(f, "set")
         if not ip then error("tcp:check():set() needs a TCP segment reached through ip:data(packet_tcp)", 0) end
-        local tcp = f.o - 16
+        local tcp = SO[f] - 16
         local ihl = (B[ip] % 16) * 4
         local tot = get16(ip + 2)
         if tot < ihl or ip + tot > PLEN then tot = PLEN - ip end
         local l4len = tot - ihl
-        wr(f.o, 0); wr(f.o + 1, 0)
+        if tcp < 0 or tcp + l4len > PLEN then l4len = PLEN - tcp end
+        wr(SO[f], 0); wr(SO[f] + 1, 0)
         local c = 0xffff - fold(sum16(tcp, l4len, sum16(ip + 12, 8) + 6 + l4len))
-        wr(f.o, floor(c / 256)); wr(f.o + 1, c % 256)
+        wr(SO[f], floor(c / 256)); wr(SO[f] + 1, c % 256)
         return true
       end },
     { "urgent", 144, 16 },
@@ -451,14 +477,14 @@ protocol { id = 4, name = "packet_tcp", payload = "data",
     { "data", 160, 0, raw_get, setdata } },
   locate = {
     options = function(seg) return 20, tcp_hdr(seg) - 20 end,
-    data = function(seg) local h = tcp_hdr(seg); return h, seg.n - h end },
+    data = function(seg) local h = tcp_hdr(seg); return h, SN[seg] - h end },
   has = function() return true end }
 
 -- TCP options, found by walking the kind/length list of the options area.
 local OPT = { MSS = { 2, 2 }, WS = { 3, 1 }, SACK = { 4, 0 }, TSVAL = { 8, 4 }, TSER = { 8, 4, 4 } }
 local function find_opt(seg, name)
   local kind, len, skip = OPT[name][1], OPT[name][2], OPT[name][3] or 0
-  local i, stop = seg.o, seg.o + seg.n
+  local i, stop = SO[seg], SO[seg] + SN[seg]
   while i < stop do
     local k = B[i]
     if k == 0 then break end
@@ -469,8 +495,8 @@ local function find_opt(seg, name)
       local l = B[i + 1]
       if l < 2 or i + l > stop then break end
       if k == kind then
-        if len == 0 then return i - seg.o, 2 end          -- SACK-permitted: the option itself
-        return i - seg.o + 2 + skip, len
+        if len == 0 then return i - SO[seg], 2 end          -- SACK-permitted: the option itself
+        return i - SO[seg] + 2 + skip, len
       end
       i = i + l
     end
@@ -493,14 +519,14 @@ protocol { id = 6, name = "packet_udp", payload = "data",
 
 -- TFTP (RFC 1350): where the fields are depends on the opcode.
 local function tftp_op(seg)
-  if seg.n < 2 then error("TFTP packet truncated: no opcode", 0) end
-  return get16(seg.o)
+  if SN[seg] < 2 then error("TFTP packet truncated: no opcode", 0) end
+  return get16(SO[seg])
 end
 local function cstring(seg, from)            -- offset and length of a NUL-terminated string
-  local i = seg.o + from
-  local stop = seg.o + seg.n
+  local i = SO[seg] + from
+  local stop = SO[seg] + SN[seg]
   while i < stop and B[i] ~= 0 do i = i + 1 end
-  return from, i - (seg.o + from)
+  return from, i - (SO[seg] + from)
 end
 local function tftp_field(name, ops)
   return function(seg)
@@ -519,10 +545,10 @@ protocol { id = 7, name = "packet_tftp",
     filename = tftp_field("filename", rrq_wrq(function(seg) return cstring(seg, 2) end)),
     mode = tftp_field("mode", rrq_wrq(function(seg)
       local fo, fl = cstring(seg, 2)
-      return cstring(seg, math.min(fo + fl + 1, seg.n))
+      return cstring(seg, math.min(fo + fl + 1, SN[seg]))
     end)),
     block_nr = tftp_field("block_nr", { [3] = function() return 2, 2 end, [4] = function() return 2, 2 end }),
-    data = tftp_field("data", { [3] = function(seg) return 4, seg.n - 4 end }) } }
+    data = tftp_field("data", { [3] = function(seg) return 4, SN[seg] - 4 end }) } }
 
 -- ---------------------------------------------------------------- dynamic protocols
 local MAX_PROTOCOLS = 16
@@ -550,7 +576,7 @@ function A.register_dynamic_protbuf(t)
   if type(t.protocol_fields) ~= "table" or #t.protocol_fields == 0 then
     error("register_dynamic_protbuf: 'protocol_fields' must be a list of {name, bit_offset, bit_length, getter, setter}", 0)
   end
-  local id = #supported + 1
+  local id = #PROTO + 1                  -- PROTO, not the script's supported_protocols: it can edit that
   if id >= MAX_PROTOCOLS then error("register_dynamic_protbuf: no free protocol slot", 0) end
   local fields = {}
   for i, fd in ipairs(t.protocol_fields) do
@@ -559,13 +585,13 @@ function A.register_dynamic_protbuf(t)
       error("register_dynamic_protbuf: field " .. i .. " must be {name, bit_offset, bit_length, getter, setter}", 0)
     end
     local get, set
-    if gname then get = function(f) return callback(gname, "getter")(ba_view(f.o, f.n)) end end
-    if sname then set = function(f, v) return callback(sname, "setter")(ba_view(f.o, f.n), v) end end
+    if gname then get = function(f) return callback(gname, "getter")(ba_view(SO[f], SN[f])) end end
+    if sname then set = function(f, v) return callback(sname, "setter")(ba_view(SO[f], SN[f]), v) end end
     fields[i] = { fname, bo, bl, get, set }
   end
   local payload, has_name, changes_name = t.payload_field, t.has_protocol, t.get_field_changes
   protocol { id = id, name = name, payload = payload, fields = fields,
-    has = function(seg, ty)
+    has = function(_, ty, seg)
       if not has_name then
         error("protocol " .. name .. " has no 'has_protocol' function: its payload cannot be converted", 0)
       end

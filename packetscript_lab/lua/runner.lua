@@ -2,12 +2,12 @@
 -- budget and error capture, verdict mapping, checksum fix-up, and the two drivers the
 -- Python side calls (one packet as a string, or a batch over a shared FFI buffer).
 
-local load_packet_api, cfg = ...
+local load_packet_api, instrumenter, cfg = ...
 local A = {}
 load_packet_api(A)
 
-local type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable =
-      type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable
+local type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable, rawget =
+      type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable, rawget
 local floor, sbyte, schar, sfind, ssub, sgsub, concat =
       math.floor, string.byte, string.char, string.find, string.sub, string.gsub, table.concat
 local getinfo = debug.getinfo
@@ -18,16 +18,20 @@ local E = {}
 local CHUNK = cfg.chunkname                   -- the user's chunk name, e.g. "cell"
 local SOURCE = "=" .. CHUNK
 local FN = cfg["function"]
-local BUDGET = cfg.budget                      -- instructions per packet; 0 = unlimited
+local BUDGET = cfg.budget                      -- steps per packet; 0 = unlimited
 local ON_ERROR = cfg.on_error_code
 local FIX = cfg.fix_checksums
 A.configure { kernel_address_checksum = not FIX }
 
--- ---------------------------------------------------------------- errors and output
--- An error becomes {message, line}; line is the innermost frame of the user's chunk,
--- so API errors point at the script line that made the call.
-local function escape(s) return (sgsub(s, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
-local PREFIX = "^" .. escape(CHUNK) .. ":(%d+): "
+-- ---------------------------------------------------------------- budget
+-- The budget counts steps: loop iterations, function calls and jumps. instrument.lua writes
+-- a call to `tick` into the script's source at each of those places (same lines), so the
+-- script stays JIT-compiled; a debug hook would switch LuaJIT to its slow interpreter for
+-- every packet. Straight-line code between two checks is bounded by the source's length.
+-- The state lives here, out of the script's reach: once the budget is spent every further
+-- step fails again, and `exhausted` decides the packet's fate whatever the script catches.
+local steps, limit, exhausted, exhausted_line, budget_text = 0, 0, false, nil, nil
+local ret_line                                 -- line of the last `return` (or fall-off `end`)
 
 local function user_line()
   for level = 3, 60 do
@@ -39,105 +43,84 @@ local function user_line()
   end
 end
 
-local BUDGET_MT
+local function tick()
+  steps = steps + 1
+  if steps > limit then
+    if not exhausted then
+      exhausted, exhausted_line = true, user_line()
+      budget_text = "budget of " .. limit .. " steps (loop iterations and calls) exceeded: endless loop?"
+    end
+    error(budget_text, 0)
+  end
+end
+local function ret(line) ret_line = line end
+local function arm(n)
+  steps, exhausted, exhausted_line = 0, false, nil
+  limit = n > 0 and n or math.huge
+end
+
+-- After a protected call made by the script (pcall, xpcall, coroutine.resume): a spent
+-- budget goes on up, it cannot be caught.
+local function uncaught(...)
+  if exhausted then error(budget_text, 0) end
+  return ...
+end
+
+-- ---------------------------------------------------------------- errors and output
+-- An error becomes {message, line}; line is the innermost frame of the user's chunk,
+-- so API errors point at the script line that made the call. Whatever a script raises
+-- (tables with metatables, huge strings) becomes a plain, bounded message here; the
+-- runner's own errors (a bad verdict) pass through `pending`, which no script can set.
+local function escape(s) return (sgsub(s, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
+local PREFIX = "^" .. escape(CHUNK) .. ":(%d+): "
+local MAX_MESSAGE = 500
+local pending
 
 local function handler(msg)
-  local line = user_line()
-  if type(msg) ~= "string" then
-    if getmetatable(msg) == BUDGET_MT then return msg end
-    local ok, text = pcall(tostring, msg)
-    msg = "error object is not a string: " .. (ok and type(text) == "string" and text or type(msg))
+  if pending then local e = pending; pending = nil; return e end
+  if exhausted then return { budget_text, exhausted_line } end
+  local line, t = user_line(), type(msg)
+  if t == "number" then
+    msg = tostring(msg)
+  elseif t ~= "string" then
+    msg = "error object is not a string (a " .. t .. ")"
   end
   local _, _, l = sfind(msg, PREFIX)
   if l then
     msg = ssub(msg, #CHUNK + #l + 4)
     line = line or tonumber(l)
   end
+  if #msg > MAX_MESSAGE then msg = ssub(msg, 1, MAX_MESSAGE) .. "... (" .. #msg .. " bytes)" end
   return { msg, line }
 end
 
-local OUT, MAX_OUT = {}, 1000
+-- A failed protected call's value as {message, line}: out-of-memory errors skip the
+-- handler and arrive as strings.
+local function as_error(v)
+  if exhausted then return { budget_text, exhausted_line } end
+  if type(v) == "table" and type(v[1]) == "string" then return v end
+  return { type(v) == "string" and v or "error", nil }
+end
+
+-- print: lines are cut to MAX_LINE bytes and at most MAX_OUT bytes wait for the host to
+-- take them; the rest is counted, not kept.
+local OUT, OUT_BYTES, OUT_LOST = {}, 0, 0
+local MAX_LINE, MAX_OUT = 1000, 64 * 1024
 local function user_print(...)
   local parts = {}
   for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-  if #OUT < MAX_OUT then OUT[#OUT + 1] = concat(parts, "\t") end
+  local line = concat(parts, "\t")
+  if #line > MAX_LINE then line = ssub(line, 1, MAX_LINE) .. "... (" .. #line .. " bytes)" end
+  if OUT_BYTES + #line > MAX_OUT then OUT_LOST = OUT_LOST + 1; return end
+  OUT[#OUT + 1] = line
+  OUT_BYTES = OUT_BYTES + #line + 1
 end
+-- The waiting lines as one string ("\n" between lines), how many, and how many were dropped.
 function E.take_output()
-  local out = OUT
-  OUT = {}
-  return out
+  local text, count, lost = concat(OUT, "\n"), #OUT, OUT_LOST
+  OUT, OUT_BYTES, OUT_LOST = {}, 0, 0
+  return text, count, lost
 end
-
--- ---------------------------------------------------------------- budget
--- The budget counts steps: loop iterations, function calls and jumps back to a label.
--- A check is written into the user's source at each of those places (same lines), so the
--- script stays JIT-compiled; a debug hook would switch LuaJIT to its slow interpreter for
--- every packet. Straight-line code between two checks is bounded by the source's length.
-local steps, limit = 0, 0
-BUDGET_MT = {}                                -- marks the budget's own error object
-local function tick()
-  steps = steps + 1
-  if steps > limit then
-    error(setmetatable({ "budget of " .. limit .. " steps (loop iterations and calls) exceeded: endless loop?",
-                         user_line() }, BUDGET_MT), 0)
-  end
-end
-local function arm(n) steps = 0; limit = n > 0 and n or math.huge end
-
-local TICK = " __ps_tick() "
-local function instrument(src)
-  local out, from, i, n = {}, 1, 1, #src
-  local in_params = false                     -- between 'function' and the end of its parameters
-  local function insert_after(pos)
-    out[#out + 1] = ssub(src, from, pos)
-    out[#out + 1] = TICK
-    from = pos + 1
-  end
-  while i <= n do
-    local c = ssub(src, i, i)
-    if c == "-" and ssub(src, i + 1, i + 1) == "-" then
-      local _, e, eq = sfind(src, "^%[(=*)%[", i + 2)
-      if e then
-        local _, ce = sfind(src, "]" .. eq .. "]", e + 1, true)
-        i = (ce or n) + 1
-      else
-        i = (sfind(src, "\n", i + 2, true) or n) + 1
-      end
-    elseif c == '"' or c == "'" then
-      local j = i + 1
-      while j <= n do
-        local d = ssub(src, j, j)
-        if d == "\\" then j = j + 2 elseif d == c or d == "\n" then break else j = j + 1 end
-      end
-      i = j + 1
-    elseif c == "[" and sfind(src, "^%[=*%[", i) then
-      local _, e, eq = sfind(src, "^%[(=*)%[", i)
-      local _, ce = sfind(src, "]" .. eq .. "]", e + 1, true)
-      i = (ce or n) + 1
-    elseif sfind(c, "^[%a_]") then
-      local _, e = sfind(src, "^[%w_]+", i)
-      local w = ssub(src, i, e)
-      if w == "do" or w == "repeat" then insert_after(e)
-      elseif w == "function" then in_params = true end
-      i = e + 1
-    elseif sfind(c, "^%d") then
-      local _, e = sfind(src, "^[%w_%.]+", i)
-      i = e + 1
-    elseif c == ")" and in_params then
-      in_params = false
-      insert_after(i)
-      i = i + 1
-    elseif c == ":" and ssub(src, i + 1, i + 1) == ":" then
-      local _, e = sfind(src, "^::%s*[%a_][%w_]*%s*::", i)
-      if e then insert_after(e); i = e + 1 else i = i + 2 end
-    else
-      i = i + 1
-    end
-  end
-  out[#out + 1] = ssub(src, from)
-  return "local __ps_tick = __ps_tick; " .. concat(out)
-end
-E.instrument = instrument
 
 -- ---------------------------------------------------------------- sandbox
 local function copy(t, except)
@@ -147,31 +130,43 @@ local function copy(t, except)
 end
 
 local env = {}
-for _, k in pairs { "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget",
+for _, k in pairs { "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget",
                     "rawset", "rawlen", "select", "setmetatable", "getmetatable", "tonumber",
-                    "tostring", "type", "xpcall", "_VERSION" } do
+                    "tostring", "type", "_VERSION" } do
   env[k] = _G[k]
 end
 env.unpack = unpack
 env.print = user_print
+env.pcall = function(...) return uncaught(pcall(...)) end
+env.xpcall = function(...) return uncaught(xpcall(...)) end
 
+-- Loading: the text is first compiled as written (its syntax errors are the script's own),
+-- then with the budget written in, and bound to the script's globals.
+local GOTO = cfg.lua ~= "5.1"                  -- LuaJIT and 5.4 know `goto`
+local function compile_text(src, name)
+  local fn, err
+  if setfenv then fn, err = loadstring(src, name) else fn, err = load(src, name, "t", env) end
+  if not fn then return nil, err end
+  if setfenv then setfenv(fn, env) end
+  return fn
+end
 local function load_text(src, name)
   if type(src) ~= "string" then return nil, "only source text can be loaded" end
   if sbyte(src, 1) == 27 then return nil, "loading precompiled bytecode is not allowed" end
-  src = instrument(src)
-  local fn, err
-  if setfenv then
-    fn, err = loadstring(src, name)
-    if fn then setfenv(fn, env) end
-  else
-    fn, err = load(src, name, "t", env)
-  end
-  return fn, err
+  local ok, err = compile_text(src, name)
+  if not ok then return nil, err end
+  local text, lex_err = instrumenter.instrument(src, GOTO)
+  if not text then return nil, lex_err end
+  local outer, cerr = compile_text(text, name)
+  if not outer then return nil, cerr end
+  return outer(tick, ret)
 end
 env.loadstring = function(src, name) return load_text(src, name or "=(loadstring)") end
 env.load = function(src, name) return load_text(src, name or "=(load)") end
 
 local co = copy(coroutine)
+local resume = coroutine.resume
+co.resume = function(...) return uncaught(resume(...)) end
 env.coroutine = co
 
 if cfg.profile == "lab" then
@@ -181,10 +176,10 @@ if cfg.profile == "lab" then
   getmetatable("").__index = env.string
 else
   -- xt_LUA opens only the base library (and coroutine): no string, table, math, io, os;
-  -- strings have no methods.
+  -- strings have no methods. newproxy is left out: a finalizer would run script code at
+  -- moments no budget or protected call covers.
   env.collectgarbage = collectgarbage
   env.gcinfo = rawget(_G, "gcinfo")
-  env.newproxy = rawget(_G, "newproxy")
   getmetatable("").__index = nil
 end
 
@@ -201,13 +196,13 @@ env.nf = {
   get_time = function() return now_ms end,
   get_random = function() return floor(random() * 4294967296) end,
 }
-env.__ps_tick = tick
 env._G = env
 A.set_env(env)
 
 local SKB = rawget(_G, "newproxy") and newproxy() or setmetatable({}, { __metatable = "skb" })
 
 -- ---------------------------------------------------------------- compiling
+-- Returns true, or false with the message and line of the first error.
 function E.compile(src, prelude)
   if prelude then
     local pf, perr = load_text(prelude, "=prelude")
@@ -216,14 +211,15 @@ function E.compile(src, prelude)
   end
   local fn, err = load_text(src, SOURCE)
   if not fn then
+    err = tostring(err)
     local _, _, l = sfind(err, PREFIX)
     if l then return false, ssub(err, #CHUNK + #l + 4), tonumber(l) end
     return false, err, 0
   end
   arm(BUDGET > 0 and BUDGET * 10 or 0)           -- the top level may do some set-up work
   local ok, e = xpcall(fn, handler)
-  if not ok then return false, e[1], e[2] or 0 end
-  if type(env[FN]) ~= "function" then
+  if not ok then e = as_error(e); return false, e[1], e[2] or 0 end
+  if type(rawget(env, FN)) ~= "function" then
     return false, "the script defines no function '" .. FN .. "'", 0
   end
   return true
@@ -232,7 +228,7 @@ end
 -- ---------------------------------------------------------------- one packet
 local cur_p
 local function call_user()
-  local f = env[FN]
+  local f = rawget(env, FN)
   if type(f) ~= "function" then error("the script's function '" .. FN .. "' is not defined", 0) end
   return f(cur_p, SKB)
 end
@@ -241,14 +237,18 @@ local function verdict_code(v)
   if v == 0 then return 0 elseif v == 1 then return 1 elseif v == 4294967295 or v == -1 then return 2 end
 end
 
+-- The error for a return value that is no verdict, at the line that returned it.
 local function bad_verdict(v)
-  local info = getinfo(env[FN], "S")
+  local line = ret_line
+  if not line then
+    local info = getinfo(rawget(env, FN), "S")
+    line = info and info.lastlinedefined
+  end
   if type(v) ~= "number" then
     return { "function '" .. FN .. "' must return a verdict (NF_DROP, NF_ACCEPT or XT_CONTINUE), got " .. type(v),
-             info and info.lastlinedefined }
+             line }
   end
-  return { "verdict " .. tostring(v) .. " is not supported here: return NF_DROP, NF_ACCEPT or XT_CONTINUE",
-           info and info.lastlinedefined }
+  return { "verdict " .. tostring(v) .. " is not supported here: return NF_DROP, NF_ACCEPT or XT_CONTINUE", line }
 end
 
 -- Runs the script on the packet in the API's buffer. Returns code (0 drop, 1 accept,
@@ -260,18 +260,12 @@ local function process(len, ts)
   now_ms = floor(ts)
   cur_p = A.packet(len)
   arm(BUDGET)
+  ret_line = nil
   local ok, v = xpcall(call_user, handler)
-  local code, err
-  if ok then
-    code = verdict_code(v)
-    if not code then err = bad_verdict(v) end
-  elseif type(v) == "table" then
-    err = v
-  else
-    err = { tostring(v), nil }          -- out of memory: Lua skips the message handler
-  end
-  if err then return ON_ERROR, false, err end
-  return code, A.dirty(), err
+  if not ok or exhausted then return ON_ERROR, false, as_error(v) end
+  local code = verdict_code(v)
+  if not code then return ON_ERROR, false, bad_verdict(v) end
+  return code, A.dirty(), nil
 end
 
 local memcmp
@@ -365,7 +359,10 @@ end
 -- their float64 times in ms. Returns one result byte per packet (code, + 4 if it changed,
 -- + 16 if its first 14 bytes (the Ethernet header) changed, + 32 if bytes after them
 -- changed, + 8 if the script failed), the blob after the scripts if any packet changed,
--- and the errors as a list of {index, message, line}.
+-- the errors as one string of "index:line:length:message" records, and the number of
+-- printed lines waiting. Only strings and numbers go back: nothing the host receives
+-- needs Lua memory to hand over.
+local sformat = string.format
 if ffi then
   local results, rcap = nil, 0
   function E.run_batch(blob, lens, tss, count)
@@ -387,9 +384,11 @@ if ffi then
         now_ms = floor(T[i])
         cur_p = A.packet(n)
         arm(BUDGET)
+        ret_line = nil
         local v = call_user()
+        if exhausted then error(budget_text, 0) end
         local code = verdict_code(v)
-        if not code then error(setmetatable(bad_verdict(v), BUDGET_MT), 0) end
+        if not code then pending = bad_verdict(v); error(pending, 0) end
         if A.dirty() then
           local head = n < 14 and n or 14
           local eth = memcmp(buf + off, original + off, head) ~= 0
@@ -408,14 +407,23 @@ if ffi then
     while true do
       local ok, err = xpcall(loop, handler)
       if ok then break end
-      if type(err) ~= "table" then err = { tostring(err), nil } end
-      errs[#errs + 1] = { i, err[1], err[2] }
-      results[i] = ON_ERROR + 8                -- its bytes are not used: the input stands
+      err = as_error(err)
+      errs[#errs + 1] = sformat("%d:%d:%d:", i, err[2] or 0, #err[1]) .. err[1]
+      -- The packet's bytes are not used (the input stands): put the input back so the
+      -- blob stays aligned and unchanged where the script failed half-way.
+      ffi.copy(buf + off, original + off, L[i])
+      results[i] = ON_ERROR + 8
       off = off + L[i]
       i = i + 1
     end
-    return ffi.string(results, count), any and ffi.string(buf, total) or nil, errs, #OUT
+    return ffi.string(results, count), any and ffi.string(buf, total) or nil, concat(errs), #OUT
   end
+end
+
+-- Frees what the script no longer holds; returns the memory in use, in KiB.
+function E.collect()
+  collectgarbage("collect")
+  return collectgarbage("count")
 end
 
 return E
