@@ -80,6 +80,8 @@ def test_mistakes_say_what_is_wrong(spec, message):
     ("tcp src=client connections=2", "tcp client server:7000 connections=2"),
     ("pcap path=trace.pcap host=client", "pcap trace.pcap from=client"),
     ("udp", "udp client server:9000"),
+    ("udp router 10.77.2.2 port=9001 rate=5", "udp router 10.77.2.2:9001 rate=5"),
+    ("udp client server:9000 receiver=server", "udp client server:9000 to=server"),
 ])
 def test_the_old_command_line_spelling_is_answered_with_the_new_one(old, new):
     with pytest.raises(TrafficError) as err:

@@ -221,12 +221,14 @@ def _old_spelling(kind: str, words: list[str]) -> bool:
 def _respell(kind: str, words: list[str]) -> str:
     """The same flow in today's language, for the error message."""
     old = dict(w.partition("=")[::2] for w in words[1:] if "=" in w)
+    given = [w for w in words[1:] if "=" not in w] + [None, None]    # SRC DST written already
     if kind == "pcap":
-        head = [kind, old.pop("path", "FILE"), f"from={old.pop('host', 'client')}"]
+        head = [kind, old.pop("path", given[0] or "FILE"),
+                f"from={old.pop('host', old.pop('from', 'client'))}"]
     else:
-        dst = old.pop("dst", "server")
-        port = old.pop("port", None) or _PORT.get(kind)
-        head = [kind, old.pop("src", "client"), f"{dst}:{port}" if port else dst]
+        dst, _, port = (old.pop("dst", None) or given[1] or "server").partition(":")
+        port = old.pop("port", None) or port or _PORT.get(kind)
+        head = [kind, old.pop("src", None) or given[0] or "client", f"{dst}:{port}" if port else dst]
     if "receiver" in old:
         old["to"] = old.pop("receiver")
     if "interval" in old:
