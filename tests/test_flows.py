@@ -97,6 +97,10 @@ def test_hosts_are_checked_with_a_suggestion():
         check_hosts(parse_traffic("ping client sever"), HOSTS)
     with pytest.raises(TrafficError, match="no host 'mars'"):
         check_hosts(parse_traffic("udp client 10.77.2.100 to=mars"), HOSTS)
+    with pytest.raises(TrafficError, match="two udp flows to server port 9000 at the same "
+                                           "time; give each its own port"):
+        check_hosts(parse_traffic("udp client server; udp router server:9000"), HOSTS)
+    check_hosts(parse_traffic("udp client server; tcp client server:9000"), HOSTS)
 
 
 # --- the three surfaces read the same strings ----------------------------------------------

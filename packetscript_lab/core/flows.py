@@ -243,13 +243,23 @@ def _respell(kind: str, words: list[str]) -> str:
 # --- hosts and driving flows on a live lab ---------------------------------------------------
 
 def check_hosts(flows: list[Flow], hosts) -> None:
-    """Every host a flow names exists in this lab (checked before anything is attached or sent)."""
+    """Every host a flow names exists in this lab, and no two flows listen on one port
+    (checked before anything is attached or sent)."""
+    listeners: set = set()
     for flow in flows:
         for name in (flow.src, flow.receiver, flow.dst):
             if name is None or is_address(name) or name in hosts:
                 continue
             raise TrafficError(f"no host {name!r} in this lab{_nearest(name, hosts)} "
                                f"(hosts: {', '.join(hosts)})")
+        if flow.kind in ("udp", "tcp"):
+            # flows run at the same time: two listeners on one port would share its packets
+            where = (flow.kind, flow.receiver or flow.dst, flow.port)
+            if where in listeners:
+                raise TrafficError(f"two {flow.kind} flows to {where[1]} port {flow.port} at "
+                                   "the same time; give each its own port (e.g. "
+                                   f"{flow.dst}:{flow.port + 1})")
+            listeners.add(where)
 
 
 def run_flow(lab, flow: Flow, seconds: float) -> dict:
