@@ -167,7 +167,9 @@ class Session:
         from packetscript_lab import LabError, ScriptError
         lab = self.lab
         flows = None
-        if not options.pcap and (options.traffic or options.duration):
+        if options.pcap:        # the same as --traffic "pcap FILE from=client"
+            flows = [flows_mod.Flow(kind="pcap", src="client", path=options.pcap)]
+        elif options.traffic or options.duration:
             try:
                 flows = flows_mod.parse_traffic(options.traffic or flows_mod.DEFAULT_TRAFFIC)
                 flows_mod.check_hosts(flows, lab.hosts)
@@ -182,12 +184,7 @@ class Session:
         except LabError as exc:
             raise UsageError(f"cannot attach {options.name!r} on {backend}: {exc}") from None
         run = Run(options.name, options, source, cell_lines, backend, handle)
-        if options.pcap:
-            path = options.pcap
-            run.start_traffic(lambda: [{"flow": f"pcap {os.path.basename(path)} from client",
-                                        **_plain(lab.replay_pcap("client", path))}],
-                              f"pcap {path}")
-        elif flows:
+        if flows:
             run.drive_flows(lab, flows, options.duration or flows_mod.DEFAULT_SECONDS)
         return run
 
@@ -291,11 +288,3 @@ class Session:
         if self.lab is not None:
             self.down()
 
-
-def _plain(result) -> dict:
-    if isinstance(result, int):
-        return {"sent": result}
-    try:
-        return {k: v for k, v in dict(result).items() if isinstance(v, (int, float, str))}
-    except (TypeError, ValueError):
-        return {"result": str(result)}

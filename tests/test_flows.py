@@ -26,11 +26,11 @@ HOSTS = {"client": None, "router": None, "server": None}
 def test_defaults_and_keys():
     udp, ping, tcp, pcap = parse_traffic(
         "udp client server; ping client server rate=2 count=3; "
-        "tcp client 10.77.2.100:8080 connections=1 to=server; pcap 'my capture.pcap' from=router")
+        "tcp client 10.77.2.100:8080 connections=1 to=server; pcap 'dir/my capture.pcap' from=router")
     assert (udp.port, udp.rate, udp.count, udp.payload_size()) == (9000, 100.0, None, 64)
     assert (ping.rate, ping.count, ping.port, ping.payload_size()) == (2.0, 3, None, 56)
     assert (tcp.dst, tcp.port, tcp.connections, tcp.receiver) == ("10.77.2.100", 8080, 1, "server")
-    assert (pcap.path, pcap.src, pcap.rate) == ("my capture.pcap", "router", None)
+    assert (pcap.path, pcap.src, pcap.rate) == ("dir/my capture.pcap", "router", None)
     assert udp.packet_count(1.5) == 150 and ping.packet_count(10) == 3
     assert str(udp) == "udp client → server:9000" and str(pcap) == "pcap my capture.pcap from router"
 

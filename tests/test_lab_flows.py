@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,21 @@ def test_python_api_mistakes_send_nothing(pair_lab):  # noqa: F811
     assert h.stats()["seen"] == 0
     (row,) = pair_lab.traffic("udp client server duration=0.2 rate=100")   # 20 packets
     assert row["sent"] == 20 and h.stats()["seen"] == 20
+
+
+def test_python_api_pcap_flow(pair_lab, tmp_path):  # noqa: F811
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+    path = tmp_path / "five.pcap"
+    wrpcap(str(path), [Ether() / IP(src="10.77.0.1", dst="10.77.0.2") / UDP(dport=9000) / b"x"] * 5)
+    h = pair_lab.attach(DROP_9000, match=RULE)
+    (row,) = pair_lab.traffic(f"pcap '{path}' from=client rate=100")
+    assert row == {"flow": "pcap five.pcap from client", "sent": 5}
+    deadline = time.monotonic() + 5         # sent is not yet judged: wait for the verdicts
+    while h.stats()["dropped"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h.stats()["dropped"] == h.stats()["seen"] == 5
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

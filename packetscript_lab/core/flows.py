@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import os
 import shlex
 import threading
 
@@ -62,7 +63,7 @@ class Flow:
 
     def __str__(self) -> str:
         if self.kind == "pcap":
-            return f"pcap {self.path} from {self.src}"
+            return f"pcap {os.path.basename(self.path)} from {self.src}"
         dst = f"{self.dst}:{self.port}" if self.port else self.dst
         return f"{self.kind} {self.src} → {dst}"
 
