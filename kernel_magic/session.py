@@ -156,6 +156,7 @@ class Session:
         def build():
             try:
                 flows = flows_mod.parse_traffic(spec)
+                flows_mod.check_hosts(flows, hosts)
                 if len(flows) == 1 and flows[0].kind == "pcap":   # may be raw IP, like --pcap
                     return capture_frames(flows[0])
                 return build_packets(flows, hosts, seconds), False

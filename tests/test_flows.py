@@ -91,7 +91,9 @@ def test_the_old_command_line_spelling_is_answered_with_the_new_one(old, new):
 
 
 def test_hosts_are_checked_with_a_suggestion():
-    check_hosts(parse_traffic("udp client 10.77.2.100 to=server; pcap x.pcap"), HOSTS)
+    check_hosts(parse_traffic(f"udp client 10.77.2.100 to=server; pcap {__file__}"), HOSTS)
+    with pytest.raises(TrafficError, match="pcap nowhere.pcap: no such file"):
+        check_hosts(parse_traffic("pcap nowhere.pcap"), HOSTS)
     with pytest.raises(TrafficError, match=r"no host 'sever' in this lab \(did you mean "
                                            r"'server'\?\) \(hosts: client, router, server\)"):
         check_hosts(parse_traffic("ping client sever"), HOSTS)

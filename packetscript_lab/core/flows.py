@@ -244,10 +244,12 @@ def _respell(kind: str, words: list[str]) -> str:
 # --- hosts and driving flows on a live lab ---------------------------------------------------
 
 def check_hosts(flows: list[Flow], hosts) -> None:
-    """Every host a flow names exists in this lab, and no two flows listen on one port
+    """Every host and capture file a flow names exists, and no two flows listen on one port
     (checked before anything is attached or sent)."""
     listeners: set = set()
     for flow in flows:
+        if flow.path is not None and not os.path.isfile(flow.path):
+            raise TrafficError(f"pcap {flow.path}: no such file")
         for name in (flow.src, flow.receiver, flow.dst):
             if name is None or is_address(name) or name in hosts:
                 continue
