@@ -174,6 +174,7 @@ class Session:
             try:
                 flows = flows_mod.parse_traffic(options.traffic or flows_mod.DEFAULT_TRAFFIC)
                 flows_mod.check_hosts(flows, lab.hosts)
+                flows_mod.check_load(flows, options.duration or flows_mod.DEFAULT_SECONDS)
             except flows_mod.TrafficError as exc:
                 raise UsageError(f"--traffic: {exc}") from None
         try:

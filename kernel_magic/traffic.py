@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from packetscript_lab.core.flows import MAX_PACKETS, Flow, TrafficError, check_hosts, is_address
+from packetscript_lab.core.flows import Flow, TrafficError, check_hosts, check_load, is_address
 
 
 def build_packets(flows: list[Flow], hosts: dict, seconds: float) -> list[tuple[float, bytes]]:
     """(time offset, Ethernet frame) pairs for ``flows`` over ``seconds``, sorted by time."""
     check_hosts(flows, hosts)
+    check_load(flows, seconds)
     out: list[tuple[float, bytes]] = []
     for flow in flows:
         if flow.kind == "pcap":
             out.extend(_capture_frames(flow))
             continue
-        if flow.kind != "tcp" and flow.packet_count(seconds) > MAX_PACKETS:
-            raise TrafficError(f"{flow} would be {flow.packet_count(seconds)} packets; at most "
-                               f"{MAX_PACKETS} are generated (lower the rate or the duration)")
         src = hosts[flow.src]
         if is_address(flow.dst):
             # an address nobody owns: the frame as it leaves the source towards its first hop

@@ -149,6 +149,9 @@ def test_cli_traffic_choice():
     two = choose_traffic(parse(["run", "x.lua", "--traffic", "udp client server",
                                 "--traffic", "ping client server; tcp client server"]))
     assert [f.kind for f in two] == ["udp", "ping", "tcp"]
+    with pytest.raises(Exception, match="at most 1000000 are generated"):
+        choose_traffic(parse(["run", "x.lua", "--traffic", "udp client server rate=20000",
+                              "--duration", "3600"]))
     with pytest.raises(Exception, match="--traffic or --no-traffic, not both"):
         choose_traffic(parse(["run", "x.lua", "--no-traffic", "--traffic", "udp client server"]))
 

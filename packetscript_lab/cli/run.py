@@ -58,7 +58,9 @@ def choose_traffic(args) -> list[flows.Flow]:
               f"{_seconds(args):g} s (--traffic FLOWS for others, --no-traffic for none; "
               f"see {flows.DOCS})", file=sys.stderr if args.json else sys.stdout)
     try:
-        return [flow for spec in specs for flow in flows.parse_traffic(spec)]
+        chosen = [flow for spec in specs for flow in flows.parse_traffic(spec)]
+        flows.check_load(chosen, _seconds(args))
+        return chosen
     except flows.TrafficError as exc:
         raise CliError(f"--traffic: {exc}") from None
 

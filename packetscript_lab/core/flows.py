@@ -265,6 +265,14 @@ def check_hosts(flows: list[Flow], hosts) -> None:
             listeners.add(where)
 
 
+def check_load(flows: list[Flow], seconds: float) -> None:
+    """Generated load stays bounded: at most MAX_PACKETS per flow."""
+    for flow in flows:
+        if flow.kind in ("udp", "ping") and flow.packet_count(seconds) > MAX_PACKETS:
+            raise TrafficError(f"{flow} would be {flow.packet_count(seconds)} packets; at most "
+                               f"{MAX_PACKETS} are generated (lower the rate or the duration)")
+
+
 def run_flow(lab, flow: Flow, seconds: float) -> dict:
     """Drive one flow with the lab's generators; returns what the generator measured."""
     if flow.kind == "udp":
@@ -288,6 +296,7 @@ def drive(lab, flows: list[Flow], seconds: float = DEFAULT_SECONDS) -> list[dict
     A row is ``{"flow": str(flow), **result}``, or ``{"flow": ..., "error": "..."}``: a failing
     flow never hides the others' results. Never prints (it runs in worker threads).
     """
+    check_load(flows, seconds)
     rows: list[dict] = [{"flow": str(f)} for f in flows]
 
     def work(row: dict, flow: Flow) -> None:
