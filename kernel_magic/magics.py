@@ -7,8 +7,9 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 
 from kernel_magic import options as opts
-from kernel_magic import traffic as traffic_mod
+from kernel_magic.traffic import build_packets
 from kernel_magic.session import Session
+from packetscript_lab.core import flows as flows_mod
 
 LINE_HELP = """Manage the PacketScript lab and the running scripts.
 
@@ -20,7 +21,8 @@ LINE_HELP = """Manage the PacketScript lab and the running scripts.
   %packetscript send FLOW                     send packets, e.g.
                                               %packetscript send udp client server:9000 count=5
 
-FLOW uses the --traffic language: udp|tcp|ping SRC DST[:PORT] [rate=N] [count=N] [size=N].
+FLOW uses the traffic language of --traffic (docs/lab.md#traffic-language), e.g.
+  udp SRC DST[:PORT] [rate=PPS] [count=N|duration=S]; ping SRC DST; tcp SRC DST[:PORT]; pcap FILE
 Without a lab (no namespaces here) the packets go to the running replay scripts.
 """
 
@@ -56,8 +58,8 @@ class PacketScriptMagics(Magics):
                    "Without it the script runs until stopped.")
     @argument("--traffic", default=None,
               help='flows to generate, quoted, e.g. "udp client server:9000 rate=200; ping '
-                   'client server". Default with --duration or on replay: '
-                   + repr(traffic_mod.DEFAULT_TRAFFIC))
+                   'client server" (the language: docs/lab.md#traffic-language). Default with '
+                   '--duration or on replay: ' + repr(flows_mod.DEFAULT_TRAFFIC))
     @argument("--no-dashboard", dest="no_dashboard", action="store_true",
               help="no live widgets (the summary is still written)")
     @cell_magic("packetscript")
@@ -155,18 +157,19 @@ class PacketScriptMagics(Magics):
 
     def _cmd_send(self, args):
         if not args:
-            raise UsageError("usage: %packetscript send udp|tcp|ping SRC DST[:PORT] [count=N]")
+            raise UsageError("usage: %packetscript send udp|tcp|ping SRC DST[:PORT] [count=N] | "
+                             "pcap FILE (docs/lab.md#traffic-language)")
         spec = " ".join(args)
         try:
-            flows = traffic_mod.parse_traffic(spec)
-        except traffic_mod.TrafficError as exc:
+            flows = flows_mod.parse_traffic(spec)
+        except flows_mod.TrafficError as exc:
             raise UsageError(f"send: {exc}") from None
         s = self.session
         lab = s.ensure_lab()
         hosts = s.hosts()
         try:
-            per_flow = [(flow, traffic_mod.build_packets([flow], hosts, 1.0)) for flow in flows]
-        except traffic_mod.TrafficError as exc:
+            per_flow = [(flow, build_packets([flow], hosts, 1.0)) for flow in flows]
+        except flows_mod.TrafficError as exc:
             raise UsageError(f"send: {exc}") from None
         total = sum(len(pkts) for _, pkts in per_flow)
         if lab is not None:

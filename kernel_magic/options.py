@@ -14,7 +14,7 @@ import re
 
 from IPython.core.error import UsageError
 
-from kernel_magic.traffic import TrafficError, parse_traffic
+from packetscript_lab.core.flows import TrafficError, parse_traffic
 
 BACKENDS = ("nfqueue", "kernel", "replay")
 LUAS = ("luajit", "5.1", "5.4")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 import time
 
-from kernel_magic import traffic as traffic_mod
 from kernel_magic.options import RunOptions
 from kernel_magic.summary import RunSummary
+from packetscript_lab.core import flows as flows_mod
 
 
 class Run:
@@ -53,8 +53,10 @@ class Run:
         self._traffic_thread.start()
 
     def drive_flows(self, lab, flows, seconds: float) -> None:
-        self.start_traffic(lambda: traffic_mod.drive(lab, flows, seconds),
-                           "; ".join(map(str, flows)))
+        def work():     # the summary shows numbers and words, not sequence-number lists
+            return [{k: v for k, v in row.items() if isinstance(v, (int, float, str))}
+                    for row in flows_mod.drive(lab, flows, seconds)]
+        self.start_traffic(work, "; ".join(map(str, flows)))
 
     def traffic_done(self) -> bool:
         return self._traffic_thread is None or not self._traffic_thread.is_alive()

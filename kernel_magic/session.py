@@ -9,7 +9,8 @@ import time
 from IPython.core.error import UsageError
 
 from kernel_magic import lua_errors, pcaps
-from kernel_magic import traffic as traffic_mod
+from kernel_magic.traffic import build_packets, capture_frames
+from packetscript_lab.core import flows as flows_mod
 from kernel_magic.cache import CellCache
 from kernel_magic.dashboard import Dashboard
 from kernel_magic.options import RunOptions
@@ -69,7 +70,7 @@ class Session:
             print(f"PacketScript Lab: no private lab network here: {reason}.\n"
                   "Scripts run on the replay backend instead: over --pcap FILE, or over "
                   "generated lab traffic (--traffic, default "
-                  f"{traffic_mod.DEFAULT_TRAFFIC!r}). Verdicts and the dashboard work the same.")
+                  f"{flows_mod.DEFAULT_TRAFFIC!r}). Verdicts and the dashboard work the same.")
             return None
         return self.lab
 
@@ -136,7 +137,7 @@ class Session:
         handle = ReplayRun(options.name, script, frames, raw_ip=raw_ip)
         run = Run(options.name, options, source, cell_lines, "replay", handle)
         what = f"pcap {options.pcap}" if options.pcap else \
-            f"generated traffic {options.traffic or traffic_mod.DEFAULT_TRAFFIC!r}"
+            f"traffic {options.traffic or flows_mod.DEFAULT_TRAFFIC!r}"
         run.notes.append(f"replayed {len(frames)} packets of {what}")
         if options.placement():
             given = ", ".join(f"--{k}" for k in options.placement())
@@ -148,28 +149,33 @@ class Session:
         if options.pcap:
             return self.cache.memo(("pcap", options.pcap, os.path.getmtime(options.pcap)),
                                    lambda: pcaps.read_frames(options.pcap))
-        spec = options.traffic or traffic_mod.DEFAULT_TRAFFIC
-        seconds = options.duration or traffic_mod.DEFAULT_SECONDS
+        spec = options.traffic or flows_mod.DEFAULT_TRAFFIC
+        seconds = options.duration or flows_mod.DEFAULT_SECONDS
         hosts = self.hosts()
 
         def build():
             try:
-                packets = traffic_mod.build_packets(traffic_mod.parse_traffic(spec), hosts,
-                                                    seconds)
-            except traffic_mod.TrafficError as exc:
+                flows = flows_mod.parse_traffic(spec)
+                flows_mod.check_hosts(flows, hosts)
+                if len(flows) == 1 and flows[0].kind == "pcap":   # may be raw IP, like --pcap
+                    return capture_frames(flows[0])
+                return build_packets(flows, hosts, seconds), False
+            except flows_mod.TrafficError as exc:
                 raise UsageError(f"--traffic: {exc}") from None
-            return packets, False
         return self.cache.memo(("traffic", spec, seconds, self.topology), build)
 
     def _start_live(self, options, source, cell_lines, backend) -> Run:
         from packetscript_lab import LabError, ScriptError
         lab = self.lab
         flows = None
-        if not options.pcap and (options.traffic or options.duration):
-            flows = traffic_mod.parse_traffic(options.traffic or traffic_mod.DEFAULT_TRAFFIC)
+        if options.pcap:        # the same as --traffic "pcap FILE from=client"
+            flows = [flows_mod.Flow(kind="pcap", src="client", path=options.pcap)]
+        elif options.traffic or options.duration:
             try:
-                traffic_mod.check_hosts(flows, lab.hosts)
-            except traffic_mod.TrafficError as exc:
+                flows = flows_mod.parse_traffic(options.traffic or flows_mod.DEFAULT_TRAFFIC)
+                flows_mod.check_hosts(flows, lab.hosts)
+                flows_mod.check_load(flows, options.duration or flows_mod.DEFAULT_SECONDS)
+            except flows_mod.TrafficError as exc:
                 raise UsageError(f"--traffic: {exc}") from None
         try:
             handle = lab.attach(source, name=options.name, backend=backend,
@@ -180,13 +186,8 @@ class Session:
         except LabError as exc:
             raise UsageError(f"cannot attach {options.name!r} on {backend}: {exc}") from None
         run = Run(options.name, options, source, cell_lines, backend, handle)
-        if options.pcap:
-            path = options.pcap
-            run.start_traffic(lambda: [{"flow": f"pcap {os.path.basename(path)} from client",
-                                        **_plain(lab.replay_pcap("client", path))}],
-                              f"pcap {path}")
-        elif flows:
-            run.drive_flows(lab, flows, options.duration or traffic_mod.DEFAULT_SECONDS)
+        if flows:
+            run.drive_flows(lab, flows, options.duration or flows_mod.DEFAULT_SECONDS)
         return run
 
     def _replace(self, run: Run, options, source, cell_lines, script) -> Run:
@@ -289,11 +290,3 @@ class Session:
         if self.lab is not None:
             self.down()
 
-
-def _plain(result) -> dict:
-    if isinstance(result, int):
-        return {"sent": result}
-    try:
-        return {k: v for k, v in dict(result).items() if isinstance(v, (int, float, str))}
-    except (TypeError, ValueError):
-        return {"result": str(result)}

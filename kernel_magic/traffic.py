@@ -1,145 +1,27 @@
-"""The ``--traffic`` language: flows between lab hosts.
+"""Packets of traffic-language flows for the replay backend and for ``%packetscript send``.
 
-One spec, two uses: on a live lab each flow is driven by the Lab's traffic generators
-(``udp_stream``, ``ping``, ``tcp_echo``); on the replay backend the same flows are made into
-packets with scapy, time-stamped at the flow's rate, as the server's INPUT hook would see them.
-
-Grammar (flows separated by ``;``)::
-
-    udp  SRC DST[:PORT] [rate=PPS] [count=N] [size=BYTES]     default port 9000, rate 100
-    ping SRC DST        [rate=PPS] [count=N]                   default rate 5
-    tcp  SRC DST[:PORT] [connections=N] [size=BYTES]           default port 7000, 3 connections
-
-SRC and DST are lab host names (``client``, ``server``, ``router``). DST may also be a lab
-address (inside 10.77.0.0/16, e.g. an address nobody owns that a DNAT script rewrites); then
-``to=HOST`` names the host that receives the udp/tcp traffic. Nothing outside the lab can
-be addressed.
+The language itself (parsing, defaults, driving a live lab) is
+:mod:`packetscript_lab.core.flows`; here the same flows are made into Ethernet frames with
+the lab's addresses, time-stamped at the flow's rate, as the receiving host's hook sees them.
 """
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 
-DEFAULT_TRAFFIC = "udp client server:9000 rate=100"
-DEFAULT_SECONDS = 5.0          # traffic length when a run has no --duration
-LAB_NET = ipaddress.ip_network("10.77.0.0/16")   # the lab's addresses (packetscript_lab.lab.topology)
-_KINDS = {"udp": 9000, "tcp": 7000, "ping": None}
-_KEYS = {"udp": {"rate", "count", "size", "to"}, "ping": {"rate", "count"},
-         "tcp": {"connections", "size", "to"}}
-
-
-class TrafficError(ValueError):
-    """A --traffic spec that cannot be understood."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Flow:
-    kind: str
-    src: str
-    dst: str
-    port: int | None = None
-    rate: float | None = None
-    count: int | None = None
-    size: int = 32
-    connections: int = 3
-    receiver: str | None = None     # host that listens when dst is an address
-
-    def __str__(self) -> str:
-        dst = f"{self.dst}:{self.port}" if self.port else self.dst
-        return f"{self.kind} {self.src} → {dst}"
-
-    def packet_count(self, seconds: float) -> int:
-        """How many packets this flow offers in ``seconds`` (udp and ping)."""
-        if self.count is not None:
-            return self.count
-        return max(1, int(round(self.rate * seconds)))
-
-
-def parse_traffic(spec: str) -> list[Flow]:
-    flows = []
-    for part in spec.split(";"):
-        words = part.split()
-        if not words:
-            continue
-        flows.append(_parse_flow(words))
-    if not flows:
-        raise TrafficError("empty traffic spec; e.g. " + repr(DEFAULT_TRAFFIC))
-    return flows
-
-
-def _parse_flow(words: list[str]) -> Flow:
-    kind = words[0].lower()
-    if kind not in _KINDS:
-        raise TrafficError(f"unknown flow kind {words[0]!r}; use udp, tcp or ping")
-    if len(words) < 3:
-        raise TrafficError(f"{' '.join(words)!r}: expected '{kind} SRC DST' (e.g. "
-                           f"'{kind} client server')")
-    src, dst = words[1], words[2]
-    port = _KINDS[kind]
-    if ":" in dst:
-        dst, _, port_s = dst.partition(":")
-        if kind == "ping":
-            raise TrafficError("ping has no port")
-        port = _number(port_s, "port", int)
-        if not 0 < port < 65536:
-            raise TrafficError(f"port {port} out of range")
-    if _is_address(dst):
-        if ipaddress.ip_address(dst) not in LAB_NET:
-            raise TrafficError(f"{dst} is not a lab address: traffic stays inside the lab "
-                               f"({LAB_NET})")
-    elif not dst.isidentifier():
-        raise TrafficError(f"{dst!r} is neither a lab host name nor a lab address")
-    keys: dict[str, float] = {}
-    receiver = None
-    for word in words[3:]:
-        key, eq, value = word.partition("=")
-        if not eq or key not in _KEYS[kind]:
-            allowed = ", ".join(sorted(_KEYS[kind]))
-            raise TrafficError(f"{word!r}: {kind} flows take {allowed} (as key=value)")
-        if key == "to":
-            receiver = value
-            continue
-        keys[key] = _number(value, key, float if key == "rate" else int)
-        if keys[key] <= 0:
-            raise TrafficError(f"{key} must be positive")
-    rate = keys.get("rate", {"udp": 100.0, "ping": 5.0}.get(kind))
-    if rate is not None and rate > 20000:
-        raise TrafficError(f"rate {rate:g} packets/s is more than the lab generates (20000)")
-    return Flow(kind=kind, src=src, dst=dst, port=port, rate=rate,
-                count=keys.get("count"), size=int(keys.get("size", 32)),
-                connections=int(keys.get("connections", 3)), receiver=receiver)
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _number(text: str, what: str, kind):
-    try:
-        return kind(text)
-    except ValueError:
-        raise TrafficError(f"{what} {text!r} is not a number") from None
-
-
-# --- packets for the replay backend and for `%packetscript send` -------------------------
-
-MAX_PACKETS = 1_000_000
+from packetscript_lab.core.flows import Flow, TrafficError, check_hosts, check_load, is_address
 
 
 def build_packets(flows: list[Flow], hosts: dict, seconds: float) -> list[tuple[float, bytes]]:
     """(time offset, Ethernet frame) pairs for ``flows`` over ``seconds``, sorted by time."""
     check_hosts(flows, hosts)
+    check_load(flows, seconds)
     out: list[tuple[float, bytes]] = []
     for flow in flows:
-        if flow.kind != "tcp" and flow.packet_count(seconds) > MAX_PACKETS:
-            raise TrafficError(f"{flow} would be {flow.packet_count(seconds)} packets; at most "
-                               f"{MAX_PACKETS} are generated (lower the rate or the duration)")
+        if flow.kind == "pcap":
+            out.extend(_capture_frames(flow))
+            continue
         src = hosts[flow.src]
-        if _is_address(flow.dst):
+        if is_address(flow.dst):
             # an address nobody owns: the frame as it leaves the source towards its first hop
             dst = _Addr(flow.dst, src.interfaces[0].peer_mac if getattr(src, "interfaces", None)
                         else "02:00:00:00:00:02")
@@ -150,12 +32,21 @@ def build_packets(flows: list[Flow], hosts: dict, seconds: float) -> list[tuple[
     return out
 
 
-def check_hosts(flows: list[Flow], hosts) -> None:
-    """Every host a flow names exists in this lab (before anything is attached or sent)."""
-    for flow in flows:
-        for name in (flow.src, flow.receiver, None if _is_address(flow.dst) else flow.dst):
-            if name is not None and name not in hosts:
-                raise TrafficError(f"no host {name!r} in this lab (hosts: {', '.join(hosts)})")
+def capture_frames(flow: Flow) -> tuple[list[tuple[float, bytes]], bool]:
+    """A pcap flow's packets and whether they start at the IP header; ``rate=`` re-paces them."""
+    from kernel_magic.pcaps import read_frames
+    frames, raw_ip = read_frames(flow.path)
+    if flow.rate:
+        frames = [(i / flow.rate, data) for i, (_, data) in enumerate(frames)]
+    return frames, raw_ip
+
+
+def _capture_frames(flow: Flow) -> list[tuple[float, bytes]]:
+    frames, raw_ip = capture_frames(flow)
+    if raw_ip:
+        raise TrafficError(f"{flow.path} holds raw IP packets, which the replay backend plays "
+                           "only on their own: give that pcap flow alone (or as --pcap)")
+    return frames
 
 
 @dataclasses.dataclass
@@ -177,15 +68,17 @@ def _flow_packets(flow: Flow, src, dst, seconds: float):
     if flow.kind == "udp":
         gap = 1.0 / flow.rate
         for i in range(flow.packet_count(seconds)):
-            payload = f"seq={i:08d} ".encode().ljust(flow.size, b".")
-            seg = frames.udp(src.ip, dst.ip, 40000 + i % 1000, flow.port, payload)
+            payload = f"seq={i:08d} ".encode().ljust(flow.payload_size(), b".")
+            sport = flow.sport or 40000 + i % 1000
+            seg = frames.udp(src.ip, dst.ip, sport, flow.port, payload)
             yield i * gap, l2(17, seg, i)
     elif flow.kind == "ping":
         gap = 1.0 / flow.rate
+        payload = b"packetscript-lab".ljust(flow.payload_size(), b".")[:flow.payload_size()]
         for i in range(flow.packet_count(seconds)):
-            yield i * gap, l2(1, frames.icmp_echo(0x5053, i & 0xFFFF, b"packetscript-lab"), i)
+            yield i * gap, l2(1, frames.icmp_echo(0x5053, i & 0xFFFF, payload), i)
     else:  # tcp: what the server sees of short client connections
-        payload = b"hello packetscript ".ljust(flow.size, b".")
+        payload = flow.tcp_payload()
         f = frames.TCP_FLAGS
         t, ident = 0.0, 0
         for c in range(flow.connections):
@@ -199,32 +92,3 @@ def _flow_packets(flow: Flow, src, dst, seconds: float):
                 t += 0.01
                 ident += 1
             t += 0.2
-
-
-# --- live lab ----------------------------------------------------------------------------
-
-def drive(lab, flows: list[Flow], seconds: float) -> list[dict]:
-    """Run ``flows`` on a live lab, one after another; returns one result dict per flow.
-
-    Runs in a worker thread: results are returned, never printed.
-    """
-    results = []
-    for flow in flows:
-        row = {"flow": str(flow)}
-        try:
-            if flow.kind == "udp":
-                n = flow.packet_count(seconds)
-                res = lab.udp_stream(flow.src, flow.dst, port=flow.port, rate=flow.rate,
-                                     duration=n / flow.rate, receiver=flow.receiver)
-            elif flow.kind == "ping":
-                res = lab.ping(flow.src, flow.dst, count=flow.packet_count(seconds),
-                               interval=1.0 / flow.rate)
-            else:
-                res = lab.tcp_echo(flow.src, flow.dst, port=flow.port,
-                                   connections=flow.connections, receiver=flow.receiver,
-                                   payload=b"hello packetscript ".ljust(flow.size, b"."))
-            row.update({k: v for k, v in dict(res).items() if isinstance(v, (int, float, str))})
-        except Exception as exc:  # reported in the summary, not lost in the thread
-            row["error"] = f"{type(exc).__name__}: {exc}"
-        results.append(row)
-    return results

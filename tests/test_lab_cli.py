@@ -24,8 +24,8 @@ def test_run_drop_script_with_traffic(tmp_path):
     script = tmp_path / "drop.lua"
     script.write_text(DROP_9000)
     res = cli("run", str(script), "--host", "server", "--chain", "INPUT",
-              "--match", "-p udp --dport 9000", "--traffic", "udp rate=200 duration=0.5",
-              "--traffic", "udp port=9001 rate=200 duration=0.5", "--json")
+              "--match", "-p udp --dport 9000", "--traffic", "udp client server:9000 rate=200 duration=0.5",
+              "--traffic", "udp client server:9001 rate=200 duration=0.5", "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["stats"]["dropped"] == out["stats"]["seen"] == 100
@@ -37,8 +37,11 @@ def test_run_reports_user_mistakes(tmp_path):
     script = tmp_path / "bad.lua"
     script.write_text("function process_packet(p)\n  return (\nend\n")
     assert cli("run", str(tmp_path / "missing.lua")).returncode == 2
-    res = cli("run", str(script), "--traffic", "udp speed=3")
-    assert res.returncode == 2 and "unknown option" in res.stderr
+    res = cli("run", str(script), "--traffic", "udp client server speed=3")
+    assert res.returncode == 2 and "'speed=3' is not a udp option" in res.stderr
+    res = cli("run", str(script), "--traffic", "udp rate=200 duration=3")     # the old spelling
+    assert res.returncode == 2 and \
+        "write 'udp client server:9000 rate=200 duration=3'" in res.stderr
     require_lab()
     res = cli("run", str(script))
     assert res.returncode == 2 and "bad.lua" in res.stderr

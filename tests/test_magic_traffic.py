@@ -1,4 +1,4 @@
-"""The --traffic language and the frames it generates for the replay backend."""
+"""Frames that traffic-language flows become on the replay backend (the language: test_flows.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,33 +7,7 @@ from scapy.layers.l2 import Ether
 
 from kernel_magic import traffic
 from kernel_magic.hosts import replay_hosts
-
-
-def test_parse_defaults_and_keys():
-    udp, ping, tcp = traffic.parse_traffic(
-        "udp client server; ping client server rate=2 count=3; "
-        "tcp client 10.77.2.100:8080 connections=1 to=server")
-    assert (udp.port, udp.rate, udp.count) == (9000, 100.0, None)
-    assert (ping.rate, ping.count, ping.port) == (2.0, 3, None)
-    assert (tcp.dst, tcp.port, tcp.connections, tcp.receiver) == ("10.77.2.100", 8080, 1, "server")
-    assert udp.packet_count(1.5) == 150 and ping.packet_count(10) == 3
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("", "empty"),
-    ("quic client server", "unknown flow kind"),
-    ("udp client", "expected 'udp SRC DST'"),
-    ("udp client server:99999", "out of range"),
-    ("ping client server:80", "no port"),
-    ("udp client server size", "key=value"),
-    ("udp client server rate=0", "positive"),
-    ("udp client server rate=50000", "more than the lab generates"),
-    ("udp client 8.8.8.8:53", "not a lab address"),
-    ("udp client 192.168.0.1", "not a lab address"),
-])
-def test_parse_errors(spec, message):
-    with pytest.raises(traffic.TrafficError, match=message):
-        traffic.parse_traffic(spec)
+from packetscript_lab.core.flows import TrafficError, parse_traffic
 
 
 def checksums_ok(frame: bytes) -> bool:
@@ -49,8 +23,8 @@ def checksums_ok(frame: bytes) -> bool:
 
 def test_generated_frames_are_valid_and_paced():
     hosts = replay_hosts("pair")
-    flows = traffic.parse_traffic("udp client server:9000 rate=50 size=40; ping client server "
-                                  "count=2; tcp client server connections=2")
+    flows = parse_traffic("udp client server:9000 rate=50 size=40; ping client server "
+                          "count=2; tcp client server connections=2")
     frames = traffic.build_packets(flows, hosts, 1.0)
     times = [t for t, _ in frames]
     assert times == sorted(times)
@@ -68,19 +42,48 @@ def test_generated_frames_are_valid_and_paced():
 
 def test_router_topology_frames_arrive_from_the_router():
     hosts = replay_hosts("router")
-    (t, f), = traffic.build_packets(traffic.parse_traffic("udp client server count=1"), hosts, 1)
+    (t, f), = traffic.build_packets(parse_traffic("udp client server count=1"), hosts, 1)
     p = Ether(f)
     assert (p[IP].src, p[IP].dst) == ("10.77.1.1", "10.77.2.2")
     assert (p.src, p.dst) == ("02:77:02:00:00:fe", "02:77:02:00:00:02")   # last hop
     (t, f), = traffic.build_packets(
-        traffic.parse_traffic("udp client 10.77.2.100 count=1 to=server"), hosts, 1)
+        parse_traffic("udp client 10.77.2.100 count=1 to=server"), hosts, 1)
     p = Ether(f)
     assert p[IP].dst == "10.77.2.100" and p.dst == "02:77:01:00:00:fe"     # first hop
 
 
 def test_unknown_host_and_too_many_packets():
     hosts = replay_hosts("pair")
-    with pytest.raises(traffic.TrafficError, match="no host 'router'"):
-        traffic.build_packets(traffic.parse_traffic("ping client router"), hosts, 1)
-    with pytest.raises(traffic.TrafficError, match="at most"):
-        traffic.build_packets(traffic.parse_traffic("udp client server rate=20000"), hosts, 3600)
+    with pytest.raises(TrafficError, match="no host 'router'"):
+        traffic.build_packets(parse_traffic("ping client router"), hosts, 1)
+    with pytest.raises(TrafficError, match="at most"):
+        traffic.build_packets(parse_traffic("udp client server rate=20000"), hosts, 3600)
+
+
+def test_defaults_match_the_live_generators_and_duration_sets_the_count():
+    hosts = replay_hosts("pair")
+    frames = traffic.build_packets(parse_traffic(
+        "udp client server duration=0.5 sport=5353; ping client server count=1"), hosts, 10)
+    pkts = [Ether(f) for _, f in frames]
+    udp = [p for p in pkts if UDP in p]
+    assert len(udp) == 50                                   # 100/s for duration=0.5, not 10 s
+    assert all(len(p[UDP].payload) == 64 and p[UDP].sport == 5353 for p in udp)
+    (icmp,) = [p for p in pkts if ICMP in p]
+    assert len(icmp[ICMP].payload) == 56                    # as lab.ping sends
+
+
+def test_pcap_flows_join_generated_ones_and_rate_repaces_them(tmp_path):
+    from scapy.utils import wrpcap
+    eth = tmp_path / "eth.pcap"
+    wrpcap(str(eth), [Ether() / IP(src="10.77.0.1", dst="10.77.0.2") / UDP(dport=53)] * 4)
+    frames = traffic.build_packets(
+        parse_traffic(f"pcap {eth} rate=10; udp client server count=1"), replay_hosts("pair"), 1)
+    assert [t for t, f in frames if UDP in Ether(f) and Ether(f)[UDP].dport == 53] == \
+        [0.0, 0.1, 0.2, 0.3]
+    raw = tmp_path / "raw.pcap"
+    wrpcap(str(raw), [IP(dst="10.77.0.2") / UDP()], linktype=101)
+    with pytest.raises(TrafficError, match="raw IP packets.*alone"):
+        traffic.build_packets(parse_traffic(f"pcap {raw}; udp client server"),
+                              replay_hosts("pair"), 1)
+    frames, raw_ip = traffic.capture_frames(parse_traffic(f"pcap {raw}")[0])
+    assert raw_ip and len(frames) == 1

@@ -2,18 +2,13 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import threading
 import time
 from pathlib import Path
 
 from packetscript_lab.cli import CliError
-
-TRAFFIC_KINDS = ("udp", "ping", "tcp", "pcap")
-_NUMERIC = {"rate": float, "duration": float, "size": int, "port": int, "count": int,
-            "interval": float, "connections": int, "sport": int}
-
+from packetscript_lab.core import flows
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -21,7 +16,7 @@ def register(subparsers) -> None:
         description="Start a private lab (or use one from `packetscript lab up --name NAME` "
         "with --lab NAME), attach SCRIPT through NFQUEUE, generate traffic and print a live "
         "summary of verdicts. Example: packetscript run drop.lua --host server --chain INPUT "
-        "--match '-p udp --dport 9000' --traffic 'udp rate=200 duration=3'")
+        "--match '-p udp --dport 9000' --traffic 'udp client server:9000 rate=200 duration=3'")
     p.add_argument("script", help="Lua file with process_packet(p)")
     p.add_argument("--topology", choices=("pair", "router"), default="pair")
     p.add_argument("--lab", metavar="NAME", help="use the running lab NAME instead of a new one")
@@ -29,12 +24,17 @@ def register(subparsers) -> None:
     p.add_argument("--table", default="filter")
     p.add_argument("--chain", default="INPUT")
     p.add_argument("--match", default="-p udp --dport 9000", help="iptables match for the rule")
-    p.add_argument("--traffic", action="append", default=[], metavar="SPEC",
-                   help="'udp [src=client] [dst=server] [port=9000] rate=N duration=S [size=B] "
-                   "[receiver=HOST]' | 'ping [src=] [dst=] count=N interval=S' | "
-                   "'tcp [src=] [dst=] [port=7000] connections=N' | 'pcap path=FILE [host=client]'"
-                   " (repeatable)")
-    p.add_argument("--duration", type=float, help="seconds to watch (default: traffic time + 1)")
+    p.add_argument("--traffic", action="append", default=[], metavar="FLOWS",
+                   help="flows in the traffic language, e.g. 'udp client server:9000 rate=200; "
+                   "ping client server count=5' | 'tcp client server connections=3' | "
+                   f"'pcap FILE from=client' (repeatable; the language: {flows.DOCS}). "
+                   f"Default: {flows.DEFAULT_TRAFFIC!r}, the same as the notebook magic's")
+    p.add_argument("--no-traffic", action="store_true",
+                   help="generate no traffic: watch what you send yourself (e.g. into --lab NAME)")
+    p.add_argument("--duration", type=float,
+                   help="seconds of traffic for flows without count= or duration= (default "
+                   f"{flows.DEFAULT_SECONDS:g}), and the least the run lasts; it ends when "
+                   "the traffic has ended")
     p.add_argument("--profile", choices=("lab", "kernel"), default="lab")
     p.add_argument("--lua", choices=("luajit", "5.1", "5.4"), default="luajit")
     p.add_argument("--on-error", choices=("drop", "accept"), default="drop")
@@ -43,53 +43,30 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_traffic(spec: str, topology: str) -> tuple[str, dict]:
-    words = shlex.split(spec)
-    if not words or words[0] not in TRAFFIC_KINDS:
-        raise CliError(f"--traffic {spec!r}: start with one of {', '.join(TRAFFIC_KINDS)}")
-    kind, opts = words[0], {}
-    for w in words[1:]:
-        if "=" not in w:
-            raise CliError(f"--traffic {spec!r}: expected key=value, got {w!r}")
-        k, v = w.split("=", 1)
-        try:
-            opts[k] = _NUMERIC[k](v) if k in _NUMERIC else v
-        except ValueError:
-            raise CliError(f"--traffic {spec!r}: {k} must be a number") from None
-    if kind != "pcap":
-        opts.setdefault("src", "client")
-        opts.setdefault("dst", "server")
-    allowed = {"udp": {"src", "dst", "port", "rate", "duration", "size", "count", "receiver", "sport"},
-               "ping": {"src", "dst", "count", "interval", "size"},
-               "tcp": {"src", "dst", "port", "connections", "payload", "receiver"},
-               "pcap": {"path", "host", "interval"}}[kind]
-    unknown = set(opts) - allowed
-    if unknown:
-        raise CliError(f"--traffic {spec!r}: unknown option(s) {', '.join(sorted(unknown))} "
-                       f"for {kind} (allowed: {', '.join(sorted(allowed))})")
-    if kind == "pcap" and "path" not in opts:
-        raise CliError(f"--traffic {spec!r}: pcap needs path=FILE")
-    return kind, opts
+def choose_traffic(args) -> list[flows.Flow]:
+    """The flows to drive: --traffic, else none with --no-traffic, else the default (said once)."""
+    if args.no_traffic and args.traffic:
+        raise CliError("give --traffic or --no-traffic, not both")
+    if args.duration is not None and not 0 < args.duration <= 3600:
+        raise CliError(f"--duration must be between 0 and 3600 seconds, not {args.duration:g}")
+    if args.no_traffic:
+        return []
+    specs = args.traffic
+    if not specs:
+        specs = [flows.DEFAULT_TRAFFIC]
+        print(f"no --traffic given: generating the default {flows.DEFAULT_TRAFFIC!r} for "
+              f"{_seconds(args):g} s (--traffic FLOWS for others, --no-traffic for none; "
+              f"see {flows.DOCS})", file=sys.stderr if args.json else sys.stdout)
+    try:
+        chosen = [flow for spec in specs for flow in flows.parse_traffic(spec)]
+        flows.check_load(chosen, _seconds(args))
+        return chosen
+    except flows.TrafficError as exc:
+        raise CliError(f"--traffic: {exc}") from None
 
 
-def _expected_time(kind: str, o: dict) -> float:
-    if kind == "udp":
-        return o.get("duration", 2.0) if "count" not in o else o["count"] / o.get("rate", 100.0)
-    if kind == "ping":
-        return o.get("count", 3) * o.get("interval", 0.2) + 1
-    return 1.0
-
-
-def _drive(lab, kind: str, o: dict):
-    if kind == "udp":
-        return lab.udp_stream(**o)
-    if kind == "ping":
-        return lab.ping(**o)
-    if kind == "tcp":
-        if "payload" in o:
-            o = dict(o, payload=o["payload"].encode())
-        return lab.tcp_echo(**o)
-    return {"sent": lab.replay_pcap(o.get("host", "client"), o["path"], interval=o.get("interval", 0.0))}
+def _seconds(args) -> float:
+    return args.duration if args.duration is not None else flows.DEFAULT_SECONDS
 
 
 def _line(s: dict) -> str:
@@ -98,17 +75,19 @@ def _line(s: dict) -> str:
             f"queue drops {s['queue_drops']:>4}")
 
 
-def _short(kind: str, r: dict) -> str:
-    if kind == "udp":
-        return (f"udp: sent {r['sent']}, received {r['received']}, missing {r['missing_count']}, "
-                f"{r['rate']:.0f} pkt/s")
-    if kind == "ping":
+def _short(flow: flows.Flow, r: dict) -> str:
+    if "error" in r:
+        return f"{r['flow']}: {r['error']}"
+    if flow.kind == "udp":
+        return (f"{r['flow']}: sent {r['sent']}, received {r['received']}, "
+                f"missing {r['missing_count']}, {r['rate']:.0f} pkt/s")
+    if flow.kind == "ping":
         rtt = sorted(r["rtt_ms"])
         mid = f", rtt p50 {rtt[len(rtt) // 2]:.3f} ms" if rtt else ""
-        return f"ping: sent {r['sent']}, received {r['received']}{mid}"
-    if kind == "tcp":
-        return f"tcp: {r['ok']} of {r['connections']} echo connections ok"
-    return f"pcap: {r['sent']} packets sent"
+        return f"{r['flow']}: sent {r['sent']}, received {r['received']}{mid}"
+    if flow.kind == "tcp":
+        return f"{r['flow']}: {r['ok']} of {r['connections']} echo connections ok"
+    return f"{r['flow']}: {r['sent']} packets sent"
 
 
 def run(args) -> int:
@@ -119,45 +98,44 @@ def run(args) -> int:
     if not path.is_file():
         raise CliError(f"no such script file: {args.script}")
     source = path.read_text()
-    traffic = [parse_traffic(t, args.topology) for t in args.traffic]
-    duration = args.duration if args.duration is not None else (
-        max((_expected_time(k, o) for k, o in traffic), default=2.0) + 1.0)
+    traffic = choose_traffic(args)      # mistakes in the traffic are reported before a lab starts
+    seconds = _seconds(args)
+    # The run lasts at least --duration (or, with no traffic, the default) and until the
+    # traffic has ended.
+    watch = args.duration if args.duration is not None else (0.0 if traffic else seconds)
     live = not args.json and sys.stdout.isatty()
     try:
         lab = daemon.connect(args.lab) if args.lab else Lab(args.topology)
     except LabError as exc:
         raise CliError(str(exc)) from None
-    results: list = [None] * len(traffic)
+    results: list[dict] = []
     try:
         try:
+            flows.check_hosts(traffic, lab.hosts)
             h = lab.attach(source, host=args.host, table=args.table, chain=args.chain,
                            match=args.match, name=path.stem, lua=args.lua, profile=args.profile,
                            on_error=args.on_error, on_overload=args.on_overload)
+        except flows.TrafficError as exc:
+            raise CliError(f"--traffic: {exc}") from None
         except ScriptError as exc:
             raise CliError(f"{path}: {exc}") from None
         except (LabError, ValueError) as exc:
             raise CliError(str(exc)) from None
 
-        def drive(i, kind, o):
-            try:
-                results[i] = _drive(lab, kind, o)
-            except Exception as exc:  # reported in the summary, not from this thread
-                results[i] = {"error": str(exc)}
-
-        threads = [threading.Thread(target=drive, args=(i, k, o), daemon=True)
-                   for i, (k, o) in enumerate(traffic)]
-        for t in threads:
-            t.start()
+        driver = threading.Thread(target=lambda: results.extend(flows.drive(lab, traffic, seconds)),
+                                  name="traffic", daemon=True)
+        driver.start()
         if not args.json:
+            what = "; ".join(map(str, traffic)) or "no generated traffic"
             print(f"{path.name} on {args.host} {args.table}/{args.chain} {args.match!r} "
-                  f"({lab.topology} lab); watching {duration:.1f}s")
-        end = time.monotonic() + duration
-        while time.monotonic() < end or any(t.is_alive() for t in threads):
-            time.sleep(0.5)
+                  f"({lab.topology} lab); traffic: {what}")
+        start = time.monotonic()
+        while time.monotonic() < start + watch or driver.is_alive():
+            driver.join(0.5)
             if live:
                 print("\r" + _line(h.stats()), end="", flush=True)
-            if time.monotonic() > end + 30:
-                break
+            if time.monotonic() > start + watch + seconds + 60:
+                break                    # a generator that never returns must not hang the CLI
         stats = h.stats()
         errors = h.errors()
         recent = h.recent(5)
@@ -166,17 +144,17 @@ def run(args) -> int:
     finally:
         lab.close()
 
+    rows = [dict(r, kind=f.kind) for f, r in zip(traffic, results)]
     if args.json:
         print(json.dumps({"script": str(path), "host": args.host, "table": args.table,
                           "chain": args.chain, "match": args.match, "stats": stats,
-                          "errors": errors, "output": output[-50:],
-                          "traffic": [dict(r or {}, kind=k) for (k, _), r in zip(traffic, results)]}))
+                          "errors": errors, "output": output[-50:], "traffic": rows}))
         return 0
     if live:
         print()
     print(_line(stats))
-    for (kind, _), r in zip(traffic, results):
-        print("  " + (f"{kind}: {r['error']}" if r and "error" in r else _short(kind, r or {})))
+    for flow, r in zip(traffic, results):
+        print("  " + _short(flow, r))
     for e in errors[:5]:
         print(f"  error line {e['line']}: {e['message']} (x{e['count']})")
     for line in output[-10:]:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..core import flows
 from .protocol import Connection, LabError, decode_error
 from .topology import TOPOLOGIES, Host
 
@@ -417,6 +418,15 @@ class Lab:
                  timeout: float = 2.0) -> dict:
         return self._call("tcp_echo", src=src, dst=dst, port=port, connections=connections,
                           payload=payload, receiver=receiver, timeout=timeout)
+
+    def traffic(self, spec: str, seconds: float | None = None) -> list[dict]:
+        """Run the flows of ``spec`` (the traffic language, docs/lab.md#traffic-language) at the
+        same time and wait for them: one result row per flow, ``{"flow": ..., **result}`` or
+        with ``"error"``. Flows without ``count=``/``duration=`` last ``seconds`` (default 5).
+        A spec that cannot be understood raises ``TrafficError`` (a ``ValueError``)."""
+        parsed = flows.parse_traffic(spec)
+        flows.check_hosts(parsed, self.hosts)
+        return flows.drive(self, parsed, flows.DEFAULT_SECONDS if seconds is None else seconds)
 
     def replay_pcap(self, host: str, path: str, iface: str | None = None, interval: float = 0.0,
                     rewrite_macs: bool = True) -> int:
