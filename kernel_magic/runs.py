@@ -147,4 +147,4 @@ class Run:
 
 
 _COUNTS = ("seen", "bytes", "accepted", "dropped", "continued", "modified", "errors",
-           "queue_drops")
+           "queue_drops", "passed_unjudged")
