@@ -139,6 +139,16 @@ def _read_file(path: Path):
     return reader
 
 
+def read_capture(path: str | os.PathLike):
+    """(link type, batches of (frames as bytes, times in ms)) of a pcap or pcapng file.
+
+    The one checked reader of capture files (replay, the notebook's ``--pcap``, the lab's
+    ``replay_pcap``): raises ReplayError for a missing, unreadable or corrupt file, naming
+    the packet and byte offset where it goes wrong, and never skips a record.
+    """
+    return _open_capture(Path(path))
+
+
 # libpcap's largest packet for any link type: a record header claiming more is not a record.
 MAX_RECORD = 262144
 _SCAPY_MTU = 0xFFFF        # scapy's readers keep at most this many bytes of a packet
