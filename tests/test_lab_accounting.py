@@ -113,3 +113,14 @@ def test_totals_survive_a_hot_swap_and_detach(pair_lab):
 def test_queue_len_is_checked(pair_lab):
     with pytest.raises(ValueError, match="queue_len"):
         pair_lab.attach(ACCEPT_ALL, host="server", queue_len=0)
+
+
+def test_detach_during_a_backlog_still_accounts_for_every_packet(pair_lab):
+    lab = pair_lab
+    h = lab.attach(SLOW, host="server", match="-p udp --dport 9000", on_overload="drop",
+                   queue_len=512)
+    lab.udp_blast("client", "server", port=9000, count=BURST)
+    final = h.detach()                       # at once: the queue still holds packets
+    assert_accounted(final, BURST)
+    assert final["in_flight"] == 0 and final["judged"] >= 1
+    assert final["queue_drops"] == BURST - final["judged"]

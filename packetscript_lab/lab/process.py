@@ -26,8 +26,8 @@ import time
 import traceback
 
 from . import iptables as ipt
-from .accounting import Tally, account, parse_rule_counters, queue_rule_packets
 from . import topology, traffic
+from .accounting import Tally, account, parse_rule_counters, queue_rule_packets
 from .nfqueue import QueueWorker
 from .protocol import Connection, LabError, encode_error
 from .stats import parse_nfqueue, parse_net_dev
@@ -242,8 +242,10 @@ class World:
                              for h in {a.host for a in handles if a.kernel_rule is None}}
                     per_host = {h: self._kernel_stats(h) for h in self.hosts}
                     t = time.time()
-                    samples = [(sess, {a.name: self.handle_stats(a, per_host[a.host][0], rules.get(a.host))
-                                       for a in handles if a.session is sess}) for sess in sessions]
+                    samples = [(sess, {a.name: self.handle_stats(a, per_host[a.host][0],
+                                                                  rules.get(a.host))
+                                       for a in handles if a.session is sess})
+                               for sess in sessions]
                 for sess, mine in samples:
                     sess.send({"event": "sample", "t": t, "handles": mine,
                                "ifaces": {h: v[1] for h, v in per_host.items()}})
@@ -401,7 +403,7 @@ class World:
             if a.worker is not None:
                 a.worker.drain()
                 # Counted before the worker unbinds: the queue's counters go with its binding.
-                final = self.handle_stats(a, rules={})
+                final = self._drained_stats(a)
                 a.worker.stop()
                 a.thread.join(5)
                 with self.lock:
@@ -411,6 +413,20 @@ class World:
                 self.attached.pop(name, None)
             a.session.handles.discard(name)
         return final
+
+    def _drained_stats(self, a: Attached, limit: float = 10.0, stall: float = 1.0) -> dict:
+        """Stats once the queue is empty: packets still queued when the worker unbinds are
+        dropped by the kernel unjudged. Waits while the worker makes progress, at most
+        ``limit`` seconds; whatever is left is reported as ``in_flight``."""
+        end = time.monotonic() + limit
+        s = self.handle_stats(a, rules={})   # rules={}: the rule is gone, keep its last count
+        progress_at, judged = time.monotonic(), s["judged"]
+        while s["in_flight"] and time.monotonic() < end and time.monotonic() - progress_at < stall:
+            time.sleep(0.05)
+            s = self.handle_stats(a, rules={})
+            if s["judged"] != judged:
+                progress_at, judged = time.monotonic(), s["judged"]
+        return s
 
     def errors(self, name: str) -> list[dict]:
         a = self.handle(name)
