@@ -37,7 +37,8 @@ class ReplayRun:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._counts = dict.fromkeys(("seen", "bytes", "accepted", "dropped", "continued",
-                                      "modified", "errors", "queue_drops"), 0)
+                                      "modified", "errors", "queue_drops",
+                                      "passed_unjudged"), 0)
         self._series: list[dict] = []
         self._recent: collections.deque = collections.deque(maxlen=RECENT)
         self._old_errors: list[dict] = []

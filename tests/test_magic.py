@@ -288,6 +288,32 @@ def test_pcap_replay_ethernet_and_raw_ip(ip, tmp_path):
         assert (s["seen"], s["dropped"], s["accepted"]) == (10, 6, 4), name
 
 
+def test_a_corrupt_pcap_is_a_usage_error_naming_the_packet(ip, tmp_path):
+    import struct
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap, wrpcapng
+
+    pkts = [Ether() / IP(src="10.77.0.1", dst="10.77.0.2") / UDP(dport=9000) for _ in range(3)]
+    wrpcapng(str(tmp_path / "ng.pcapng"), pkts)
+    data = bytearray((tmp_path / "ng.pcapng").read_bytes())
+    off, epbs = 0, []
+    while off < len(data):                    # the Enhanced Packet Blocks
+        block_type, block_len = struct.unpack_from("<II", data, off)
+        epbs += [off] if block_type == 6 else []
+        off += block_len
+    struct.pack_into("<I", data, epbs[1] + 8, 3)    # packet 2 names interface 3
+    (tmp_path / "ng.pcapng").write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="corrupt capture at packet 2 .*names interface 3"):
+        ip.run_cell_magic("packetscript", f"--pcap {tmp_path / 'ng.pcapng'}", ACCEPT_ALL)
+    wrpcap(str(tmp_path / "sparse.pcap"), pkts)
+    with open(tmp_path / "sparse.pcap", "r+b") as f:
+        f.truncate(1 << 30)
+    with pytest.raises(UsageError, match="corrupt capture at packet 4"):
+        ip.run_cell_magic("packetscript", f"--pcap {tmp_path / 'sparse.pcap'}", ACCEPT_ALL)
+
+
 def test_not_a_pcap(ip, tmp_path):
     path = tmp_path / "notes.pcap"
     path.write_text("hello")

@@ -12,6 +12,7 @@ import gzip
 import itertools
 import logging
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -138,67 +139,96 @@ def _read_file(path: Path):
     return reader
 
 
+def read_capture(path: str | os.PathLike):
+    """(link type, batches of (frames as bytes, times in ms)) of a pcap or pcapng file.
+
+    The one checked reader of capture files (replay, the notebook's ``--pcap``, the lab's
+    ``replay_pcap``): raises ReplayError for a missing, unreadable or corrupt file, naming
+    the packet and byte offset where it goes wrong, and never skips a record.
+    """
+    return _open_capture(Path(path))
+
+
+# libpcap's largest packet for any link type: a record header claiming more is not a record.
+MAX_RECORD = 262144
+_SCAPY_MTU = 0xFFFF        # scapy's readers keep at most this many bytes of a packet
+
+
 def _open_capture(path: Path):
-    """(link type, batches of (frames, times in ms)) of a pcap or pcapng file."""
+    """(link type, batches of (frames, times in ms)) of a pcap or pcapng file.
+
+    Every record is accounted for: a record that is not a packet (a header claiming more
+    bytes than any packet has, an empty all-zero header as in a sparse or overwritten file,
+    a packet cut short, a pcapng packet naming an interface the file never declared) stops
+    the replay with ``corrupt capture at packet N (byte offset X)``, instead of a
+    library warning and a skipped packet, or minutes spent reading zeros.
+    """
     from scapy.error import Scapy_Exception
     from scapy.utils import RawPcapNgReader
 
     reader = _read_file(path)
     pcapng = isinstance(reader, RawPcapNgReader)
     packets = iter(reader)
+    read = [0]      # pcapng packets read so far, for the position of a problem
+    problems = _ScapyReadProblems(lambda: (read[0] + 1, _tell(reader)))
+    # First in line: scapy's own filter silences a warning repeated within seconds, which
+    # would let the second replay of a bad file in one process skip packets silently.
+    scapy_log.filters.insert(0, problems)
     try:
         first = next(packets, None)
     except (Scapy_Exception, ValueError, struct.error) as exc:
+        scapy_log.removeFilter(problems)
+        reader.close()
         raise ReplayError(f"{path}: corrupt capture ({exc})") from None
     if first is None:
+        scapy_log.removeFilter(problems)
+        reader.close()
+        if problems.messages:
+            raise _problem_error(path, problems.messages[0])
         return getattr(reader, "linktype", ETHERNET), iter(())
     linktype = first[1].linktype if pcapng else reader.linktype
 
-    problems = _ScapyReadProblems()
-
-    def check(where: str) -> None:
-        if problems.messages:
-            raise ReplayError(f"{path}: {problems.messages[0]} ({where}): "
-                              "the file is truncated or corrupt")
-
     def pcap_batches():
-        done, consumed = 0, 24                   # file header, then 16 bytes per record
-        while True:
-            chunk = list(itertools.islice(packets, BATCH)) if done else [first] + list(
-                itertools.islice(packets, BATCH - 1))
-            check(f"at packet {done + len(chunk)}")
-            if not chunk:
-                break
+        done, offset = 0, 24                 # packets read; byte offset of the next record
+        chunk = [first] + list(itertools.islice(packets, BATCH - 1))
+        while chunk:
             frames = [d for d, _ in chunk]
-            consumed += 16 * len(chunk) + sum(map(len, frames))
             data, meta = chunk[-1]
-            if len(data) != meta.caplen:
-                raise ReplayError(f"{path}: packet {done + len(chunk)} is cut short "
-                                  f"({len(data)} of {meta.caplen} bytes): the file is truncated")
+            # The common case costs a few C-speed passes; only a suspect batch is walked.
+            if problems.messages or not all(frames) or len(data) < min(meta.caplen, _SCAPY_MTU):
+                _check_pcap_records(path, chunk, done, offset, problems)
+            if max(map(len, frames)) >= _SCAPY_MTU:    # scapy kept only part of a big packet
+                offset += sum(16 + m.caplen for _, m in chunk)
+            else:
+                offset += 16 * len(chunk) + sum(map(len, frames))
             yield frames, [sec * 1000.0 + usec / 1000.0 for _, (sec, usec, _w, _c) in chunk]
             done += len(chunk)
-        if not isinstance(reader.f, gzip.GzipFile) and consumed < path.stat().st_size:
-            raise ReplayError(f"{path}: {path.stat().st_size - consumed} bytes after packet {done} "
-                              "are not a whole record: the file is truncated")
+            chunk = list(itertools.islice(packets, BATCH))
+        if not isinstance(reader.f, gzip.GzipFile) and offset < path.stat().st_size:
+            raise ReplayError(f"{path}: corrupt capture at packet {done + 1} (byte offset {offset}): "
+                              f"{path.stat().st_size - offset} bytes after packet {done} are not "
+                              "a whole record: the file is truncated")
 
     def pcapng_batches():
-        frames, times, done = [], [], 0
+        frames, times = [], []
         for data, meta in itertools.chain([first], packets):
+            if problems.messages:
+                break
             if meta.linktype != linktype:
                 raise ReplayError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
                                   "replay one interface at a time (split it with editcap or tshark)")
+            read[0] += 1
             frames.append(data)
             times.append(((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
             if len(frames) == BATCH:
                 yield frames, times
-                done += BATCH
                 frames, times = [], []
-        check(f"after packet {done + len(frames)}")
+        if problems.messages:
+            raise _problem_error(path, problems.messages[0])
         if frames:
             yield frames, times
 
     def batches():
-        scapy_log.addFilter(problems)
         try:
             yield from (pcapng_batches() if pcapng else pcap_batches())
         except (Scapy_Exception, ValueError, struct.error) as exc:
@@ -209,18 +239,65 @@ def _open_capture(path: Path):
     return linktype, batches()
 
 
-class _ScapyReadProblems(logging.Filter):
-    """scapy logs a cut or broken record and ends the capture there; collect those
-    messages (instead of printing them) so that replay can fail with them."""
+def _tell(reader) -> int | None:
+    try:
+        return reader.f.tell()
+    except (OSError, ValueError, AttributeError):
+        return None
 
-    def __init__(self):
+
+def _check_pcap_records(path: Path, chunk, done: int, offset: int, problems) -> None:
+    """Raise for the first record of a batch that is not a packet."""
+    for i, (data, meta) in enumerate(chunk):
+        at = f"{path}: corrupt capture at packet {done + i + 1} (byte offset {offset})"
+        if meta.caplen > MAX_RECORD:
+            raise ReplayError(f"{at}: its record header claims {meta.caplen} captured bytes, more "
+                              f"than any packet has ({MAX_RECORD}): the file is corrupt")
+        if not data and meta.wirelen == 0:
+            raise ReplayError(f"{at}: an empty record (a header of zeros): from here on the file "
+                              "holds no packets (a sparse, preallocated or overwritten file?)")
+        if len(data) < min(meta.caplen, _SCAPY_MTU):
+            raise ReplayError(f"{at}: the packet is cut short ({len(data)} of {meta.caplen} "
+                              "bytes): the file is truncated")
+        offset += 16 + meta.caplen
+    if problems.messages:
+        raise _problem_error(path, problems.messages[0])
+
+
+_UNDECLARED = re.compile(r"invalid interface id (\d+)/(\d+)")
+
+
+def _problem_error(path: Path, problem) -> ReplayError:
+    """A ReplayError from what scapy complained about, and where."""
+    message, packet, offset = problem
+    near = f" (near byte offset {offset})" if offset is not None else ""
+    m = _UNDECLARED.search(message)
+    if m:
+        return ReplayError(
+            f"{path}: corrupt capture at packet {packet}{near}: it names interface {m.group(1)}, "
+            f"but the file declares only {m.group(2)} interface(s) before it; every pcapng "
+            "packet needs an Interface Description Block for its interface (was the file cut "
+            "from a larger capture or concatenated? rewrite it with editcap or tshark)")
+    return ReplayError(f"{path}: corrupt capture at packet {packet}{near}: {message}: "
+                       "the file is truncated or corrupt")
+
+
+class _ScapyReadProblems(logging.Filter):
+    """scapy logs a cut or broken record (and skips it, or ends the capture there);
+    collect those messages with where they happened (instead of printing them), so that
+    replay fails with them."""
+
+    def __init__(self, position):
         super().__init__()
-        self.messages: list[str] = []
+        self.position = position            # () -> (packet number, byte offset or None)
+        self.messages: list[tuple[str, int, int | None]] = []
 
     def filter(self, record) -> bool:
         message = record.getMessage()
+        if message.startswith("more Pcap"):     # scapy's mark of a repeated warning
+            message = message[5:]
         if message.startswith("Pcap"):
-            self.messages.append(message)
+            self.messages.append((message, *self.position()))
             return False
         return True
 

@@ -63,12 +63,12 @@ def _live(args) -> int:
         print(f"Sending UDP to {server.ip}:9000 at {args.rate:g}/s for {args.duration:g} s ...")
         stream = lab.udp_stream("client", server.ip, port=9000, rate=args.rate,
                                 duration=args.duration)
-        stats = handle.stats()
         recent = handle.recent(limit=3)
-        handle.detach()
+        stats = handle.detach()   # the final counts, after the queue drained
     print(f"\nsent {stream['sent']}, the server's socket received {stream['received']}")
     print(f"script: seen {stats['seen']}, accepted {stats['accepted']}, dropped {stats['dropped']}, "
-          f"modified {stats['modified']}, errors {stats['errors']}, queue drops {stats['queue_drops']}")
+          f"modified {stats['modified']}, errors {stats['errors']}, queue drops {stats['queue_drops']}, "
+          f"passed unjudged {stats['passed_unjudged']}")
     for entry in recent:
         changed = ", ".join(entry.get("changed") or []) or "-"
         print(f"  {entry['verdict']:<8} {entry['summary']}  changed: {changed}")

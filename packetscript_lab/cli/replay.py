@@ -50,11 +50,22 @@ def compile_script(path: str, **kwargs):
         raise CliError(str(exc)) from None
 
 
+EXIT_STATUS = (
+    "Exit status: 0 when the capture was replayed to its end and the script judged at least "
+    "one packet without failing (or the capture holds no packets); 1 when the script failed "
+    "on every packet (the summary is still printed, a note goes to stderr); 2 when nothing "
+    "could be replayed: a usage mistake, a missing, unreadable or corrupt capture (every "
+    "record must be a packet: a cut, garbage or sparse file, or a pcapng packet on an "
+    "interface the file never declared, stops with 'corrupt capture at packet N'), or a "
+    "script that does not compile.")
+
+
 def register(sub) -> None:
     p = sub.add_parser("replay", help="run a script over a pcap or pcapng file (no privileges needed)",
                        description="Run SCRIPT over every packet of INPUT and report the verdicts. "
                                    "Ethernet, raw-IP and Linux cooked captures are read; the script "
-                                   "always sees an Ethernet frame.")
+                                   "always sees an Ethernet frame.",
+                       epilog=EXIT_STATUS)
     p.add_argument("script", metavar="SCRIPT.lua")
     p.add_argument("input", metavar="INPUT.pcap")
     p.add_argument("--out", metavar="OUT.pcap", help="write the packets that pass, as changed")
@@ -81,6 +92,17 @@ def run(args) -> int:
         print(format_summary(result, args))
     for line in script.output[:20]:
         print(f"[print] {line}", file=sys.stderr)
+    return exit_status(result, args.script)
+
+
+def exit_status(result, script_path: str) -> int:
+    """1 when the script failed on every packet of a non-empty capture, else 0 (EXIT_STATUS)."""
+    if result.packets and result.errors == result.packets:
+        first = result.script_errors[0] if result.script_errors else None
+        why = f"; first error: {script_path}:{first.line or '?'}: {first.message}" if first else ""
+        print(f"packetscript replay: the script failed on every one of the {result.packets} "
+              f"packets{why}", file=sys.stderr)
+        return 1
     return 0
 
 

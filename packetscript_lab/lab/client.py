@@ -330,18 +330,20 @@ class Lab:
                match: str = "-p udp --dport 9000", name: str | None = None, backend: str = "nfqueue",
                lua: str = "luajit", profile: str = "lab", on_error: str = "drop",
                budget: int = 1_000_000, fix_checksums: bool = True, on_overload: str = "accept",
-               position: int | None = None, **script_options: Any) -> AttachedScript:
+               position: int | None = None, queue_len: int = 4096,
+               **script_options: Any) -> AttachedScript:
         """Compile ``source`` and attach it to ``table``/``chain`` of ``host`` for ``match``.
 
         Raises ScriptError for compile errors, LabError for a bad hook or rule. ``on_overload``
-        is the queue's policy when the worker falls behind: "accept" (fail open) or "drop".
+        is the queue's policy when the worker falls behind: "accept" (fail open) or "drop";
+        ``queue_len`` is how many packets may wait for a verdict before that policy applies.
         ``position`` inserts the rule at that 1-based position instead of appending it.
         """
         opts = dict(lua=lua, profile=profile, on_error=on_error, budget=budget,
                     fix_checksums=fix_checksums, **script_options)
         info = self._call("attach", source=source, host=host, table=table, chain=chain,
                           match=match, name=name, backend=backend, on_overload=on_overload,
-                          position=position, **opts)
+                          position=position, queue_len=queue_len, **opts)
         h = AttachedScript(self, info)
         self.attached[h.name] = h
         return h
