@@ -80,7 +80,7 @@ def test_run_accounts_for_packets_that_passed_unjudged(tmp_path):
     script = tmp_path / "slow.lua"
     script.write_text(SLOW)
     args = ("run", str(script), "--queue-len", "8", "--on-overload", "accept",
-            "--traffic", "udp rate=4000 duration=0.5")
+            "--traffic", "udp client server:9000 rate=4000 duration=0.5")
     res = cli(*args, "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
