@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packetscript_lab import verdicts
+from packetscript_lab.judge import Judge
 from packetscript_lab.script import DEFAULT_ETH_HEADER, Script
 
 BATCH = 4096
@@ -44,7 +45,13 @@ class ReplayResult:
     eth_changes: int = 0       # raw-IP input whose synthetic Ethernet header the script changed
     elapsed: float = 0.0
     linktype: int = ETHERNET
-    script: Script | None = None
+    script: Script | Judge | None = None
+    # The wall-clock line (Judge): fresh processes started, kills for running past the
+    # time limit, deaths of the script's process, packets not judged for lack of time.
+    restarts: int = 0
+    timeouts: int = 0
+    crashes: int = 0
+    unjudged: int = 0
     # Batches whose passing packets are not yet cut out as bytes: that happens on first
     # use of `output`, so a replay that only counts does not pay for it.
     _batches: list = field(default_factory=list, repr=False)
@@ -79,7 +86,8 @@ class ReplayResult:
     def as_dict(self) -> dict:
         """The CLI's --json object."""
         return {"packets": self.packets, "verdicts": dict(self.verdicts), "errors": self.errors,
-                "modified": self.modified, "pps": round(self.pps, 1)}
+                "modified": self.modified, "pps": round(self.pps, 1), "restarts": self.restarts,
+                "timeouts": self.timeouts, "crashes": self.crashes, "unjudged": self.unjudged}
 
     def packets_out(self):
         """The output as scapy packets (dissected now: slow on large captures)."""
@@ -254,10 +262,24 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
 
     Returns the counts per verdict (error verdicts included), the number of packets the
     script failed on and changed, and the passing packets as modified. ``out`` writes them
-    to a pcap file. ``script_kwargs`` go to :class:`Script` when a source is given.
+    to a pcap file. A source is compiled into a :class:`Judge` (its own process, with a
+    wall-clock limit per packet; ``script_kwargs`` go to it: Script's options and
+    ``time_limit``, ``batch_time_limit``), which is closed when the replay ends. A Script
+    or Judge given is used as it is (a Script runs in this process, unwatched).
     """
-    script = script_or_source if isinstance(script_or_source, Script) else Script(
-        script_or_source, **script_kwargs)
+    if isinstance(script_or_source, (Script, Judge)):
+        script, own = script_or_source, None
+    else:
+        script = own = Judge(script_or_source, **script_kwargs)
+    try:
+        return _replay(script, packets_or_path, out, progress, keep_output)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _replay(script, packets_or_path, out, progress, keep_output) -> ReplayResult:
+    before = script.counts() if isinstance(script, Judge) else None
     if isinstance(packets_or_path, (str, os.PathLike)):
         path = Path(packets_or_path)
         linktype, batches = _open_capture(path)
@@ -283,6 +305,9 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
     changed = 32 if to_eth else 4
     result.modified = sum(n for c, n in enumerate(codes_seen) if c & changed)
     result.eth_changes = sum(n for c, n in enumerate(codes_seen) if c & 16) if to_eth else 0
+    if before is not None:
+        for key, value in script.counts().items():
+            setattr(result, key, value - before[key])
     if out is not None:
         result.write(out)
     return result
