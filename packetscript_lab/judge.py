@@ -177,8 +177,11 @@ class Judge:
     included), ``batch_time_limit`` (seconds for a whole ``run_many`` call, and again for
     finding the packet that overran), ``memory_limit`` (address space in bytes the child
     may add to what it holds at start; default ``max_memory`` + 512 MiB, a backstop behind
-    the script's own ``max_memory``). The counters ``restarts``, ``timeouts``, ``crashes``
-    and ``unjudged`` say how often the wall-clock line had to act (``counts()``).
+    the script's own ``max_memory``). Counters (``counts()``): ``timeouts``, packets given
+    the error verdict for running past the time limit; ``crashes``, packets on which the
+    script's process died; ``unjudged``, packets given the error verdict unjudged (the
+    batch's time ran out, or no process could be started); ``restarts``, fresh processes
+    started (after any of those, or after a batch that overran as a whole).
     """
 
     def __init__(self, source: str, *, time_limit: float = 0.25, batch_time_limit: float = 3.0,
@@ -228,12 +231,10 @@ class Judge:
             kind, payload = child.recv(time.monotonic() + self.batch_time_limit)
         except _Overran:
             child.kill()
-            self.timeouts += 1
             raise ScriptError(f"the top level ran past the time limit of {self._seconds(self.batch_time_limit)} "
                               "(a C function such as string.find ran too long)", None, self.name) from None
         except _Died as died:
             child.kill()
-            self.crashes += 1
             raise ScriptError(f"the script's process died while loading the script ({died})",
                               None, self.name) from None
         try:
@@ -297,7 +298,7 @@ class Judge:
         return list(self._errors.kept)
 
     def counts(self) -> dict[str, int]:
-        """How often the wall-clock line acted: restarts, timeouts, crashes, unjudged packets."""
+        """How often the wall-clock line acted (see the class's description)."""
         return {"restarts": self.restarts, "timeouts": self.timeouts, "crashes": self.crashes,
                 "unjudged": self.unjudged}
 
@@ -355,14 +356,14 @@ class Judge:
             try:
                 return self._call(frames, times_ms, self._batch_limit(n))
             except _Overran:
-                self.timeouts += 1
                 self._drop_child()
                 if n == 1:
+                    self.timeouts += 1
                     return self._blame(frames, 0, self._timeout_message())
             except _Died as died:
-                self.crashes += 1
                 self._drop_child()
                 if n == 1:
+                    self.crashes += 1
                     return self._blame(frames, 0, self._crash_message(died))
             return self._one_by_one(frames, times_ms)
 

@@ -105,9 +105,10 @@ def format_summary(result, args) -> str:
     ]
     for err in result.script_errors:
         lines.append(f"  error x{err.count}: {args.script}:{err.line or '?'}: {err.message}")
-    if result.timeouts or result.crashes:
-        lines.append(f"  time limit: {result.timeouts} timeouts, {result.crashes} crashes, "
-                     f"{result.restarts} restarts with fresh state, {result.unjudged} packets not judged")
+    if result.restarts or result.timeouts or result.crashes or result.unjudged:
+        lines.append(f"  watchdog: {result.timeouts} packets ran past the time limit, {result.crashes} "
+                     f"killed the script's process, {result.unjudged} were not judged; the script "
+                     f"restarted {result.restarts} times with fresh state")
     if result.eth_changes:
         lines.append(f"  note: {result.eth_changes} packets had their synthetic Ethernet header changed; "
                      "a raw-IP capture cannot keep it")
