@@ -259,16 +259,18 @@ class Judge:
             self._child, self._broken = None, f"the script could not be restarted: {exc}"
             return False
         self._broken = None
-        self.restarts += 1
         # A script that overran once may do it again: keep a started process ready, so the
         # next restart costs the compile and not Python's start-up.
         self._spare = _Child(self.memory_limit)
         return True
 
     def _drop_child(self) -> None:
+        """Kill the child that overran or collect the one that died; the next call runs
+        the script in a fresh one (started now, so that it is ready by then)."""
         if self._child is not None:
             self._child.kill()
             self._child = None
+            self.restarts += 1
         if self._spare is None and not self._closed:
             self._spare = _Child(self.memory_limit)
 
