@@ -88,6 +88,7 @@ class _Child:
     """One judge process and its two pipes."""
 
     def __init__(self, memory_limit: int):
+        self.memory_limit = memory_limit
         if not sys.executable:
             raise RuntimeError("cannot start the script's process: Python's executable is unknown")
         env = dict(os.environ)
@@ -170,6 +171,33 @@ class _Child:
         self._reaper()
 
 
+class _Warm:
+    """One started child kept ready for the next Judge of this process: from the second
+    Judge on (a replaced script, a re-run cell) compiling costs the compile, not Python's
+    start-up. A process that makes a single Judge (the CLI) never starts a spare."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.taken = 0
+        self.spare: _Child | None = None
+
+    def take(self, memory_limit: int) -> _Child:
+        with self.lock:
+            self.taken += 1
+            child, self.spare = self.spare, None
+            if child is not None and (child.memory_limit != memory_limit or child.proc.poll() is not None):
+                child.kill()
+                child = None
+            if child is None:
+                child = _Child(memory_limit)
+            if self.taken >= 2:
+                self.spare = _Child(memory_limit)
+            return child
+
+
+_WARM = _Warm()
+
+
 class Judge:
     """A :class:`Script` in its own process, watched from this one.
 
@@ -224,7 +252,7 @@ class Judge:
     # ------------------------------------------------------------------ lifecycle
     def _start(self) -> _Child:
         """A child with the script compiled, or ScriptError (ValueError for a bad option)."""
-        child, self._spare = self._spare or _Child(self.memory_limit), None
+        child, self._spare = self._spare or _WARM.take(self.memory_limit), None
         try:
             child.wait_ready()
             child.send(COMPILE, self._compile_request, time.monotonic() + STARTUP_LIMIT)
