@@ -31,6 +31,8 @@ class CachedCell:
 
 class CellCache:
     def __init__(self):
+        from packetscript_lab.judge import keep_process_ready
+        keep_process_ready()       # a re-run cell then costs its compile, not a start-up
         self._cells: collections.OrderedDict[str, CachedCell] = collections.OrderedDict()
         self._memo: collections.OrderedDict = collections.OrderedDict()
 

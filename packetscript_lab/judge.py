@@ -180,6 +180,11 @@ class _Warm:
         self.lock = threading.Lock()
         self.taken = 0
         self.spare: _Child | None = None
+        self.from_first = False
+
+    def keep_ready(self) -> None:
+        """Keep a spare from the first Judge on (long-lived processes: the lab, a notebook)."""
+        self.from_first = True
 
     def take(self, memory_limit: int) -> _Child:
         with self.lock:
@@ -190,12 +195,13 @@ class _Warm:
                 child = None
             if child is None:
                 child = _Child(memory_limit)
-            if self.taken >= 2:
+            if self.taken >= 2 or self.from_first:
                 self.spare = _Child(memory_limit)
             return child
 
 
 _WARM = _Warm()
+keep_process_ready = _WARM.keep_ready
 
 
 class Judge:
