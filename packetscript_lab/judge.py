@@ -257,10 +257,17 @@ class Judge:
 
     # ------------------------------------------------------------------ lifecycle
     def _start(self) -> _Child:
-        """A child with the script compiled, or ScriptError (ValueError for a bad option)."""
+        """A child with the script compiled, or ScriptError (ValueError for a bad option;
+        RuntimeError when no child starts at all: a broken installation)."""
         child, self._spare = self._spare or _WARM.take(self.memory_limit), None
         try:
             child.wait_ready()
+        except (_Died, _Overran) as exc:
+            child.kill()
+            raise RuntimeError("cannot start the script's process (python -m packetscript_lab.judge_child): "
+                               f"{exc or 'it did not start within ' + str(STARTUP_LIMIT) + ' s'}; "
+                               "check that lupa is installed for this Python") from None
+        try:
             child.send(COMPILE, self._compile_request, time.monotonic() + STARTUP_LIMIT)
             kind, payload = child.recv(time.monotonic() + self.batch_time_limit)
         except _Overran:
@@ -282,6 +289,9 @@ class Judge:
             child.kill()
             if reply["kind"] == "value":
                 raise ValueError(reply["message"])
+            if reply["kind"] == "install":
+                raise RuntimeError(f"the script's process cannot load its Lua runtime ({reply['message']}); "
+                                   f"install lupa for {sys.executable}")
             raise ScriptError(reply["message"], reply.get("line"), reply.get("name", self.name))
         return child
 
@@ -289,7 +299,7 @@ class Judge:
         """Replace a dead or killed child by a fresh one; False (and why in _broken) if that fails."""
         try:
             self._child = self._start()
-        except (ScriptError, ValueError) as exc:
+        except (ScriptError, ValueError, RuntimeError) as exc:
             self._child, self._broken = None, f"the script could not be restarted: {exc}"
             return False
         self._broken = None

@@ -66,6 +66,8 @@ def _compile(payload: bytes, output: _Output):
         return None, {"kind": "script", "message": exc.message, "line": exc.line, "name": exc.name}
     except (ValueError, TypeError) as exc:
         return None, {"kind": "value", "message": str(exc)}
+    except ImportError as exc:          # lupa (or one of its runtimes) missing: not the script's fault
+        return None, {"kind": "install", "message": str(exc)}
     except Exception as exc:  # lupa's own errors (memory at load time, ...)
         return None, {"kind": "script", "message": f"{type(exc).__name__}: {exc}", "line": None}
     return script, {"output": output.new(script)}
