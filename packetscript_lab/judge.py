@@ -38,13 +38,24 @@ from packetscript_lab.verdicts import BY_CODE
 READY, COMPILE, BATCH, OK, FAILED = b"R", b"C", b"B", b"O", b"F"
 HEADER = struct.Struct("<cI")
 BATCH_HEAD = struct.Struct("<I")            # request: packet count; then lengths, times, blob
-REPLY_HEAD = struct.Struct("<IiI")          # reply: count, blob length (-1: none), meta length
+REPLY_HEAD = struct.Struct("<IiId")         # reply: count, blob length (-1: none), meta length,
+                                            # seconds the script took
 
 STARTUP_LIMIT = 30.0       # seconds for a child to import lupa: slower means a broken machine
 ADDRESS_SPACE_HEADROOM = 512 << 20
 _F_SETPIPE_SZ = 1031
 _SCRIPT_OPTIONS = [p for p in inspect.signature(Script.__init__).parameters.values()
                    if p.kind is p.KEYWORD_ONLY]
+
+
+class _Pending:
+    """A batch handed to the child and not yet collected."""
+
+    __slots__ = ("frames", "times_ms", "deadline", "failure", "result")
+
+    def __init__(self, frames, times_ms):
+        self.frames, self.times_ms = frames, times_ms
+        self.deadline, self.failure, self.result = 0.0, None, None
 
 
 class _Overran(Exception):
@@ -134,10 +145,10 @@ class _Child:
 
     def _fill(self, size: int, deadline: float) -> None:
         while len(self._buf) < size:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            # An answer already there counts even when the caller comes late for it.
+            r, _, _ = select.select([self.rfd], [], [], max(deadline - time.monotonic(), 0))
+            if not r and time.monotonic() >= deadline:
                 raise _Overran()
-            r, _, _ = select.select([self.rfd], [], [], left)
             if r:
                 chunk = os.read(self.rfd, max(size - len(self._buf), 1 << 16))
                 if not chunk:
@@ -253,6 +264,7 @@ class Judge:
         self._broken: str | None = None       # why no child runs the script now
         self._closed = False
         self._per_packet: float | None = None   # seconds per packet of recent batches
+        self._pending: _Pending | None = None
         self._child = self._start()
 
     # ------------------------------------------------------------------ lifecycle
@@ -322,6 +334,7 @@ class Judge:
         """Stop the script's process (errors, output and counts stay readable)."""
         with self._lock:
             self._closed = True
+            self._pending = None
             for child in (self._child, self._spare):
                 if child is not None:
                     child.kill()
@@ -389,29 +402,58 @@ class Judge:
 
     def run_many(self, frames, times_ms=None):
         """As Script.run_many, with the packet that ran past its limit given the error verdict."""
+        with self._lock:
+            self.submit(frames, times_ms)
+            return self.collect()
+
+    def submit(self, frames, times_ms=None) -> None:
+        """Hand a batch to the script's process and return at once, so the caller can read
+        the next batch meanwhile; ``collect()`` gives what ``run_many`` would. One batch at
+        a time: collect it before submitting another. Its time limit runs from now."""
         n = len(frames)
-        if n == 0:
-            return b"", None, {}
         if times_ms is None:
             times_ms = [time.monotonic() * 1000] * n
         with self._lock:
-            if self._child is None and not self._closed and not self._restart():
-                return self._unjudged(frames, range(n), self._broken)
-            if self._child is None:
-                return self._unjudged(frames, range(n), self._broken)
-            try:
-                return self._call(frames, times_ms, self._batch_limit(n))
-            except _Overran:
-                self._drop_child()
-                if n == 1:
-                    self.timeouts += 1
-                    return self._blame(frames, 0, self._timeout_message())
-            except _Died as died:
-                self._drop_child()
-                if n == 1:
-                    self.crashes += 1
-                    return self._blame(frames, 0, self._crash_message(died))
+            if self._pending is not None:
+                raise RuntimeError("a batch is already submitted: collect() it first")
+            pending = self._pending = _Pending(frames, times_ms)
+            if n == 0:
+                pending.result = (b"", None, {})
+            elif self._child is None and (self._closed or not self._restart()):
+                pending.result = self._unjudged(frames, range(n), self._broken)
+            else:
+                pending.deadline = time.monotonic() + self._batch_limit(n)
+                try:
+                    self._send_batch(frames, times_ms, pending.deadline)
+                except (_Overran, _Died) as exc:
+                    pending.failure = exc
+
+    def collect(self):
+        """``(codes, blob, errors)`` of the batch given to ``submit()``, as run_many."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is None:
+                raise RuntimeError("no batch was submitted")
+            if pending.result is not None:
+                return pending.result
+            failure = pending.failure
+            if failure is None:
+                try:
+                    return self._receive_batch(len(pending.frames), pending.deadline)
+                except (_Overran, _Died) as exc:
+                    failure = exc
+            return self._recover(pending.frames, pending.times_ms, failure)
+
+    def _recover(self, frames, times_ms, failure):
+        """The batch overran or its process died: blame a lone packet, else find the culprit."""
+        self._drop_child()
+        if len(frames) > 1:
             return self._one_by_one(frames, times_ms)
+        if isinstance(failure, _Overran):
+            self.timeouts += 1
+            return self._blame(frames, 0, self._timeout_message())
+        self.crashes += 1
+        return self._blame(frames, 0, self._crash_message(failure))
 
     # ------------------------------------------------------------------ the watched calls
     def _batch_limit(self, n: int) -> float:
@@ -423,24 +465,31 @@ class Judge:
         return min(self.batch_time_limit, self.time_limit + 4 * n * self._per_packet)
 
     def _call(self, frames, times_ms, limit: float):
-        started = time.monotonic()
-        deadline = started + limit
-        n = len(frames)
-        request = b"".join([BATCH_HEAD.pack(n), array.array("i", map(len, frames)).tobytes(),
+        deadline = time.monotonic() + limit
+        self._send_batch(frames, times_ms, deadline)
+        return self._receive_batch(len(frames), deadline)
+
+    def _send_batch(self, frames, times_ms, deadline: float) -> None:
+        request = b"".join([BATCH_HEAD.pack(len(frames)), array.array("i", map(len, frames)).tobytes(),
                             array.array("d", times_ms).tobytes(), *frames])
         self._child.send(BATCH, request, deadline)
+
+    def _receive_batch(self, n: int, deadline: float):
         kind, payload = self._child.recv(deadline)
-        took = (time.monotonic() - started) / n
-        self._per_packet = took if self._per_packet is None else 0.8 * self._per_packet + 0.2 * took
         try:
-            return self._parse_reply(kind, payload)
+            return self._parse_reply(kind, payload, n)
         except (ValueError, TypeError, KeyError, struct.error):
             raise _Died("it sent a broken reply") from None
 
-    def _parse_reply(self, kind, payload):
+    def _parse_reply(self, kind, payload, n: int):
         if kind != OK or len(payload) < REPLY_HEAD.size:
             raise ValueError("out of turn")
-        count, blob_len, meta_len = REPLY_HEAD.unpack_from(payload)
+        count, blob_len, meta_len, took = REPLY_HEAD.unpack_from(payload)
+        if count != n:
+            raise ValueError("another batch's answer")
+        # The script's own time per packet (the parent may come late to collect it).
+        took /= n
+        self._per_packet = took if self._per_packet is None else 0.8 * self._per_packet + 0.2 * took
         at = REPLY_HEAD.size
         codes = payload[at:at + count]
         at += count
@@ -461,10 +510,15 @@ class Judge:
         codes, pieces, errors, changed = bytearray(n), [], {}, False
         budget_end = time.monotonic() + self.batch_time_limit
         for i, (frame, ms) in enumerate(zip(frames, times_ms)):
-            if self._child is None and (time.monotonic() > budget_end or not self._restart()):
-                break
             if time.monotonic() > budget_end:
                 break
+            if self._child is None:
+                # Starting a process is the machine's time, not the script's: not counted.
+                before = time.monotonic()
+                restarted = self._restart()
+                budget_end += time.monotonic() - before
+                if not restarted:
+                    break
             try:
                 c, blob, errs = self._call([frame], [ms], self.time_limit)
             except _Overran:

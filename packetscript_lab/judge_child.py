@@ -86,7 +86,9 @@ def _batch(script: Script, payload: bytes, output: _Output) -> bytes:
     for length in lengths:
         frames.append(payload[at:at + length])
         at += length
+    started = time.monotonic()
     codes, blob, errors = script.run_many(frames, times.tolist())
+    took = time.monotonic() - started
     meta = {}
     if errors:
         meta["errors"] = [[i, e.message, e.line] for i, e in errors.items()]
@@ -94,7 +96,7 @@ def _batch(script: Script, payload: bytes, output: _Output) -> bytes:
     if lines:
         meta["output"] = lines
     meta_bytes = json.dumps(meta).encode() if meta else b""
-    return b"".join([REPLY_HEAD.pack(len(codes), -1 if blob is None else len(blob), len(meta_bytes)),
+    return b"".join([REPLY_HEAD.pack(len(codes), -1 if blob is None else len(blob), len(meta_bytes), took),
                      bytes(codes), blob or b"", meta_bytes])
 
 

@@ -268,3 +268,26 @@ def test_cli_replay_top_level_hang_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert f"{script}: the top level ran past the time limit of 500 ms" in err
+
+
+def test_replay_reads_ahead_and_still_blames_the_right_packet():
+    """replay() hands a batch to the judge and reads the next meanwhile (submit/collect):
+    a hang in the second batch costs that packet only, and the order of results holds."""
+    ports = [9000 + i % 7 for i in range(5000)]
+    ports[4500] = 6666
+    distinct = sorted(set(ports))
+    made = dict(zip(distinct, frames(distinct)))      # scapy is slow: build each frame once
+    after = {port: rewritten(frame) for port, frame in made.items()}
+    packets = [made[p] for p in ports]
+    with Judge(BEHAVE % HOSTILE["match-dot-dash"]) as judge:
+        result = replay(judge, packets)
+        assert result.packets == 5000 and result.errors == 1 and result.timeouts == 1
+        assert result.verdicts == {"accept": 4999, "drop": 1, "continue": 0}
+        expected = [after[p] for i, p in enumerate(ports) if i != 4500]
+        assert result.output == expected
+        # One batch at a time through submit/collect.
+        judge.submit(packets[:3])
+        with pytest.raises(RuntimeError, match="collect"):
+            judge.submit(packets[:3])
+        codes, blob, errors = judge.collect()
+        assert [c & 7 for c in codes] == [5, 5, 5] and not errors

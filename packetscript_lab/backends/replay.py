@@ -314,9 +314,7 @@ def _replay(script, packets_or_path, out, progress, keep_output) -> ReplayResult
 
 
 def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_seen, bar):
-    for frames, times in batches:
-        eth_frames = [to_eth(d) for d in frames] if to_eth else frames
-        codes, blob, _errors = script.run_many(eth_frames, times)
+    def done(frames, eth_frames, times, codes, blob):
         for code in set(codes):
             codes_seen[code] += codes.count(code)
         if keep_output:
@@ -324,6 +322,29 @@ def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_s
         result.packets += len(frames)
         if bar is not None:
             bar.update(sum(map(len, frames)) + 16 * len(frames))
+
+    if not isinstance(script, Judge):
+        for frames, times in batches:
+            eth_frames = [to_eth(d) for d in frames] if to_eth else frames
+            codes, blob, _errors = script.run_many(eth_frames, times)
+            done(frames, eth_frames, times, codes, blob)
+        return
+    # A Judge works in its own process: the next batch is read while it judges this one.
+    waiting = None
+    try:
+        for frames, times in batches:
+            eth_frames = [to_eth(d) for d in frames] if to_eth else frames
+            if waiting is not None:
+                batch, waiting = waiting, None
+                done(*batch, *script.collect()[:2])
+            script.submit(eth_frames, times)
+            waiting = (frames, eth_frames, times)
+        if waiting is not None:
+            batch, waiting = waiting, None
+            done(*batch, *script.collect()[:2])
+    finally:
+        if waiting is not None:       # the capture broke off: leave the judge ready for more
+            script.collect()
 
 
 @contextlib.contextmanager
