@@ -291,3 +291,14 @@ def test_replay_reads_ahead_and_still_blames_the_right_packet():
             judge.submit(packets[:3])
         codes, blob, errors = judge.collect()
         assert [c & 7 for c in codes] == [5, 5, 5] and not errors
+
+
+def test_cli_check_top_level_hang_is_a_compile_error(tmp_path, capsys):
+    from packetscript_lab.cli.check import EXIT_COMPILE
+
+    script = tmp_path / "slow.lua"
+    script.write_text("string.find(string.rep('a', 3000), string.rep('a*', 12) .. 'b')\n" + BEHAVE % "")
+    started = time.monotonic()
+    assert main(["check", str(script)]) == EXIT_COMPILE
+    assert f"{script}: the top level ran past the time limit of 3 s" in capsys.readouterr().err
+    assert time.monotonic() - started < 10
