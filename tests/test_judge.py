@@ -302,3 +302,28 @@ def test_cli_check_top_level_hang_is_a_compile_error(tmp_path, capsys):
     assert main(["check", str(script)]) == EXIT_COMPILE
     assert f"{script}: the top level ran past the time limit of 3 s" in capsys.readouterr().err
     assert time.monotonic() - started < 10
+
+
+def test_script_process_does_not_outlive_a_killed_parent():
+    """Even a parent killed with SIGKILL (no clean-up runs) leaves no script process behind,
+    however long its script would still run."""
+    import subprocess
+    import sys
+
+    code = ("import time\nfrom packetscript_lab import Judge\n"
+            f"j = Judge({BEHAVE % HOSTILE['match-dot-dash']!r}, time_limit=60, batch_time_limit=60)\n"
+            "print(j.pid, flush=True)\n"
+            f"j.submit([{frames([6666])[0]!r}])\n"
+            "print('submitted', flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "submitted"
+        assert _rss(pid) > 0                          # the child is busy in string.match
+    finally:
+        parent.kill()
+        parent.wait()
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not _zombie_or_gone(pid):
+        time.sleep(0.02)
+    assert _zombie_or_gone(pid)
