@@ -102,6 +102,8 @@ class Session:
         if options.profile == "kernel":
             self.report_portability(source, options, cell_lines)
         backend = self.choose_backend(options)
+        if backend != "replay":
+            script.close()                 # compiled to check it; the lab runs its own copy
         old = self.runs.get(options.name)
         if old is not None and old.active:
             if old.backend == backend and old.options.same_attachment(options):

@@ -52,7 +52,8 @@ def test_json_output(files, capsys):
     lines = out.strip().splitlines()
     assert len(lines) == 1
     obj = json.loads(lines[0])
-    assert set(obj) == {"packets", "verdicts", "errors", "modified", "pps"}
+    assert set(obj) == {"packets", "verdicts", "errors", "modified", "pps", "restarts", "timeouts",
+                        "crashes", "unjudged"}
     assert obj["packets"] == 5 and obj["errors"] == 1 and obj["modified"] == 1
     assert obj["verdicts"] == {"accept": 2, "drop": 2, "continue": 1}
     assert isinstance(obj["pps"], (int, float)) and obj["pps"] > 0

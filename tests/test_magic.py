@@ -385,3 +385,29 @@ def test_iptables_options_on_the_replay_fallback_are_named_in_the_summary(ip):
     cap = cell(ip, "opts --host server --chain INPUT --duration 0.2 --no-dashboard", ACCEPT_ALL)
     text = "\n".join(o.data["text/plain"] for o in cap.outputs)
     assert "--host, --chain: iptables options, not applied on the replay backend" in text
+
+
+HANG = "string.match(string.rep('x', 2000), ('.-'):rep(8) .. 'b')"
+
+
+def test_cell_whose_top_level_hangs_in_c_fails_without_hanging_the_kernel(ip):
+    started = time.monotonic()
+    with pytest.raises(UsageError, match="top level ran past the time limit of 3 s"):
+        ip.run_cell_magic("packetscript", "hang", HANG + "\n" + ACCEPT_ALL)
+    assert time.monotonic() - started < 10
+
+
+def test_packets_that_hang_in_c_cost_their_verdict_and_the_run_goes_on(ip):
+    body = ("function process_packet(p)\n"
+            "  local ip = p:data(packet_eth):data(packet_ip)\n"
+            "  if ip and ip:id():get() %% 4 == 0 then %s end\n"
+            "  return NF_ACCEPT\n"
+            "end\n") % HANG
+    cap = cell(ip, "slow --duration 1 --no-dashboard --traffic 'udp client server count=8'", body)
+    s = summary_of(cap)
+    stats = kernel_magic.get_session().runs["slow"].handle.stats()
+    assert s["seen"] == 8 and s["errors"] == stats["timeouts"] >= 1
+    assert s["dropped"] == s["errors"] and s["accepted"] == 8 - s["errors"]
+    assert stats["restarts"] >= stats["timeouts"]
+    text = "\n".join(o.data.get("text/plain", "") for o in cap.outputs)
+    assert "time limit of 250 ms exceeded on one packet" in text

@@ -66,7 +66,8 @@ def check_counts(res, pkts):
     assert res.errors == 1 and res.modified == 1
     assert res.pps > 0 and res.elapsed > 0
     assert res.as_dict() == {"packets": len(pkts), "verdicts": res.verdicts, "errors": 1,
-                             "modified": 1, "pps": round(res.pps, 1)}
+                             "modified": 1, "pps": round(res.pps, 1), "restarts": 0,
+                             "timeouts": 0, "crashes": 0, "unjudged": 0}
 
 
 @pytest.mark.parametrize("lua", ["luajit", "5.1", "5.4"])

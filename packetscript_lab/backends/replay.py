@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packetscript_lab import verdicts
+from packetscript_lab.judge import Judge
 from packetscript_lab.script import DEFAULT_ETH_HEADER, Script
 
 BATCH = 4096
@@ -45,7 +46,13 @@ class ReplayResult:
     eth_changes: int = 0       # raw-IP input whose synthetic Ethernet header the script changed
     elapsed: float = 0.0
     linktype: int = ETHERNET
-    script: Script | None = None
+    script: Script | Judge | None = None
+    # The wall-clock line (Judge): fresh processes started, kills for running past the
+    # time limit, deaths of the script's process, packets not judged for lack of time.
+    restarts: int = 0
+    timeouts: int = 0
+    crashes: int = 0
+    unjudged: int = 0
     # Batches whose passing packets are not yet cut out as bytes: that happens on first
     # use of `output`, so a replay that only counts does not pay for it.
     _batches: list = field(default_factory=list, repr=False)
@@ -80,7 +87,8 @@ class ReplayResult:
     def as_dict(self) -> dict:
         """The CLI's --json object."""
         return {"packets": self.packets, "verdicts": dict(self.verdicts), "errors": self.errors,
-                "modified": self.modified, "pps": round(self.pps, 1)}
+                "modified": self.modified, "pps": round(self.pps, 1), "restarts": self.restarts,
+                "timeouts": self.timeouts, "crashes": self.crashes, "unjudged": self.unjudged}
 
     def packets_out(self):
         """The output as scapy packets (dissected now: slow on large captures)."""
@@ -331,10 +339,24 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
 
     Returns the counts per verdict (error verdicts included), the number of packets the
     script failed on and changed, and the passing packets as modified. ``out`` writes them
-    to a pcap file. ``script_kwargs`` go to :class:`Script` when a source is given.
+    to a pcap file. A source is compiled into a :class:`Judge` (its own process, with a
+    wall-clock limit per packet; ``script_kwargs`` go to it: Script's options and
+    ``time_limit``, ``batch_time_limit``), which is closed when the replay ends. A Script
+    or Judge given is used as it is (a Script runs in this process, unwatched).
     """
-    script = script_or_source if isinstance(script_or_source, Script) else Script(
-        script_or_source, **script_kwargs)
+    if isinstance(script_or_source, (Script, Judge)):
+        script, own = script_or_source, None
+    else:
+        script = own = Judge(script_or_source, **script_kwargs)
+    try:
+        return _replay(script, packets_or_path, out, progress, keep_output)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _replay(script, packets_or_path, out, progress, keep_output) -> ReplayResult:
+    before = script.counts() if isinstance(script, Judge) else None
     if isinstance(packets_or_path, (str, os.PathLike)):
         path = Path(packets_or_path)
         linktype, batches = _open_capture(path)
@@ -360,15 +382,16 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
     changed = 32 if to_eth else 4
     result.modified = sum(n for c, n in enumerate(codes_seen) if c & changed)
     result.eth_changes = sum(n for c, n in enumerate(codes_seen) if c & 16) if to_eth else 0
+    if before is not None:
+        for key, value in script.counts().items():
+            setattr(result, key, value - before[key])
     if out is not None:
         result.write(out)
     return result
 
 
 def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_seen, bar):
-    for frames, times in batches:
-        eth_frames = [to_eth(d) for d in frames] if to_eth else frames
-        codes, blob, _errors = script.run_many(eth_frames, times)
+    def done(frames, eth_frames, times, codes, blob):
         for code in set(codes):
             codes_seen[code] += codes.count(code)
         if keep_output:
@@ -376,6 +399,29 @@ def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_s
         result.packets += len(frames)
         if bar is not None:
             bar.update(sum(map(len, frames)) + 16 * len(frames))
+
+    if not isinstance(script, Judge):
+        for frames, times in batches:
+            eth_frames = [to_eth(d) for d in frames] if to_eth else frames
+            codes, blob, _errors = script.run_many(eth_frames, times)
+            done(frames, eth_frames, times, codes, blob)
+        return
+    # A Judge works in its own process: the next batch is read while it judges this one.
+    waiting = None
+    try:
+        for frames, times in batches:
+            eth_frames = [to_eth(d) for d in frames] if to_eth else frames
+            if waiting is not None:
+                batch, waiting = waiting, None
+                done(*batch, *script.collect()[:2])
+            script.submit(eth_frames, times)
+            waiting = (frames, eth_frames, times)
+        if waiting is not None:
+            batch, waiting = waiting, None
+            done(*batch, *script.collect()[:2])
+    finally:
+        if waiting is not None:       # the capture broke off: leave the judge ready for more
+            script.collect()
 
 
 @contextlib.contextmanager

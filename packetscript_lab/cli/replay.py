@@ -39,11 +39,13 @@ def read_script(path: str) -> str:
 
 
 def compile_script(path: str, **kwargs):
-    """A Script from a file, or a CliError that shows FILE:LINE: message."""
-    from packetscript_lab.script import Script, ScriptError
+    """A Judge (the script in its own, watched process) from a file, or a CliError that
+    shows FILE:LINE: message."""
+    from packetscript_lab.judge import Judge
+    from packetscript_lab.script import ScriptError
 
     try:
-        return Script(read_script(path), name=path, **kwargs)
+        return Judge(read_script(path), name=path, **kwargs)
     except ScriptError as exc:
         raise CliError(f"{exc}") from None
     except ValueError as exc:
@@ -72,13 +74,20 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: packets, verdicts, errors, modified, pps")
     add_script_options(p)
+    p.add_argument("--time-limit", type=float, default=0.25, metavar="SECONDS",
+                   help="wall-clock time one packet may take, C functions included; a packet "
+                        "that takes longer gets the error verdict and the script restarts "
+                        "with fresh state (default: 0.25)")
+    p.add_argument("--batch-time-limit", type=float, default=3.0, metavar="SECONDS",
+                   help="wall-clock time a batch of packets may take (default: 3)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from packetscript_lab.backends.replay import ReplayError, replay
 
-    script = compile_script(args.script, **script_kwargs(args))
+    script = compile_script(args.script, time_limit=args.time_limit,
+                            batch_time_limit=args.batch_time_limit, **script_kwargs(args))
     try:
         result = replay(script, args.input, out=args.out, progress=not args.json,
                         keep_output=args.out is not None)
@@ -86,6 +95,8 @@ def run(args) -> int:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot write {args.out}: {exc}") from None
+    finally:
+        script.close()
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -116,6 +127,10 @@ def format_summary(result, args) -> str:
     ]
     for err in result.script_errors:
         lines.append(f"  error x{err.count}: {args.script}:{err.line or '?'}: {err.message}")
+    if result.restarts or result.timeouts or result.crashes or result.unjudged:
+        lines.append(f"  watchdog: {result.timeouts} packets ran past the time limit, {result.crashes} "
+                     f"killed the script's process, {result.unjudged} were not judged; the script "
+                     f"restarted {result.restarts} times with fresh state")
     if result.eth_changes:
         lines.append(f"  note: {result.eth_changes} packets had their synthetic Ethernet header changed; "
                      "a raw-IP capture cannot keep it")

@@ -33,6 +33,7 @@ from .protocol import Connection, LabError, encode_error
 from .stats import parse_nfqueue, parse_net_dev
 
 MAX_QUEUES = 16
+JUDGE_COUNTS = ("restarts", "timeouts", "crashes", "unjudged")
 
 
 class Session:
@@ -79,6 +80,14 @@ class Attached:
         self.kernel_rule = None   # packetscript_lab.kernel.backend.KernelRule (kernel backend)
         self.kernel_past: dict = {}  # counts of the rules that earlier replace() calls removed
         self.tally = Tally()         # the kernel's counters of its rule and queue, kept cumulative
+        self.judge_past = dict.fromkeys(JUDGE_COUNTS, 0)  # wall-clock counts of replaced scripts
+
+    def judge_counts(self) -> dict:
+        """The wall-clock line's counts (restarts, timeouts, crashes, unjudged), all
+        scripts this handle ran included."""
+        script = self.worker.script if self.worker is not None else None
+        now = script.counts() if script is not None else {}
+        return {k: self.judge_past[k] + now.get(k, 0) for k in JUDGE_COUNTS}
 
     def info(self) -> dict:
         return {"name": self.name, "host": self.host, "table": self.table, "chain": self.chain,
@@ -222,6 +231,7 @@ class World:
                          s["queue_drops"], backlog))
         if a.worker:
             s["first_t"], s["last_t"] = a.worker.first_t, a.worker.last_t
+        s.update(a.judge_counts())
         return s
 
     def interfaces(self) -> dict:
@@ -256,9 +266,11 @@ class World:
     # -- scripts --
 
     def _compile(self, source: str, name: str, options: dict):
-        from packetscript_lab.script import Script
+        """The script in its own watched process (Judge): a script that hangs in a C
+        function or kills its runtime costs a packet's verdict, never this process."""
+        from packetscript_lab.judge import Judge
 
-        return Script(source, name=name, **options)
+        return Judge(source, name=name, **options)
 
     def attach(self, sess: Session, source: str | None, host: str, table: str = "filter",
                chain: str = "INPUT", match: str = "", name: str | None = None,
@@ -346,7 +358,7 @@ class World:
             kernel_backend.require(run, self.iptables_program)
         except kernel_backend.KernelModuleMissing as exc:
             raise LabError(str(exc)) from None
-        self._compile(source, name, {**options, "profile": "kernel"})  # ScriptError before any rule
+        self._compile(source, name, {**options, "profile": "kernel"}).close()  # ScriptError before any rule
         rule = kernel_backend.KernelRule(run, tag=f"packetscript:{name}", table=table, chain=chain,
                                          match=match, function=options.get("function"),
                                          state_id=options.get("state_id"),
@@ -366,7 +378,7 @@ class World:
     def replace(self, name: str, source: str) -> dict:
         a = self.handle(name)
         if a.kernel_rule is not None:
-            self._compile(source, name, {**a.options, "profile": "kernel"})
+            self._compile(source, name, {**a.options, "profile": "kernel"}).close()
             before = self.handle_stats(a)
             self._rules_changed(a.host, False)
             try:
@@ -381,6 +393,9 @@ class World:
         old = a.worker.script
         a.worker.script = new  # one attribute store: the next packet sees the new script
         a.past_errors.extend(_errors_of(old))
+        old.close()                # waits for a batch the worker may still be judging with it
+        for key, value in old.counts().items():
+            a.judge_past[key] += value
         return a.info()
 
     def detach(self, name: str) -> dict:
@@ -406,6 +421,8 @@ class World:
                 final = self._drained_stats(a)
                 a.worker.stop()
                 a.thread.join(5)
+                if a.worker.script is not None:
+                    a.worker.script.close()
                 with self.lock:
                     self.free_queues.append(a.queue_num)
                     self.free_queues.sort()
@@ -607,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: os._exit(0))  # PID 1 ignores signals without handlers
 
     sock = socket.socket(fileno=a.listen_fd if a.listen_fd is not None else a.fd)
+    from packetscript_lab.judge import keep_process_ready
+    keep_process_ready()   # replace() then costs a compile, not a Python start-up
     try:
         world = World(a.topology, a.interval, a.iptables)
     except BaseException as exc:
