@@ -182,11 +182,14 @@ def test_empty_cell(ip):
 def test_help_is_the_docstring():
     shell = get_shell()
     kernel_magic.load_ipython_extension(shell)
-    doc = shell.find_cell_magic("packetscript").__doc__
-    assert "%%packetscript [--backend" in doc
-    for option in ("--backend", "--duration", "--traffic", "--on-error", "--no-dashboard"):
-        assert option in doc
-    assert "status" in shell.find_line_magic("packetscript").__doc__
+    try:
+        doc = shell.find_cell_magic("packetscript").__doc__
+        assert "%%packetscript [--backend" in doc
+        for option in ("--backend", "--duration", "--traffic", "--on-error", "--no-dashboard"):
+            assert option in doc
+        assert "status" in shell.find_line_magic("packetscript").__doc__
+    finally:
+        kernel_magic.unload_ipython_extension(shell)
 
 
 def test_rerun_replaces_the_running_script_without_losing_packets(ip):

@@ -36,7 +36,7 @@ def test_install_writes_a_kernel_spec_that_loads_the_extension(tmp_path):
     assert spec["argv"][0] == sys.executable
     assert spec["argv"][1:3] == ["-m", "ipykernel_launcher"]
     assert "{connection_file}" in spec["argv"]
-    assert spec["argv"][spec["argv"].index("--ext") + 1] == "kernel_magic"
+    assert spec["argv"][spec["argv"].index("--ext") + 1] == "kernel_magic.preload"
     assert (spec_dir / "logo-64x64.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -102,6 +102,24 @@ def test_pump_replace_and_late_summary_in_a_real_kernel(tmp_path, monkeypatch):
         assert counts["accepted"] >= 50 and counts["dropped"] > 0, text
         assert counts["accepted"] + counts["dropped"] == counts["seen"] < 3000, text
         assert any("image/png" in o.get("data", {}) for o in cell.outputs)
+
+
+def test_load_ext_is_silent_and_harmless_in_the_packetscript_kernel(tmp_path, monkeypatch):
+    """Notebooks start with %load_ext kernel_magic so that they run in any kernel; in the
+    PacketScript Lab kernel, which loaded the extension already, it must change nothing."""
+    assert install(tmp_path, "install").returncode == 0
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PACKETSCRIPT_BACKEND", "replay")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (
+        "import kernel_magic\nbefore = kernel_magic.get_session()",
+        "%load_ext kernel_magic",
+        "print(kernel_magic.get_session() is before)",
+    )]
+    nbclient.NotebookClient(nb, timeout=60, kernel_name="packetscript-lab").execute()
+    assert nb.cells[1].outputs == []
+    assert nb.cells[2].outputs[0]["text"] == "True\n"
 
 
 @pytest.mark.parametrize("args, message", [(["frobnicate"], "invalid choice")])
