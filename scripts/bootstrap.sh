@@ -59,7 +59,7 @@ venv_problem() {
     fi
   fi
   if ! prefix=$(.venv/bin/python -c 'import sys; print(sys.prefix)' 2>/dev/null); then
-    echo "its python ($(readlink .venv/bin/python || echo missing)) does not run"
+    echo "its python ($(realpath -m .venv/bin/python)) does not run"
     return 0
   fi
   if [ "$(realpath -m "$prefix")" != "$here" ]; then
