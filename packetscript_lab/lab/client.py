@@ -182,8 +182,12 @@ class Lab:
             self._start(iptables)
         threading.Thread(target=self._reader, name="lab-reader", daemon=True).start()
         threading.Thread(target=self._writer, name="lab-writer", daemon=True).start()
-        if not self._ready.wait(start_timeout) or self._ready_msg is None \
-                or self._ready_msg.get("event") != "ready":
+        try:
+            ready = self._ready.wait(start_timeout)
+        except KeyboardInterrupt:          # interrupted while it starts: it must not linger
+            self._shutdown_process()
+            raise
+        if not ready or self._ready_msg is None or self._ready_msg.get("event") != "ready":
             err = self._ready_msg.get("error") if self._ready_msg else None
             log = self.log()
             self._shutdown_process()
