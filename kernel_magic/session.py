@@ -236,7 +236,12 @@ class Session:
             self.pump.ensure_running()
 
     def wait(self, run: Run):
-        """Block the cell until the run's duration is over, ticking the pump; then summarise."""
+        """Block the cell until the run's duration is over, ticking the pump; then summarise.
+
+        Interrupting the kernel ends this run now and writes its summary: the lab process
+        lives in a session of its own, so the interrupt reaches only the kernel, and the
+        lab, its rules and the other scripts go on.
+        """
         run.blocking = True
         reason = "duration reached"
         try:
@@ -253,7 +258,12 @@ class Session:
             reason = "interrupted"
         if not run.active:                 # stopped meanwhile (e.g. %packetscript down)
             return run.summary()
-        run.wait_traffic(timeout=5.0)
+        if reason == "interrupted":
+            if not run.traffic_done():
+                run.notes.append("the traffic generator was still sending when the run was "
+                                 "interrupted; its counts are not in this summary")
+        else:
+            run.wait_traffic(timeout=5.0)
         return self.finish(run, reason)
 
     def finish(self, run: Run, reason: str):

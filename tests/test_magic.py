@@ -182,29 +182,34 @@ def test_empty_cell(ip):
 def test_help_is_the_docstring():
     shell = get_shell()
     kernel_magic.load_ipython_extension(shell)
-    doc = shell.find_cell_magic("packetscript").__doc__
-    assert "%%packetscript [--backend" in doc
-    for option in ("--backend", "--duration", "--traffic", "--on-error", "--no-dashboard"):
-        assert option in doc
-    assert "status" in shell.find_line_magic("packetscript").__doc__
+    try:
+        doc = shell.find_cell_magic("packetscript").__doc__
+        assert "%%packetscript [--backend" in doc
+        for option in ("--backend", "--duration", "--traffic", "--on-error", "--no-dashboard"):
+            assert option in doc
+        assert "status" in shell.find_line_magic("packetscript").__doc__
+    finally:
+        kernel_magic.unload_ipython_extension(shell)
 
 
 def test_rerun_replaces_the_running_script_without_losing_packets(ip):
-    traffic = "--traffic 'udp client server:9000 rate=200 count=300'"
+    traffic = "--traffic 'udp client server:9000 rate=200 count=1000'"   # 5 s of packets
     cell(ip, f"live {traffic}", ACCEPT_ALL)           # open-ended: returns at once
     run = kernel_magic.get_session().runs["live"]
     handle = run.handle
-    time.sleep(0.6)
+    deadline = time.monotonic() + 10
+    while handle.stats()["seen"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
     cap = cell(ip, f"live {traffic}", DROP_UDP)
     assert "replaced in place" in cap.stdout
     assert kernel_magic.get_session().runs["live"] is run and run.handle is handle
-    assert handle.played_all.wait(5)
+    assert handle.played_all.wait(30)
     with capture_output() as cap:
         ip.run_line_magic("packetscript", "stop live")
     s = summary_of(cap)
-    assert s["seen"] == 300                            # every packet judged exactly once
-    assert s["accepted"] + s["dropped"] == 300
-    assert 0 < s["accepted"] < 300 and s["dropped"] > 0
+    assert s["seen"] == 1000                           # every packet judged exactly once
+    assert s["accepted"] + s["dropped"] == 1000
+    assert 0 < s["accepted"] < 1000 and s["dropped"] > 0
 
 
 def test_rerun_with_other_options_reattaches(ip):
@@ -252,8 +257,7 @@ def test_send_feeds_running_replay_scripts(ip):
     with capture_output() as cap:
         ip.run_line_magic("packetscript", "send ping client server count=3")
     assert "sent 3 packets" in cap.stdout
-    assert run.handle.played_all.wait(5)
-    time.sleep(0.1)
+    assert run.handle.played_all.wait(5)              # set once the packets are counted
     stats = run.view()["stats"]
     assert stats["seen"] == 4 and stats["accepted"] == 3 and stats["dropped"] == 1
     with capture_output() as cap:
@@ -365,11 +369,14 @@ def test_interrupting_a_duration_run_still_writes_the_summary(ip):
     import signal
     import threading
 
+    def waiting_with_packets_seen():
+        run = kernel_magic.get_session().runs.get("long")
+        return run is not None and run.blocking and run.handle.stats()["seen"] > 0
+
     def interrupt_once_running():
         deadline = time.monotonic() + 10
-        while "long" not in kernel_magic.get_session().runs and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
+        while not waiting_with_packets_seen() and time.monotonic() < deadline:
+            time.sleep(0.02)
         os.kill(os.getpid(), signal.SIGINT)      # what Kernel > Interrupt does
     threading.Thread(target=interrupt_once_running, daemon=True).start()
     started = time.monotonic()

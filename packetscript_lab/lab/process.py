@@ -4,8 +4,10 @@ Started by the client (``client.py``) inside new namespaces, as
 ``unshare [--user --map-root-user] --net --mount --pid --fork --kill-child python -m
 packetscript_lab.lab.process ...``. It is PID 1 of its PID namespace: when it exits, every
 process it started dies, and its network namespaces (held only by its descriptors) vanish
-with their links and rules. It serves one client over an inherited socket (``--fd``) and
-exits when that socket closes, or serves clients on an inherited listening socket
+with their links and rules. It runs in a session of its own, so the client's interrupts
+(a Jupyter kernel interrupt signals the kernel's whole process group) do not reach it. It
+serves one client over an inherited socket (``--fd``) and exits when that socket closes,
+which happens however the client ends, kill -9 included; or it serves clients on an inherited listening socket
 (``--listen-fd``, daemon mode for ``packetscript lab up``) until told to shut down.
 
 Every command runs in its own thread, so a long capture does not block a send.
@@ -26,7 +28,7 @@ import time
 import traceback
 
 from . import iptables as ipt
-from . import topology, traffic
+from . import programs, topology, traffic
 from .accounting import Tally, account, parse_rule_counters, queue_rule_packets
 from .nfqueue import QueueWorker
 from .protocol import Connection, LabError, encode_error
@@ -620,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Nothing may write to the client through stdout; stray output goes to the log.
     os.dup2(2, 1)
+    # iptables-save, modinfo ... live in sbin, which an ordinary account's PATH lacks.
+    os.environ["PATH"] = programs.search_path()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: os._exit(0))  # PID 1 ignores signals without handlers
 
