@@ -28,14 +28,18 @@ class Pump:
             self._ticks += 1
             with_plot = self._ticks % PLOT_EVERY == 1
             for run in list(self.session.runs.values()):
-                if run.active and run.due() and not run.blocking:
-                    self.session.finish(run, "duration reached")
+                reason = run.due() if run.active and not run.blocking else None
+                if reason is not None:
+                    self.session.finish(run, reason)
                     continue
-                if run.active and run.dashboard is not None:
-                    try:
-                        run.dashboard.update(run.view(), with_plot=with_plot)
-                    except Exception as exc:  # a dead backend ends the run, visibly
-                        self.session.finish(run, f"backend failed: {type(exc).__name__}: {exc}")
+                self.tick_one(run, with_plot=with_plot)
+
+    def tick_one(self, run, *, with_plot: bool) -> None:
+        if run.active and run.dashboard is not None:
+            try:
+                run.dashboard.update(run.view(), with_plot=with_plot)
+            except Exception as exc:  # a dead backend ends the run, visibly
+                self.session.finish(run, f"backend failed: {type(exc).__name__}: {exc}")
 
     def _wanted(self) -> bool:
         return any(r.active for r in self.session.runs.values())
