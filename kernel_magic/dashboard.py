@@ -9,6 +9,7 @@ replaced by a static figure and table and :meth:`close` removes the widgets.
 from __future__ import annotations
 
 import html
+import time
 
 import ipywidgets as w
 
@@ -16,9 +17,11 @@ from kernel_magic import lua_errors, plots
 from kernel_magic.summary import counter_keys, counter_label
 
 RECENT_ROWS = 12
+PLOT_EVERY = 0.9                # seconds between figures (a PNG costs ~50 ms)
 ERROR_TEXT = 90                 # characters of an error shown in the packets table
 _VERDICT_STYLE = {"accept": "color:#2e7d32", "drop": "color:#c62828", "continue": "color:#1565c0"}
-_CELL = "padding:2px 10px;text-align:left;vertical-align:top;border-bottom:1px solid #eee"
+_CELL = ("padding:2px 10px;text-align:left;vertical-align:top;border-bottom:1px solid #eee;"
+         "line-height:1.35")
 # ipywidgets styles a disabled button only faintly; say it plainly
 _STYLE = ("<style>.packetscript-dash .jupyter-button:disabled{opacity:.35;cursor:not-allowed;"
           "filter:grayscale(1)}</style>")
@@ -52,6 +55,7 @@ class Dashboard:
             self.errors,
         ])
         self.widget.add_class("packetscript-dash")
+        self._plotted = (-1, 0.0)       # (samples drawn, when)
 
     def bundle(self) -> dict:
         """The widget's display data, with a text fallback for static viewers."""
@@ -67,7 +71,11 @@ class Dashboard:
         self._set(self.counters, _counter_table(view["stats"]))
         self._set(self.recent, _recent_table(view["recent"]))
         self._set(self.errors, _errors_html(view["errors"], self.cell_lines))
-        if with_plot:
+        samples, drawn_at = len(view["series"]), time.monotonic()
+        if with_plot and samples != self._plotted[0] and (
+                samples <= 3 or drawn_at - self._plotted[1] >= PLOT_EVERY):
+            # a new figure when there are new samples: the first ones at once, then ~1/s
+            self._plotted = (samples, drawn_at)
             png = plots.figure_png(view["series"], span=view.get("span"))
             if png != self.plot.value:
                 self.plot.value = png
@@ -151,15 +159,16 @@ def _recent_table(recent: list[dict]) -> str:
         count = f" <b>×{n}</b>" if n > 1 else ""
         rows.append(
             f"<tr><td style='{_CELL};white-space:nowrap'>{t}</td>"
-            f"<td style='{_CELL}'><code>{packet}</code></td>"
+            f"<td style='{_CELL};white-space:nowrap'><code>{packet}</code></td>"
             f"<td style='{_CELL};{style}'>{html.escape(str(r.get('verdict')))}</td>"
             f"<td style='{_CELL}'>{'<br>'.join(html.escape(c) for c in changes)}</td>"
             f"<td style='{_CELL};color:#c62828' title='{html.escape(err)}'>"
             f"{html.escape(short)}{count}</td></tr>")
-    head = "".join(f"<th style='{_CELL}'>{h}</th>" for h in
+    head = "".join(f"<th style='{_CELL};white-space:nowrap'>{h}</th>" for h in
                    ("time (s)", "packet (as it arrived)", "verdict", "changed (before → after)",
                     "error"))
-    return f"<table style='border-collapse:collapse'><tr>{head}</tr>{''.join(rows)}</table>"
+    return (f"<table style='border-collapse:collapse;font-size:0.92em'><tr>{head}</tr>"
+            f"{''.join(rows)}</table>")
 
 
 def _errors_html(errors: list[dict], cell_lines: list[str]) -> str:

@@ -57,7 +57,8 @@ def figure_png(series: list[dict], title: str = "", *, span: float | None = None
     end = max([span or 0.0] + r["t"])
     for ax in (ax_p, ax_b):
         ax.set_xlabel("time since the run started (s)")
-        ax.set_ylim(bottom=0)
+        top = max([y for line in ax.lines for y in line.get_ydata()] or [0])
+        ax.set_ylim(0, top * 1.15 if top > 0 else 1)     # headroom: no line on the frame
         if end > 0:
             ax.set_xlim(0, end)
         ax.grid(alpha=0.3)

@@ -11,15 +11,18 @@ import html
 
 from kernel_magic import lua_errors, plots
 
-# Always shown, in this order. Any other counter a backend reports (a number in its stats,
-# e.g. one added later) is shown after these while it is not zero.
+# Always shown, in this order. Any other number a backend reports in its stats (e.g. a
+# counter added later) is shown after these while it is not zero, unless it is named here
+# as not a packet counter (times, or parts of a sum already shown).
 COUNTERS = ("seen", "accepted", "dropped", "continued", "modified", "errors", "queue_drops")
-NOT_COUNTERS = {"bytes", "t"}
+NOT_COUNTERS = {"bytes", "t", "first_t", "last_t", "queued_total", "queue_backlog",
+                "queue_dropped", "user_dropped"}
 
 
 def counter_keys(stats: dict) -> list[str]:
     extra = sorted(k for k, v in stats.items()
-                   if k not in COUNTERS and k not in NOT_COUNTERS and _is_number(v) and v)
+                   if k not in COUNTERS and k not in NOT_COUNTERS and not k.endswith("_t")
+                   and _is_number(v) and v)
     return list(COUNTERS) + extra
 
 
