@@ -87,9 +87,9 @@ class Dashboard:
         self.stop_button.button_style = ""
         self._set(self.header, self._header_html(status, None))
 
-    def show_final(self, summary) -> None:
+    def show_final(self, summary, reason: str) -> None:
         """Put the run's figure and table inside the dashboard itself (see html_with_figure)."""
-        self.finish(f"ended; {summary.notes[0] if summary.notes else 'summary below'}")
+        self.finish(f"ended: {reason}")
         self.widget.children = (self.widget.children[0], self.widget.children[1],
                                 w.HTML(summary.html_with_figure()))
 

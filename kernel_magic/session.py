@@ -294,7 +294,7 @@ class Session:
             if dashboard is not None and not reachable:
                 # a page reloaded since the cell ran cannot see the update above: the
                 # dashboard it shows gets the figure and the table instead
-                dashboard.show_final(summary)
+                dashboard.show_final(summary, reason)
                 dashboard = None
         if dashboard is not None:
             dashboard.close()

@@ -125,8 +125,8 @@ class RunSummary:
         """Figure and table in one HTML block (for a dashboard that must show the result
         itself: a page reloaded since the cell ran no longer links the cell's outputs)."""
         png = base64.b64encode(self.figure_png()).decode("ascii")
-        return (f"<img alt='figure of {html.escape(self.name)}' style='max-width:100%' "
-                f"src='data:image/png;base64,{png}'/>\n{self._repr_html_()}")
+        return (f"<div><img alt='figure of {html.escape(self.name)}' style='max-width:100%' "
+                f"src='data:image/png;base64,{png}'/></div>\n{self._repr_html_()}")
 
     def display(self) -> None:
         """Write the figure and the table as ordinary outputs of the current cell."""

@@ -212,7 +212,8 @@ def test_stop_after_a_page_reload_still_writes_the_summary(server, browser):
     cell = page.locator(".jp-Notebook .jp-Cell").nth(0)
     cell.get_by_role("button", name="Stop").click()
     expect(cell.locator(".packetscript-summary")).to_be_visible(timeout=30_000)
-    expect(cell.get_by_text("run ended: stopped")).to_be_visible()
+    expect(cell.get_by_text("run ended: stopped", exact=True)).to_be_visible()
+    expect(cell.locator(".jp-OutputArea-output img")).to_have_count(1)    # the figure too
     Shots(page)("reloaded-stopped")
     server.shutdown_kernels()
     page.close()
