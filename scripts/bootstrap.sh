@@ -13,8 +13,8 @@ case "$job" in
 esac
 
 # System packages: iptables and iproute2 for the lab; libnetfilter-queue-dev and a compiler
-# to build NetfilterQueue; venv support for Debian's own python3.
-apt_packages=(iptables iproute2 util-linux libnetfilter-queue-dev gcc python3-dev python3-venv)
+# to build NetfilterQueue; venv support for Debian's own python3; chromium for the browser test.
+apt_packages=(iptables iproute2 util-linux libnetfilter-queue-dev gcc python3-dev python3-venv chromium)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
