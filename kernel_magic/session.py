@@ -42,9 +42,9 @@ class Session:
             self.topology = topology
         if self.lab is not None and getattr(self.lab, "closed", False):
             # the lab process ended (crashed or killed): its scripts went with it
-            for run in self.runs.values():
+            for run in list(self.runs.values()):
                 if run.active and run.backend != "replay":
-                    run.stop("the lab process ended")
+                    self.finish(run, "the lab process ended")
             print("PacketScript Lab: the lab process had ended; building a new lab.")
             self.lab = None
         if self.lab is not None:
