@@ -193,3 +193,14 @@ def test_05_experiment_load_sweep(kernel_env, monkeypatch, backend):
     assert f"backend: {expected_backend(backend)}" in tables[0]
     plot_cells = [c for c in nb.cells if "plt.show()" in c.source]
     assert plot_cells and nb.has_png(plot_cells[0])
+
+
+def test_saved_notebooks_keep_no_live_widgets():
+    """What GitHub, nbviewer or a kernel-less JupyterLab shows: a saved widget view would be
+    "Error displaying widget: model not found"; a finished run leaves a figure and a table."""
+    import glob
+    for path in sorted(glob.glob(str(ROOT / "notebooks" / "*.ipynb"))):
+        nb = nbformat.read(path, as_version=4)
+        views = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.outputs
+                 if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert views == [], f"{path}: cells {views} keep a widget view"
