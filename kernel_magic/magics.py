@@ -95,7 +95,11 @@ class PacketScriptMagics(Magics):
         command, args = argv[0], argv[1:]
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
-            raise UsageError(f"unknown command {command!r}\n\n{LINE_HELP}")
+            import difflib
+            commands = [n[5:] for n in dir(self) if n.startswith("_cmd_")]
+            near = difflib.get_close_matches(command, commands, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise UsageError(f"unknown command {command!r}{hint}\n\n{LINE_HELP}")
         return handler(args)
 
     packetscript_line.__doc__ = LINE_HELP

@@ -96,9 +96,21 @@ class JupyterServer:
         # reset: no layout restored from an earlier page (only this notebook is open)
         return f"{self.url}/{path}?reset&token={self.token}"
 
-    def shutdown_kernels(self) -> None:
-        for kernel in self.api("kernels"):
-            self.api(f"kernels/{kernel['id']}", method="DELETE")
+    def shutdown_kernels(self, seconds: float = 60) -> None:
+        """Shut every kernel down; a kernel still starting answers 500 for a moment."""
+        import urllib.error
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                kernels = self.api("kernels")
+                if not kernels:
+                    return
+                for kernel in kernels:
+                    self.api(f"kernels/{kernel['id']}", method="DELETE")
+            except urllib.error.HTTPError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"kernels did not shut down: {exc}") from None
+                time.sleep(0.5)     # the server gives no event for "kernel ready"
 
     def stop(self) -> None:
         try:

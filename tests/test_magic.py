@@ -268,6 +268,7 @@ def test_send_feeds_running_replay_scripts(ip):
 
 def test_line_magic_mistakes(ip):
     for line, message in [("stop nobody", "no script named"), ("fly", "unknown command"),
+                          ("stpo x", "did you mean 'stop'"),
                           ("send", "usage"), ("send udp client server", "no running script"),
                           ("up --topology ring", "unknown topology"), ("", "Manage")]:
         with pytest.raises(UsageError, match=message):
