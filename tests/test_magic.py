@@ -104,6 +104,9 @@ def test_modified_packets_and_changed_fields(ip):
     assert view["stats"]["continued"] == 5 and view["stats"]["modified"] == 5
     assert all("ip.daddr" in r["changed"] and r["verdict"] == "continue"
                for r in view["recent"])
+    # what the dashboard shows: the value before and after, checksums named once
+    assert view["recent"][0]["changes"] == ["ip.daddr 10.77.0.2 → 10.77.0.9",
+                                            "checksums updated (ip.check, udp.check)"]
 
 
 def test_syntax_error_names_the_cell_line(ip):
