@@ -46,6 +46,10 @@ SEEN = """i => {
   return null;
 }"""
 
+# every image in a dashboard has loaded and has a size (an empty <img> shows a broken icon)
+IMAGES_OK = ("[...document.querySelectorAll('.packetscript-dash img')]"
+             ".every(i => i.complete && i.naturalWidth > 0)")
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -152,7 +156,12 @@ def test_first_hour_in_jupyterlab_and_notebook7(server, browser):
     expect(live.locator(".jp-OutputArea-output", has_text="live:").first).to_be_visible(
         timeout=2_000)
     shot("live-starting")
-    wait_for_more_packets(page, 0)
+    for _ in range(2):                 # before and after its first figure: no broken image
+        page.wait_for_function(f"({SEEN})(0) !== null", timeout=30_000)
+        assert page.evaluate(IMAGES_OK), "a broken image in the dashboard"
+        wait_for_more_packets(page, 0)
+    page.wait_for_function(f"{IMAGES_OK} && document.querySelector('.packetscript-dash img')",
+                           timeout=10_000)
     expect(live.locator(".packetscript-dash")).to_contain_text("running")
     shot("live-running")
     expect(live.locator(".packetscript-summary")).to_be_visible(timeout=60_000)
