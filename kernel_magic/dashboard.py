@@ -146,12 +146,16 @@ def _recent_table(recent: list[dict]) -> str:
     if not recent:
         return "<i>no packets yet</i>"
     rows = []
-    for r, n, oldest in _fold(recent)[:RECENT_ROWS]:
+    shown: set[str] = set()
+    for r, n, oldest in _fold(recent)[:RECENT_ROWS][::-1]:      # oldest first, to see repeats
         style = _VERDICT_STYLE.get(r.get("verdict"), "")
         changes = r.get("changes") or r.get("changed") or []
         changes = changes if isinstance(changes, list) else [str(changes)]
         err = r.get("error") or ""
         short = err if len(err) <= ERROR_TEXT else err[:ERROR_TEXT - 1] + "…"
+        if err and err in shown:
+            short = "same error as below"          # said once in full, in its first row
+        shown.add(err)
         t = f"{r.get('t', 0):.2f}" if n == 1 else f"{oldest:.2f}–{r.get('t', 0):.2f}"
         packet = html.escape(r.get("summary", ""))
         if n > 1:
@@ -159,14 +163,16 @@ def _recent_table(recent: list[dict]) -> str:
         count = f" <b>×{n}</b>" if n > 1 else ""
         rows.append(
             f"<tr><td style='{_CELL};white-space:nowrap'>{t}</td>"
-            f"<td style='{_CELL};white-space:nowrap'><code>{packet}</code></td>"
-            f"<td style='{_CELL};{style}'>{html.escape(str(r.get('verdict')))}</td>"
-            f"<td style='{_CELL}'>{'<br>'.join(html.escape(c) for c in changes)}</td>"
-            f"<td style='{_CELL};color:#c62828' title='{html.escape(err)}'>"
+            f"<td style='{_CELL};white-space:nowrap'><code>{packet}</code>"
+            + "".join(f"<div style='color:#1565c0'>{'' if c.startswith('checksums') else 'changed: '}"
+                      f"{html.escape(c)}</div>" for c in changes)
+            + f"</td><td style='{_CELL};{style}'>{html.escape(str(r.get('verdict')))}</td>"
+            f"<td style='{_CELL};color:#c62828;min-width:14em' title='{html.escape(err)}'>"
             f"{html.escape(short)}{count}</td></tr>")
+    rows.reverse()                                               # newest first again
     head = "".join(f"<th style='{_CELL};white-space:nowrap'>{h}</th>" for h in
-                   ("time (s)", "packet (as it arrived)", "verdict", "changed (before → after)",
-                    "error"))
+                   ("time (s)", "packet as it arrived, and what the script changed (before → "
+                    "after)", "verdict", "error"))
     return (f"<table style='border-collapse:collapse;font-size:0.92em'><tr>{head}</tr>"
             f"{''.join(rows)}</table>")
 

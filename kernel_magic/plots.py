@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 VERDICT_COLOURS = {"accepted": "#2e7d32", "dropped": "#c62828", "continued": "#1565c0"}
 ERRORS_COLOUR = "#ff8f00"       # amber: stands out on top of the red "dropped" line
+MIN_DT = 0.2                    # shorter intervals are merged into the next one
 
 
 def rates(series: list[dict], span: float | None = None) -> dict[str, list[float]]:
@@ -23,18 +24,23 @@ def rates(series: list[dict], span: float | None = None) -> dict[str, list[float
     if span is not None:
         series = [s for s in series if s["t"] <= span + 1e-6]
     out = {"t": [], "bytes": [], "errors": [], **{k: [] for k in VERDICT_COLOURS}}
-    for prev, cur in zip(series, series[1:]):
+    prev = series[0] if series else None
+    for cur in series[1:]:
         dt = cur["t"] - prev["t"]
-        if dt <= 1e-6:
+        if dt < MIN_DT:
+            # a sample right after the last one (the reading at the moment of drawing, the
+            # last one at the end) would show a rate over a few ms: a false drop to zero
             continue
         out["t"].append(cur["t"])
         for key in list(VERDICT_COLOURS) + ["bytes", "errors"]:
             out[key].append(max(0, (cur.get(key) or 0) - (prev.get(key) or 0)) / dt)
+        prev = cur
     return out
 
 
 def figure_png(series: list[dict], title: str = "", *, span: float | None = None,
-               width: float = 8.0, height: float = 3.0, dpi: int = 80) -> bytes:
+               width: float = 8.0, height: float = 3.0, dpi: int = 80,
+               empty: str = "no samples yet") -> bytes:
     """Packets/s by verdict (left) and bytes/s (right) over the run's time, as PNG bytes."""
     r = rates(series, span)
     fig = Figure(figsize=(width, height), dpi=dpi)
@@ -63,7 +69,7 @@ def figure_png(series: list[dict], title: str = "", *, span: float | None = None
             ax.set_xlim(0, end)
         ax.grid(alpha=0.3)
         if not r["t"]:
-            ax.text(0.5, 0.5, "no samples yet", ha="center", va="center",
+            ax.text(0.5, 0.5, empty, ha="center", va="center",
                     transform=ax.transAxes, color="grey")
     if title:
         fig.suptitle(title, fontsize=11)

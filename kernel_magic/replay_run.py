@@ -45,7 +45,7 @@ class ReplayRun:
         self._stop = threading.Event()
         self._counts = dict.fromkeys(("seen", "bytes", "accepted", "dropped", "continued",
                                       "modified", "errors", "queue_drops"), 0)
-        self._series: list[dict] = []
+        self._series: list[dict] = [dict.fromkeys(self._counts, 0) | {"t": 0.0}]
         self._recent: collections.deque = collections.deque(maxlen=RECENT)
         self._old_errors: list[dict] = []
         self._t0 = time.monotonic()

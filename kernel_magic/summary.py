@@ -68,7 +68,7 @@ class RunSummary:
 
     def figure_png(self) -> bytes:
         return plots.figure_png(self.series, title=f"{self.name} ({self.backend})",
-                                span=self.seconds)
+                                span=self.seconds, empty="too short for a rate over time")
 
     def figure_bundle(self) -> dict:
         """The figure as display data, with a text description for text-only viewers."""
