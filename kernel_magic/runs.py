@@ -87,6 +87,10 @@ class Run:
         """Why the run should end now (its last packets counted), or None."""
         if self.deadline is not None and time.monotonic() >= self.deadline \
                 and self.traffic_done():
+            played = getattr(self.handle, "played_all", None)
+            if self.backend == "replay" and self.options.pcap is None and played is not None \
+                    and not played.is_set():
+                return None     # traffic made for exactly this duration: judge all of it
             return "duration reached"
         if self.options.pcap is None and self.options.pace != "fast":
             return None
