@@ -40,6 +40,12 @@ HEADER = struct.Struct("<cI")
 BATCH_HEAD = struct.Struct("<I")            # request: packet count; then lengths, times, blob
 REPLY_HEAD = struct.Struct("<IiId")         # reply: count, blob length (-1: none), meta length,
                                             # seconds the script took
+# The native replay (backends/capture.py, LuaJIT): the child reads a capture file itself.
+CAPTURE, RANGE = b"P", b"G"                 # open a capture (JSON); judge a range of it
+RANGE_HEAD = struct.Struct("<qiqi")         # request: byte offset, most packets, output offset,
+                                            # forced code (-1: run the script)
+RANGE_REPLY = struct.Struct("<qiqdI")       # reply: next offset, packets, output offset, seconds
+                                            # the script took, meta length; then a code per packet
 
 STARTUP_LIMIT = 30.0       # seconds for a child to import lupa: slower means a broken machine
 ADDRESS_SPACE_HEADROOM = 512 << 20
