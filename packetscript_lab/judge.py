@@ -200,8 +200,13 @@ class _Warm:
         self.from_first = False
 
     def keep_ready(self) -> None:
-        """Keep a spare from the first Judge on (long-lived processes: the lab, a notebook)."""
-        self.from_first = True
+        """Keep a spare from the first Judge on (long-lived processes: the lab, a notebook),
+        and start one now: it imports lupa while the lab is built or the notebook loads, so
+        even the first cell costs its compile, not Python's start-up."""
+        with self.lock:
+            self.from_first = True
+            if self.spare is None:
+                self.spare = _Child(DEFAULT_MEMORY_LIMIT)
 
     def take(self, memory_limit: int) -> _Child:
         with self.lock:
@@ -217,6 +222,8 @@ class _Warm:
             return child
 
 
+# What a Judge with Script's default max_memory may add (the spare started ahead is for it).
+DEFAULT_MEMORY_LIMIT = next(p.default for p in _SCRIPT_OPTIONS if p.name == "max_memory") + ADDRESS_SPACE_HEADROOM
 _WARM = _Warm()
 keep_process_ready = _WARM.keep_ready
 
