@@ -122,7 +122,8 @@ class _Capture:
         chunk = g.loadstring(_lua_source("capture.lua"), b"=capture.lua")
         driver = chunk(script._engine, bytes.fromhex(self.request["eth"]))
         out = self.request.get("out")
-        r = driver.open(self.request["path"].encode(), out.encode() if out else None, resume_at)
+        r = driver.open(self.request["path"].encode(), out.encode() if out else None, resume_at,
+                        self.request.get("window"))
         linktype, start = r if isinstance(r, tuple) else (r, None)
         if linktype is None:
             return {"fallback": start.decode() if isinstance(start, bytes) else str(start)}

@@ -99,6 +99,7 @@ def test_native_replay_matches_the_python_path(tmp_path, case):
     assert (native.errors, native.modified, native.eth_changes) == (reference.errors, reference.modified,
                                                                    reference.eth_changes)
     assert native.output == reference.output
+    assert native.output_times == pytest.approx(reference.output_times, abs=1e-6)
     # Times to the microsecond, whatever the file's resolution (the output is a µs pcap).
     expected_frac = 0.123457
     assert [round(t - int(t), 6) for t in native.output_times] == [expected_frac] * len(native.output)
@@ -174,3 +175,19 @@ def test_other_runtimes_and_gzip_take_the_python_path(tmp_path):
     gz.write_bytes(gzip.compress(path.read_bytes()))
     result = replay(SCRIPT, gz)
     assert result._written is None and result.packets == len(varied())
+
+
+@pytest.mark.parametrize("writer", [write_pcap, write_pcapng])
+def test_a_capture_larger_than_the_mapped_window(tmp_path, monkeypatch, writer):
+    """The file is read through a window of two pages here (32 MiB normally): records cross
+    its edges, and the result is the same as reading it whole."""
+    monkeypatch.setattr(capture, "WINDOW", 8192)
+    records = varied() * 40
+    path = tmp_path / "in.cap"
+    writer(path, records, 1, False)
+    assert path.stat().st_size > 5 * 8192
+    native = replay(SCRIPT, path)
+    assert native._written is not None
+    reference = replay(Script(SCRIPT), path)
+    assert native.packets == len(records) and native.verdicts == reference.verdicts
+    assert native.output == reference.output

@@ -21,6 +21,7 @@ from packetscript_lab.judge import (CAPTURE, OK, RANGE, RANGE_HEAD, RANGE_REPLY,
 from packetscript_lab.script import DEFAULT_ETH_HEADER
 
 CHUNK = 8192                     # packets per request
+WINDOW = 32 << 20                # bytes of the capture mapped at a time (memory stays bounded)
 PCAP_HEADER = struct.Struct("<IHHiIII")
 _GZIP = b"\x1f\x8b"
 
@@ -51,7 +52,8 @@ class NativeReplay:
 
     def __init__(self, judge: Judge, path, out_path):
         self.judge, self.path, self.out_path = judge, str(path), out_path and str(out_path)
-        self.request = {"path": self.path, "out": self.out_path, "eth": DEFAULT_ETH_HEADER.hex()}
+        self.request = {"path": self.path, "out": self.out_path, "eth": DEFAULT_ETH_HEADER.hex(),
+                        "window": WINDOW}
         self.opened = None           # the child that has the capture open
         self.codes = [0] * 64
         self.packets = 0

@@ -216,6 +216,7 @@ def _open_capture(path: Path):
 
     def pcap_batches():
         done, offset = 0, 24                 # packets read; byte offset of the next record
+        per_ms = 1e6 if getattr(reader, "nano", False) else 1e3   # ns or µs pcap
         chunk = [first] + list(itertools.islice(packets, BATCH - 1))
         while chunk:
             frames = [d for d, _ in chunk]
@@ -227,7 +228,7 @@ def _open_capture(path: Path):
                 offset += sum(16 + m.caplen for _, m in chunk)
             else:
                 offset += 16 * len(chunk) + sum(map(len, frames))
-            yield frames, [sec * 1000.0 + usec / 1000.0 for _, (sec, usec, _w, _c) in chunk]
+            yield frames, [sec * 1000.0 + frac / per_ms for _, (sec, frac, _w, _c) in chunk]
             done += len(chunk)
             chunk = list(itertools.islice(packets, BATCH))
         if not isinstance(reader.f, gzip.GzipFile) and offset < path.stat().st_size:

@@ -28,7 +28,7 @@ local u8p, u16p, u32p = ffi.typeof("const uint8_t *"), ffi.typeof("const uint16_
 local MAP_FAILED = ffi.cast("void *", -1)
 
 local MAX_RECORD = 262144          -- libpcap's largest packet
-local WINDOW = 32 * 1024 * 1024    -- bytes of the file mapped at a time
+local WINDOW = 32 * 1024 * 1024    -- bytes of the file mapped at a time (open() may change it)
 local PAGE = 4096
 local WORK = 8 * 1024 * 1024       -- bytes of frames per batch at most
 local MAXN = 16384                 -- packets per batch at most
@@ -128,8 +128,9 @@ end
 -- Opens the capture (and the output, a pcap file the caller created with its header).
 -- Returns link type and the offset of the first record, or nil and why the fast path
 -- does not read this file (then the Python reader does, and names any problem).
-function M.open(path, out_path, resume_at)
+function M.open(path, out_path, resume_at, window)
   M.close()
+  if window then WINDOW = math.max(PAGE, window - window % PAGE) end
   fd = C.open(path, 0)
   if fd < 0 then return nil, "cannot open" end
   size = tonumber(C.lseek(fd, 0, 2))
