@@ -208,6 +208,12 @@ class _Warm:
             if self.spare is None:
                 self.spare = _Child(DEFAULT_MEMORY_LIMIT)
 
+    def start_ahead(self) -> None:
+        """Start the next Judge's process now (a one-shot command: no spare after it)."""
+        with self.lock:
+            if self.spare is None:
+                self.spare = _Child(DEFAULT_MEMORY_LIMIT)
+
     def take(self, memory_limit: int) -> _Child:
         with self.lock:
             self.taken += 1
@@ -226,6 +232,7 @@ class _Warm:
 DEFAULT_MEMORY_LIMIT = next(p.default for p in _SCRIPT_OPTIONS if p.name == "max_memory") + ADDRESS_SPACE_HEADROOM
 _WARM = _Warm()
 keep_process_ready = _WARM.keep_ready
+start_process_ahead = _WARM.start_ahead
 
 
 class Judge:
