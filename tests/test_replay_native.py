@@ -191,3 +191,17 @@ def test_a_capture_larger_than_the_mapped_window(tmp_path, monkeypatch, writer):
     reference = replay(Script(SCRIPT), path)
     assert native.packets == len(records) and native.verdicts == reference.verdicts
     assert native.output == reference.output
+
+
+def test_a_pcapng_of_simple_packet_blocks_is_replayed_by_the_python_path(tmp_path):
+    """The driver reads enhanced packet blocks only; a file that starts with another kind
+    of packet block is replayed as before, through the Python reader."""
+    records = varied()[:4]
+    blocks = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
+              _block(1, struct.pack("<HHI", 1, 0, 65535))]
+    blocks += [_block(3, struct.pack("<I", len(d)) + d) for d in records]
+    path = tmp_path / "simple.pcapng"
+    path.write_bytes(b"".join(blocks))
+    result = replay("function process_packet(p) return NF_ACCEPT end", path)
+    assert result._written is None
+    assert result.packets == 4 and result.output == records

@@ -200,10 +200,10 @@ def remove_later(result, path) -> None:
     """Delete a temporary output file when the result goes away."""
     import weakref
 
-    weakref.finalize(result, _unlink, path)
+    weakref.finalize(result, unlink_quietly, path)
 
 
-def _unlink(path) -> None:
+def unlink_quietly(path) -> None:
     try:
         os.unlink(path)
     except OSError:

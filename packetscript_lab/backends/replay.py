@@ -246,7 +246,8 @@ def _open_capture(path: Path):
                                   "replay one interface at a time (split it with editcap or tshark)")
             read[0] += 1
             frames.append(data)
-            times.append(((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
+            # A simple packet block has no time: 0.
+            times.append(0.0 if meta.tshigh is None else ((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
             if len(frames) == BATCH:
                 yield frames, times
                 frames, times = [], []
@@ -422,8 +423,15 @@ def _replay_native(judge, path, out, progress, keep_output, before):
         linktype, start = native.start()
     except capture.Fallback:
         if out is None and out_path:
-            os.unlink(out_path)
+            capture.unlink_quietly(out_path)
         return None
+    result = _run_native(judge, native, path, out, out_path, linktype, start, progress, before)
+    if result is None and out is None and out_path:
+        capture.unlink_quietly(out_path)
+    return result
+
+
+def _run_native(judge, native, path, out, out_path, linktype, start, progress, before):
     _framer(linktype)
     if out_path:
         capture.write_pcap_header(out_path, linktype)
@@ -439,7 +447,13 @@ def _replay_native(judge, path, out, progress, keep_output, before):
         if ended is not None:
             why, offset, out_offset = ended
             if why != "broken":
-                _name_the_problem(path, offset, why)
+                _raise_the_problem(path)
+                if native.packets == 0:
+                    # Records the driver does not read (pcapng simple packet blocks, empty
+                    # packets) from the start: the Python reader replays the file instead.
+                    return None
+                raise ReplayError(f"{path}: cannot replay past byte offset {offset} ({why}) on the "
+                                  "LuaJIT fast path; replay it with --lua 5.1 or rewrite it with editcap")
             _unjudged_rest(judge, path, native, out_path, out_offset)
     finally:
         if bar is not None:
@@ -453,14 +467,12 @@ def _replay_native(judge, path, out, progress, keep_output, before):
     return result
 
 
-def _name_the_problem(path: Path, offset: int, why: str):
-    """The native driver stopped at a record that is not a packet: the checked reader
-    names it (packet number, byte offset, what is wrong)."""
+def _raise_the_problem(path: Path):
+    """The native driver stopped at a record it does not take for a packet: the checked
+    reader names the problem (packet number, byte offset, what is wrong), if it finds one."""
     _linktype, batches = _open_capture(path)
     for _batch in batches:
         pass
-    raise ReplayError(f"{path}: corrupt capture near byte offset {offset}: {why}: "
-                      "the file is truncated or corrupt")
 
 
 def _unjudged_rest(judge, path, native, out_path, out_offset):
