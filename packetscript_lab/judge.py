@@ -40,6 +40,12 @@ HEADER = struct.Struct("<cI")
 BATCH_HEAD = struct.Struct("<I")            # request: packet count; then lengths, times, blob
 REPLY_HEAD = struct.Struct("<IiId")         # reply: count, blob length (-1: none), meta length,
                                             # seconds the script took
+# The native replay (backends/capture.py, LuaJIT): the child reads a capture file itself.
+CAPTURE, RANGE = b"P", b"G"                 # open a capture (JSON); judge a range of it
+RANGE_HEAD = struct.Struct("<qiqi")         # request: byte offset, most packets, output offset,
+                                            # forced code (-1: run the script)
+RANGE_REPLY = struct.Struct("<qiqdI")       # reply: next offset, packets, output offset, seconds
+                                            # the script took, meta length; then a code per packet
 
 STARTUP_LIMIT = 30.0       # seconds for a child to import lupa: slower means a broken machine
 ADDRESS_SPACE_HEADROOM = 512 << 20
@@ -194,8 +200,19 @@ class _Warm:
         self.from_first = False
 
     def keep_ready(self) -> None:
-        """Keep a spare from the first Judge on (long-lived processes: the lab, a notebook)."""
-        self.from_first = True
+        """Keep a spare from the first Judge on (long-lived processes: the lab, a notebook),
+        and start one now: it imports lupa while the lab is built or the notebook loads, so
+        even the first cell costs its compile, not Python's start-up."""
+        with self.lock:
+            self.from_first = True
+            if self.spare is None:
+                self.spare = _Child(DEFAULT_MEMORY_LIMIT)
+
+    def start_ahead(self) -> None:
+        """Start the next Judge's process now (a one-shot command: no spare after it)."""
+        with self.lock:
+            if self.spare is None:
+                self.spare = _Child(DEFAULT_MEMORY_LIMIT)
 
     def take(self, memory_limit: int) -> _Child:
         with self.lock:
@@ -211,8 +228,11 @@ class _Warm:
             return child
 
 
+# What a Judge with Script's default max_memory may add (the spare started ahead is for it).
+DEFAULT_MEMORY_LIMIT = next(p.default for p in _SCRIPT_OPTIONS if p.name == "max_memory") + ADDRESS_SPACE_HEADROOM
 _WARM = _Warm()
 keep_process_ready = _WARM.keep_ready
+start_process_ahead = _WARM.start_ahead
 
 
 class Judge:

@@ -14,9 +14,9 @@ import sys
 import threading
 import time
 
-from packetscript_lab.judge import (BATCH, BATCH_HEAD, COMPILE, FAILED, HEADER, OK, READY,
-                                    REPLY_HEAD)
-from packetscript_lab.script import Script, ScriptError
+from packetscript_lab.judge import (BATCH, BATCH_HEAD, CAPTURE, COMPILE, FAILED, HEADER, OK,
+                                    RANGE, RANGE_HEAD, RANGE_REPLY, READY, REPLY_HEAD)
+from packetscript_lab.script import Script, ScriptError, _error_records, _lua_source
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -100,6 +100,62 @@ def _batch(script: Script, payload: bytes, output: _Output) -> bytes:
                      bytes(codes), blob or b"", meta_bytes])
 
 
+class _Capture:
+    """The native replay driver (lua/capture.lua) in the script's own Lua runtime: the
+    capture is read, judged and written there, in batches, without a Python object per
+    packet. Loaded again (and the file opened again at the same place) when the Script
+    replaced its runtime."""
+
+    def __init__(self):
+        self.request = None
+        self.engine = None
+        self.driver = None
+
+    def open(self, script: Script, payload: bytes) -> dict:
+        self.request = json.loads(payload)
+        return self._load(script, self.request.get("resume_at", 0))
+
+    def _load(self, script: Script, resume_at: int) -> dict:
+        if script.lua != "luajit":
+            return {"fallback": "the native replay runs on LuaJIT only"}
+        g = script._lua.globals()
+        chunk = g.loadstring(_lua_source("capture.lua"), b"=capture.lua")
+        driver = chunk(script._engine, bytes.fromhex(self.request["eth"]))
+        out = self.request.get("out")
+        r = driver.open(self.request["path"].encode(), out.encode() if out else None, resume_at,
+                        self.request.get("window"))
+        linktype, start = r if isinstance(r, tuple) else (r, None)
+        if linktype is None:
+            return {"fallback": start.decode() if isinstance(start, bytes) else str(start)}
+        self.engine, self.driver = script._engine, driver
+        return {"linktype": int(linktype), "start": int(start)}
+
+    def run(self, script: Script, payload: bytes, output: _Output) -> bytes:
+        offset, most, out_offset, forced = RANGE_HEAD.unpack(payload)
+        if self.driver is None or script._engine is not self.engine:
+            if self.request is None or "fallback" in self._load(script, offset):
+                raise SystemExit(3)          # the parent falls back as for a dead process
+        started = time.monotonic()
+        r = script._enter(self.driver.run, offset, most, out_offset, forced)
+        took = time.monotonic() - started
+        if r is None:                        # the runtime failed outside the script: a crash
+            raise SystemExit(3)
+        nxt, n, out_end, codes, errs, nout, stop = r
+        if nout:
+            script._drain_output()
+        meta = {}
+        if errs:
+            meta["errors"] = [[i, script._message(m), script._line(line)] for i, m, line in _error_records(errs)]
+        lines = output.new(script)
+        if lines:
+            meta["output"] = lines
+        if stop is not None:
+            meta["stop"] = stop.decode("utf-8", "replace")
+        meta_bytes = json.dumps(meta).encode() if meta else b""
+        return b"".join([RANGE_REPLY.pack(int(nxt), int(n), int(out_end), took, len(meta_bytes)),
+                         codes, meta_bytes])
+
+
 def main(argv: list[str]) -> int:
     parent_pid, memory_limit = int(argv[0]), int(argv[1])
     out_fd = os.dup(1)
@@ -109,7 +165,7 @@ def main(argv: list[str]) -> int:
     if memory_limit:
         _limit_address_space(memory_limit)
     _send(out_fd, READY, b"")
-    script, output = None, _Output()
+    script, output, capture = None, _Output(), _Capture()
     while True:
         head = inp.read(HEADER.size)
         if len(head) < HEADER.size:
@@ -121,6 +177,10 @@ def main(argv: list[str]) -> int:
             _send(out_fd, OK if script is not None else FAILED, json.dumps(reply).encode())
         elif kind == BATCH and script is not None:
             _send(out_fd, OK, _batch(script, payload, output))
+        elif kind == CAPTURE and script is not None:
+            _send(out_fd, OK, json.dumps(capture.open(script, payload)).encode())
+        elif kind == RANGE and script is not None:
+            _send(out_fd, OK, capture.run(script, payload, output))
         else:
             return 2
 

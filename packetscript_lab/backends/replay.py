@@ -13,12 +13,15 @@ import itertools
 import logging
 import os
 import re
+import shutil
+import tempfile
 import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packetscript_lab import verdicts
+from packetscript_lab.backends import capture
 from packetscript_lab.judge import Judge
 from packetscript_lab.script import DEFAULT_ETH_HEADER, Script
 
@@ -58,6 +61,10 @@ class ReplayResult:
     _batches: list = field(default_factory=list, repr=False)
     _output: list = field(default_factory=list, repr=False)
     _output_times: list = field(default_factory=list, repr=False)
+    # The native path writes the output to a pcap file (``out`` or a temporary one) and
+    # reads it back only when ``output`` is asked for.
+    _output_file: str | None = field(default=None, repr=False)
+    _written: str | None = field(default=None, repr=False)
 
     @property
     def output(self) -> list:
@@ -72,6 +79,12 @@ class ReplayResult:
         return self._output_times
 
     def _cut_batches(self) -> None:
+        if self._output_file is not None:
+            path, self._output_file = self._output_file, None
+            _, batches = _open_capture(Path(path))
+            for frames, times in batches:
+                self._output += frames
+                self._output_times += [t / 1000 for t in times]
         for batch in self._batches:
             _collect_output(self, *batch)
         self._batches.clear()
@@ -101,6 +114,11 @@ class ReplayResult:
     def write(self, path: str | os.PathLike) -> None:
         """Write the output packets to a pcap file with the input's link type and times."""
         from scapy.utils import RawPcapWriter
+
+        if self._written is not None and self._output_file is not None:
+            if os.path.abspath(self._written) != os.path.abspath(path):
+                shutil.copyfile(self._written, path)
+            return
 
         with RawPcapWriter(str(path), linktype=self.linktype, sync=False) as writer:
             writer.write_header(None)
@@ -198,6 +216,7 @@ def _open_capture(path: Path):
 
     def pcap_batches():
         done, offset = 0, 24                 # packets read; byte offset of the next record
+        per_ms = 1e6 if getattr(reader, "nano", False) else 1e3   # ns or µs pcap
         chunk = [first] + list(itertools.islice(packets, BATCH - 1))
         while chunk:
             frames = [d for d, _ in chunk]
@@ -209,7 +228,7 @@ def _open_capture(path: Path):
                 offset += sum(16 + m.caplen for _, m in chunk)
             else:
                 offset += 16 * len(chunk) + sum(map(len, frames))
-            yield frames, [sec * 1000.0 + usec / 1000.0 for _, (sec, usec, _w, _c) in chunk]
+            yield frames, [sec * 1000.0 + frac / per_ms for _, (sec, frac, _w, _c) in chunk]
             done += len(chunk)
             chunk = list(itertools.islice(packets, BATCH))
         if not isinstance(reader.f, gzip.GzipFile) and offset < path.stat().st_size:
@@ -227,7 +246,8 @@ def _open_capture(path: Path):
                                   "replay one interface at a time (split it with editcap or tshark)")
             read[0] += 1
             frames.append(data)
-            times.append(((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
+            # A simple packet block has no time: 0.
+            times.append(0.0 if meta.tshigh is None else ((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
             if len(frames) == BATCH:
                 yield frames, times
                 frames, times = [], []
@@ -357,6 +377,10 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
 
 def _replay(script, packets_or_path, out, progress, keep_output) -> ReplayResult:
     before = script.counts() if isinstance(script, Judge) else None
+    if isinstance(packets_or_path, (str, os.PathLike)) and capture.usable(script, packets_or_path):
+        result = _replay_native(script, Path(packets_or_path), out, progress, keep_output, before)
+        if result is not None:
+            return result
     if isinstance(packets_or_path, (str, os.PathLike)):
         path = Path(packets_or_path)
         linktype, batches = _open_capture(path)
@@ -375,19 +399,115 @@ def _replay(script, packets_or_path, out, progress, keep_output) -> ReplayResult
     result.elapsed = time.perf_counter() - started
     if bar is not None:
         bar.close()
-    result.verdicts = {v: sum(n for c, n in enumerate(codes_seen) if c & 3 == i)
-                       for i, v in enumerate(verdicts.BY_CODE)}
-    result.errors = sum(n for c, n in enumerate(codes_seen) if c & 8)
-    # Raw-IP and cooked captures cannot keep a changed Ethernet header: only what follows counts.
-    changed = 32 if to_eth else 4
-    result.modified = sum(n for c, n in enumerate(codes_seen) if c & changed)
-    result.eth_changes = sum(n for c, n in enumerate(codes_seen) if c & 16) if to_eth else 0
+    _tally(result, codes_seen, to_eth is not None)
     if before is not None:
         for key, value in script.counts().items():
             setattr(result, key, value - before[key])
     if out is not None:
         result.write(out)
     return result
+
+
+def _replay_native(judge, path, out, progress, keep_output, before):
+    """The capture read, judged and written inside the judge's process (LuaJIT); None when
+    its driver does not read this file (then the Python reader does)."""
+    out_path = None
+    if out is not None:
+        out_path = str(out)
+        open(out_path, "wb").close()
+    elif keep_output:
+        fd, out_path = tempfile.mkstemp(prefix="packetscript-replay-", suffix=".pcap")
+        os.close(fd)
+    native = capture.NativeReplay(judge, path, out_path)
+    try:
+        linktype, start = native.start()
+    except capture.Fallback:
+        if out is None and out_path:
+            capture.unlink_quietly(out_path)
+        return None
+    result = _run_native(judge, native, path, out, out_path, linktype, start, progress, before)
+    if result is None and out is None and out_path:
+        capture.unlink_quietly(out_path)
+    return result
+
+
+def _run_native(judge, native, path, out, out_path, linktype, start, progress, before):
+    _framer(linktype)
+    if out_path:
+        capture.write_pcap_header(out_path, linktype)
+    result = ReplayResult(linktype=linktype, script=judge)
+    if out is None and out_path:
+        capture.remove_later(result, out_path)
+    if out_path:
+        result._output_file = result._written = out_path
+    bar = _progress_bar(progress, path.stat().st_size)
+    started = time.perf_counter()
+    try:
+        ended = native.run(start, bar.update if bar is not None else None)
+        if ended is not None:
+            why, offset, out_offset = ended
+            if why != "broken":
+                _raise_the_problem(path)
+                if native.packets == 0:
+                    # Records the driver does not read (pcapng simple packet blocks, empty
+                    # packets) from the start: the Python reader replays the file instead.
+                    return None
+                raise ReplayError(f"{path}: cannot replay past byte offset {offset} ({why}) on the "
+                                  "LuaJIT fast path; replay it with --lua 5.1 or rewrite it with editcap")
+            _unjudged_rest(judge, path, native, out_path, out_offset)
+    finally:
+        if bar is not None:
+            bar.close()
+    result.elapsed = time.perf_counter() - started
+    result.packets = native.packets
+    _tally(result, native.codes, linktype not in (ETHERNET,))
+    if before is not None:
+        for key, value in judge.counts().items():
+            setattr(result, key, value - before[key])
+    return result
+
+
+def _raise_the_problem(path: Path):
+    """The native driver stopped at a record it does not take for a packet: the checked
+    reader names the problem (packet number, byte offset, what is wrong), if it finds one."""
+    _linktype, batches = _open_capture(path)
+    for _batch in batches:
+        pass
+
+
+def _unjudged_rest(judge, path, native, out_path, out_offset):
+    """No process could be started to go on: the rest gets the error verdict, unjudged,
+    as Judge.run_many gives it."""
+    _linktype, batches = _open_capture(path)
+    skip, code = native.packets, judge._error_code
+    with open(out_path, "r+b") if out_path else contextlib.nullcontext() as f:
+        if f is not None:
+            f.seek(out_offset)
+            f.truncate()
+        for frames, times in batches:
+            if skip >= len(frames):
+                skip -= len(frames)
+                continue
+            frames, times, skip = frames[skip:], times[skip:], 0
+            native.codes[code] += len(frames)
+            native.packets += len(frames)
+            for _ in frames:
+                judge._error(judge._broken or "not judged: the script's process could not be started")
+            judge.unjudged += len(frames)
+            if f is not None and code & 3:
+                for data, t in zip(frames, times):
+                    sec, usec = divmod(round(t * 1000), 1_000_000)
+                    f.write(struct.pack("<IIII", sec, usec, len(data), len(data)) + data)
+
+
+def _tally(result, codes_seen, framed):
+    result.verdicts = {v: sum(n for c, n in enumerate(codes_seen) if c & 3 == i)
+                       for i, v in enumerate(verdicts.BY_CODE)}
+    result.errors = sum(n for c, n in enumerate(codes_seen) if c & 8)
+    # Raw-IP and cooked captures cannot keep a changed Ethernet header: only what follows counts.
+    changed = 32 if framed else 4
+    result.modified = sum(n for c, n in enumerate(codes_seen) if c & changed)
+    result.eth_changes = sum(n for c, n in enumerate(codes_seen) if c & 16) if framed else 0
 
 
 def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_seen, bar):

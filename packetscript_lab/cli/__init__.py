@@ -38,7 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run a script in a Judge: its process starts before the command line's own
+# imports, so Python's and lupa's start-up there overlap them.
+_JUDGED = ("replay", "check")
+
+
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] and words[0] in _JUDGED and not {"-h", "--help"} & set(words):
+        from packetscript_lab.judge import start_process_ahead
+        start_process_ahead()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

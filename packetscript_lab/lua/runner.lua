@@ -420,6 +420,54 @@ if ffi then
   end
 end
 
+-- Frames already in FFI memory (the capture driver, capture.lua, reads them straight from
+-- the file): base holds them back to back and is judged in place, original is a copy to
+-- compare with, L their int32 lengths, T their times in ms; one code byte each goes to
+-- results, as run_batch. Returns the errors as run_batch does and the printed lines waiting.
+if ffi then
+  function E.run_frames(base, original, L, T, count, results)
+    local errs, i, off = {}, 0, 0
+    local function loop()
+      while i < count do
+        local n = L[i]
+        A.set_buffer(base + off)
+        A.begin(n)
+        now_ms = floor(T[i])
+        cur_p = A.packet(n)
+        arm(BUDGET)
+        ret_line = nil
+        local v = call_user()
+        if exhausted then error(budget_text, 0) end
+        local code = verdict_code(v)
+        if not code then pending = bad_verdict(v); error(pending, 0) end
+        if A.dirty() then
+          local head = n < 14 and n or 14
+          local eth = memcmp(base + off, original + off, head) ~= 0
+          local rest = memcmp(base + off + head, original + off + head, n - head) ~= 0
+          if eth or rest then
+            if FIX then A.fix_checksums(n) end
+            code = code + 4 + (eth and 16 or 0) + (rest and 32 or 0)
+          end
+        end
+        results[i] = code
+        off = off + n
+        i = i + 1
+      end
+    end
+    while true do
+      local ok, err = xpcall(loop, handler)
+      if ok then break end
+      err = as_error(err)
+      errs[#errs + 1] = sformat("%d:%d:%d:", i, err[2] or 0, #err[1]) .. err[1]
+      ffi.copy(base + off, original + off, L[i])
+      results[i] = ON_ERROR + 8
+      off = off + L[i]
+      i = i + 1
+    end
+    return concat(errs), #OUT
+  end
+end
+
 -- Frees what the script no longer holds; returns the memory in use, in KiB.
 function E.collect()
   collectgarbage("collect")
