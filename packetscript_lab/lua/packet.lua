@@ -12,7 +12,7 @@
 
 local A = ...                      -- api table filled here, returned to runner.lua
 local floor, type, error, tostring, tonumber = math.floor, type, error, tostring, tonumber
-local setmetatable, getmetatable, pairs, ipairs, rawget, rawequal = setmetatable, getmetatable, pairs, ipairs, rawget, rawequal
+local setmetatable, getmetatable, pairs, ipairs, rawget, rawequal, pcall = setmetatable, getmetatable, pairs, ipairs, rawget, rawequal, pcall
 local sbyte, schar, sformat, sfind = string.byte, string.char, string.format, string.find
 
 local B                            -- current packet buffer (set by the runner)
@@ -24,7 +24,20 @@ local fix_addr_checksum = false    -- kernel-style incremental IP checksum on ad
 function A.set_buffer(buf) B = buf end
 function A.begin(len) PLEN = len; dirty = false; GEN = GEN + 1 end
 function A.dirty() return dirty end
-function A.configure(opts) fix_addr_checksum = opts.kernel_address_checksum end
+local SKB                          -- the script's `skb` argument (set by the runner)
+local guard = function(...) return ... end   -- the runner's check after a protected call
+function A.configure(opts)
+  fix_addr_checksum = opts.kernel_address_checksum
+  SKB, guard = opts.skb, opts.guard or guard
+end
+
+-- A whole number given as a number or a numeric string, as Lua 5.1's luaL_checkinteger
+-- takes it (the module's setters read their argument that way); nil when it is neither.
+local function whole(v)
+  if type(v) == "string" then v = tonumber(v) end
+  if type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge then return nil end
+  return v
+end
 
 local function wr(i, v)
   if B[i] ~= v then B[i] = v; dirty = true end
@@ -52,21 +65,26 @@ local function ba_state(a, i)
     error("this byte array views an earlier packet: copy the bytes you need to keep", 0)
   end
   if type(i) ~= "number" then
-    error("byte arrays are indexed with integers from 0 (got " .. type(i) .. ")", 0)
+    local n = whole(i)
+    if not n then error("byte arrays are indexed with integers from 0 (got " .. type(i) .. ")", 0) end
+    i = n
   end
   if i < 0 or i >= st.n or i % 1 ~= 0 then
     error("index out of range: " .. tostring(i) .. " (byte array of length " .. st.n .. ")", 0)
   end
-  return st
+  return st, i
 end
 ba_mt.__index = function(a, i)
-  local st = ba_state(a, i)
+  local st
+  st, i = ba_state(a, i)
   if st.t then return st.t[i] end
   return B[st.o + i]
 end
 ba_mt.__newindex = function(a, i, v)
-  local st = ba_state(a, i)
-  if type(v) ~= "number" or v < 0 or v > 255 or v % 1 ~= 0 then
+  local st
+  st, i = ba_state(a, i)
+  if type(v) ~= "number" then v = whole(v) end
+  if not v or v < 0 or v > 255 or v % 1 ~= 0 then
     error("cannot cast value to char: byte values are integers 0..255", 0)
   end
   if st.t then st.t[i] = v else wr(st.o + i, v) end
@@ -224,8 +242,12 @@ end
 local function raw_get(f) return ba_copy(SO[f], SN[f]) end
 local function raw_set(f, v)          -- fill with one byte value, or copy a byte array in
   if type(v) ~= "number" then
-    if not ba_read(v) then error("cannot cast value to char: give a byte value 0..255 or a byte array", 0) end
-    return setdata(f, v)
+    local n = whole(v)
+    if not n then
+      if not ba_read(v) then error("cannot cast value to char: give a byte value 0..255 or a byte array", 0) end
+      return setdata(f, v)
+    end
+    v = n
   end
   if v < 0 or v > 255 or v % 1 ~= 0 then error("cannot cast value to char: " .. tostring(v), 0) end
   for i = SO[f], SO[f] + SN[f] - 1 do wr(i, v) end
@@ -238,7 +260,10 @@ local function int_get(f)
   return v
 end
 local function int_set(f, v)
-  if type(v) ~= "number" then error("this field is set from a number, got " .. type(v), 0) end
+  if type(v) ~= "number" then
+    v = whole(v)
+    if not v then error("this field is set from a number, got " .. type(v), 0) end
+  end
   v = floor(floor(v) % 256 ^ SN[f])  -- truncated to the field width, as the C setters do
   for i = SO[f] + SN[f] - 1, SO[f], -1 do wr(i, floor(v % 256)); v = floor(v / 256) end
   return true
@@ -247,7 +272,8 @@ local function nib_hi_get(f) return floor(B[SO[f]] / 16) end
 local function nib_lo_get(f) return B[SO[f]] % 16 end
 local function nib_set(hi, lo_bound, hi_bound, msg)
   return function(f, v)
-    if type(v) ~= "number" or v % 1 ~= 0 or v < lo_bound or v > hi_bound then error(msg, 0) end
+    v = whole(v)
+    if not v or v % 1 ~= 0 or v < lo_bound or v > hi_bound then error(msg, 0) end
     local b = B[SO[f]]
     if hi then wr(SO[f], v * 16 + b % 16) else wr(SO[f], b - b % 16 + v) end
     return true
@@ -255,7 +281,8 @@ local function nib_set(hi, lo_bound, hi_bound, msg)
 end
 -- Bit fields: n counts from the most significant bit of the field's byte, starting at 1.
 local function bit_index(n)
-  if type(n) ~= "number" or n < 1 or n > 8 or n % 1 ~= 0 then
+  n = whole(n)
+  if not n or n < 1 or n > 8 or n % 1 ~= 0 then
     error("bit number must be 1..8 (1 is the most significant bit)", 0)
   end
   return floor(2 ^ (8 - n))
@@ -291,18 +318,34 @@ end
 local function addr_get(f)
   return B[SO[f]] .. "." .. B[SO[f] + 1] .. "." .. B[SO[f] + 2] .. "." .. B[SO[f] + 3]
 end
-local function addr_set(f, s)
+-- An incremental checksum update at c for a 4-byte change old1 old2 -> new at o (RFC 1624).
+local function csum_replace4(c, old1, old2, o)
+  local s2 = (0xffff - get16(c)) + (0xffff - old1) + get16(o) + (0xffff - old2) + get16(o + 2)
+  local v = 0xffff - fold(s2)
+  B[c] = floor(v / 256); B[c + 1] = v % 256
+end
+-- Where the TCP or UDP checksum of the address's packet is, when the module would patch it
+-- (given skb): a first or only fragment of TCP or UDP whose checksum lies in the packet.
+local function l4_check_at(ip)
+  local pr, ihl = B[ip + 9], (B[ip] % 16) * 4
+  if B[ip + 6] % 32 ~= 0 or B[ip + 7] ~= 0 then return nil end      -- a later fragment
+  local c = (pr == 6 and ip + ihl + 16) or (pr == 17 and ip + ihl + 6) or nil
+  if not c or c + 2 > PLEN then return nil end
+  if pr == 17 and B[c] == 0 and B[c + 1] == 0 then return nil end   -- UDP without checksum
+  return c
+end
+local function addr_set(f, s, skb)
   local a = parse_addr(s)
   local old1, old2 = get16(SO[f]), get16(SO[f] + 2)
   local o = SO[f]                     -- written out: a 4-step loop would cost LuaJIT a trace
   wr(o, a[1]); wr(o + 1, a[2]); wr(o + 2, a[3]); wr(o + 3, a[4])
   local ip = fix_addr_checksum and ip_header(f, "set")
   if ip then
-    -- What xt_LUA does in the kernel: an incremental IP header checksum update (RFC 1624).
-    local c = ip + 10
-    local s2 = (0xffff - get16(c)) + (0xffff - old1) + get16(SO[f]) + (0xffff - old2) + get16(SO[f] + 2)
-    local v = 0xffff - fold(s2)
-    B[c] = floor(v / 256); B[c + 1] = v % 256
+    -- What xt_LUA does in the kernel: the IP header checksum updated incrementally, and
+    -- with the skb argument the TCP or UDP checksum too (inet_proto_csum_replace4).
+    csum_replace4(ip + 10, old1, old2, o)
+    local c = skb ~= nil and rawequal(skb, SKB) and l4_check_at(ip)
+    if c then csum_replace4(c, old1, old2, o) end
   end
   return true
 end
@@ -335,6 +378,7 @@ local function protocol(def)
   local m = p.methods
   function m.raw(seg, off, len)
     local st = state(seg, "raw")
+    off, len = whole(off) or off, whole(len) or len
     if type(off) ~= "number" or type(len) ~= "number" or off % 1 ~= 0 or len % 1 ~= 0 then
       error("raw(offset, length) takes two whole numbers", 0)
     end
@@ -413,7 +457,8 @@ protocol { id = 2, name = "packet_ip", payload = "data",
     { "frag_off", 51, 13,
       function(f) return (B[SO[f]] % 32) * 256 + B[SO[f] + 1] end,
       function(f, v)
-        if type(v) ~= "number" then error("frag_off is set from a number", 0) end
+        v = whole(v)
+        if not v then error("frag_off is set from a number", 0) end
         v = floor(v) % 8192
         wr(SO[f], B[SO[f]] - B[SO[f]] % 32 + floor(v / 256)); wr(SO[f] + 1, v % 256)
         return true
@@ -584,9 +629,23 @@ function A.register_dynamic_protbuf(t)
     if type(fname) ~= "string" or type(bo) ~= "number" or type(bl) ~= "number" then
       error("register_dynamic_protbuf: field " .. i .. " must be {name, bit_offset, bit_length, getter, setter}", 0)
     end
+    -- As in the module, a getter or setter that raises makes get() or set() return false
+    -- (a spent budget still ends the packet: guard re-raises it).
     local get, set
-    if gname then get = function(f) return callback(gname, "getter")(ba_view(SO[f], SN[f])) end end
-    if sname then set = function(f, v) return callback(sname, "setter")(ba_view(SO[f], SN[f]), v) end end
+    if gname then
+      get = function(f)
+        local ok, v = guard(pcall(callback(gname, "getter"), ba_view(SO[f], SN[f])))
+        if ok then return v end
+        return false
+      end
+    end
+    if sname then
+      set = function(f, v)
+        local ok, r = guard(pcall(callback(sname, "setter"), ba_view(SO[f], SN[f]), v))
+        if ok then return r end
+        return false
+      end
+    end
     fields[i] = { fname, bo, bl, get, set }
   end
   local payload, has_name, changes_name = t.payload_field, t.has_protocol, t.get_field_changes
