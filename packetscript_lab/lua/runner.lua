@@ -4,7 +4,7 @@
 
 local load_packet_api, instrumenter, cfg = ...
 local A = {}
-load_packet_api(A)
+load_packet_api(A, cfg.protocols)
 
 local type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable, rawget =
       type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable, rawget
