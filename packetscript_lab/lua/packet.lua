@@ -496,7 +496,7 @@ end
 -- A run of bits that need not start or end on a byte (IPv6 traffic class, flow label).
 local function bitfield(fd)
   local tail = (8 - (fd.bit_offset + fd.bit_length) % 8) % 8   -- bits after it in its last byte
-  local unit, span = 2 ^ tail, 2 ^ fd.bit_length
+  local unit, span = floor(2 ^ tail), floor(2 ^ fd.bit_length)   -- integers on 5.4 too
   local function get(f)
     local v = 0
     for i = SO[f], SO[f] + SN[f] - 1 do v = v * 256 + B[i] end

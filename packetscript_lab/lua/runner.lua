@@ -369,11 +369,13 @@ end
 -- An IP packet behind the synthetic Ethernet header set with set_eth: one number (code,
 -- +4 if the IP packet or header changed, +8 if the script failed, +16 if the Ethernet
 -- header changed, +32 if lines were printed), and the new IP packet when it changed.
-local ETH, LAST_ERR = string.rep("\0", 14), nil
-function E.set_eth(h) ETH = h end
+-- The header's type says IPv4 (0x0800) or, for a packet whose version nibble is 6, IPv6.
+local ETH4, ETH6, LAST_ERR = string.rep("\0", 14), string.rep("\0", 14), nil
+function E.set_eth(h) ETH4, ETH6 = ssub(h, 1, 12) .. "\8\0", ssub(h, 1, 12) .. "\134\221" end
 function E.last_error() return LAST_ERR[1], LAST_ERR[2] end
 function E.run_ip(s, ts)
   local n = #s + 14
+  local ETH = (sbyte(s, 1) or 0) >= 0x60 and (sbyte(s, 1) or 0) < 0x70 and ETH6 or ETH4
   ensure(n)
   if ffi then ffi.copy(buf, ETH, 14); ffi.copy(buf + 14, s, n - 14) else load_string(ETH .. s, n) end
   A.set_buffer(buf)
