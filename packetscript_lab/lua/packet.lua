@@ -4,7 +4,11 @@
 -- buffers of xt_LUA (raw, eth, ip, icmp, tcp, tcp_opt, udp, tftp and Lua-defined
 -- protocols) with the same names, type ids, fields and verdicts, minus its bugs: field
 -- objects stay bound to their field, every access is bounds-checked, and offsets follow
--- the headers (IHL, TCP data offset, TFTP opcode).
+-- the headers (IHL, TCP data offset, TFTP opcode). Beyond xt_LUA: IPv6 (ip6, icmp6).
+--
+-- Which protocols exist, their ids, fields, offsets and widths, and how a layer finds the
+-- next come from the protocol table (packetscript_lab/core/protocols.py, handed over as
+-- TABLE); this file implements the field kinds and locators the table names.
 --
 -- The packet lives in `B`, indexed from 0: an FFI uint8_t* on LuaJIT, a Lua table
 -- elsewhere. Both accept B[i] and B[i] = v, so the same code serves every runtime.
