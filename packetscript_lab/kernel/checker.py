@@ -351,7 +351,7 @@ class _Walker:
         if self.kernel and node.id in _LAB_ONLY and not self.is_local(node.id):
             self.add("not-in-xt-lua", f"`{node.id}` is the lab's own (IPv6 is beyond xt_LUA): "
                      "the kernel module has no such protocol buffer",
-                     "keep IPv6 scripts to the lab (replay, live lab), or handle only IPv4 packets")
+                     "keep IPv6 scripts to the lab (replay), or handle only IPv4 packets")
         if node.id in self.absent and not self.is_local(node.id):
             what = "strings have no methods and there is no string library" \
                 if node.id == "string" else f"`{node.id}` does not exist"
