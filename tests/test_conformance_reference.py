@@ -280,3 +280,11 @@ t:opcode():set(4)
     assert r.error is not None and "opcode 5" in r.error.message
     table = _differences()
     assert "big-endian" in table and "ERROR" in table
+
+
+@pytest.mark.parametrize("lua", RUNTIMES)
+def test_dynamic_callback_name_that_is_no_function_is_named(lua):
+    src = DYN.replace('"ok_get", "ok_set"', '"no_such_getter", "ok_set"')
+    r = Script(src, lua=lua).run(udp_frame())
+    assert r.error is not None and "no_such_getter" in r.error.message
+    assert "no global function" in _differences()
