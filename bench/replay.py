@@ -4,7 +4,7 @@ Both loops run in this process, one after the other, several rounds: the figure 
 counts is the ratio, since the machine is shared and absolute speeds wander. Target:
 replay >= 0.5 of the read-only loop's packets/s.
 
-    python bench/replay.py [--packets 200000] [--rounds 3] [--lua luajit]
+    python bench/replay.py [--packets 200000] [--rounds 3] [--lua luajit] [--in-process]
 """
 from __future__ import annotations
 
@@ -50,13 +50,16 @@ def read_only(path: Path) -> float:
     return n / (time.perf_counter() - start)
 
 
-def replay_pps(path: Path, lua: str) -> tuple[float, float]:
-    """Packets/s of replay() as called (counts only), and with the output list cut out."""
+def replay_pps(path: Path, lua: str, in_process: bool) -> tuple[float, float]:
+    """Packets/s of replay() as called (counts only), and with the output list cut out.
+
+    As the CLI does, replay() gets the source and runs it in a watched Judge process;
+    ``in_process`` hands it a Script instead (the unwatched engine, for comparison)."""
     from packetscript_lab import Script, replay
 
-    script = Script(DNAT, lua=lua)
+    script = Script(DNAT, lua=lua) if in_process else None
     start = time.perf_counter()
-    result = replay(script, path)
+    result = replay(script, path) if in_process else replay(DNAT, path, lua=lua)
     counted = time.perf_counter() - start
     assert result.verdicts["continue"] == result.packets and result.errors == 0
     n = len(result.output)
@@ -70,6 +73,8 @@ def main() -> int:
     parser.add_argument("--packets", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--lua", default="luajit", choices=("luajit", "5.1", "5.4"))
+    parser.add_argument("--in-process", action="store_true",
+                        help="run a Script in this process instead of the watched Judge")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pcap"
@@ -77,14 +82,15 @@ def main() -> int:
         ratios, out_ratios, base, ours, ours_out = [], [], [], [], []
         for _ in range(args.rounds):
             b = read_only(path)
-            r, r_out = replay_pps(path, args.lua)
+            r, r_out = replay_pps(path, args.lua, args.in_process)
             base.append(b)
             ours.append(r)
             ours_out.append(r_out)
             ratios.append(r / b)
             out_ratios.append(r_out / b)
     ratio = statistics.median(ratios)
-    print(f"packets: {args.packets}, rounds: {args.rounds}, lua: {args.lua}")
+    print(f"packets: {args.packets}, rounds: {args.rounds}, lua: {args.lua}, "
+          f"{'Script in this process' if args.in_process else 'Judge process'}")
     print(f"read-only RawPcapReader loop: {statistics.median(base):>10,.0f} packets/s (median)")
     print(f"replay, DNAT example:         {statistics.median(ours):>10,.0f} packets/s (median)")
     print(f"replay + output list as bytes:{statistics.median(ours_out):>10,.0f} packets/s (median)")

@@ -13,6 +13,8 @@ _magics = None
 
 def load_ipython_extension(ipython) -> None:
     global _magics
+    if _magics is not None and _magics.shell is ipython:
+        return        # already loaded here (the PacketScript Lab kernel loads it at start-up)
     from kernel_magic.magics import PacketScriptMagics
     _magics = PacketScriptMagics(ipython)
     ipython.register_magics(_magics)

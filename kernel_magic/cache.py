@@ -3,7 +3,9 @@
 What is kept per hash: the compile result (an unchanged cell that failed fails again at
 once, with the same message) and the kernel-portability findings of ``--profile kernel``
 cells. Each run still gets a freshly compiled Script, because a script's globals are its
-state and a re-run cell starts from a clean state, as a reloaded xt_LUA rule does.
+state and a re-run cell starts from a clean state, as a reloaded xt_LUA rule does. The
+Script lives in its own watched process (a Judge): a cell whose top level or packet hangs in
+a C function, or kills its Lua runtime, costs a verdict and a restart, not the kernel.
 Generated replay traffic and parsed pcaps are memoised here as well.
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ class CachedCell:
 
 class CellCache:
     def __init__(self):
+        from packetscript_lab.judge import keep_process_ready
+        keep_process_ready()       # a re-run cell then costs its compile, not a start-up
         self._cells: collections.OrderedDict[str, CachedCell] = collections.OrderedDict()
         self._memo: collections.OrderedDict = collections.OrderedDict()
 
@@ -39,8 +43,8 @@ class CellCache:
         return self._cells.get(cache_key(source, options))
 
     def compile(self, source: str, options: RunOptions, cell_lines: list[str]):
-        """A fresh Script for this cell, or UsageError showing the offending cell line."""
-        from packetscript_lab import Script, ScriptError
+        """A fresh Judge for this cell, or UsageError showing the offending cell line."""
+        from packetscript_lab import Judge, ScriptError
 
         key = cache_key(source, options)
         cell = self._cells.get(key)
@@ -51,7 +55,7 @@ class CellCache:
             cell = CachedCell(key)
             self._store(key, cell)
         try:
-            script = Script(source, name=options.name, line_offset=1, **options.script_kwargs())
+            script = Judge(source, name=options.name, line_offset=1, **options.script_kwargs())
         except ScriptError as exc:
             cell.error = self.describe_script_error(exc, cell_lines)
             raise UsageError(cell.error) from None

@@ -12,7 +12,8 @@ import ipywidgets as w
 
 from kernel_magic import lua_errors, plots
 
-COUNTERS = ("seen", "accepted", "dropped", "continued", "modified", "errors", "queue_drops")
+COUNTERS = ("seen", "accepted", "dropped", "continued", "modified", "errors", "queue_drops",
+            "passed_unjudged")
 RECENT_ROWS = 12
 _VERDICT_STYLE = {"accept": "color:#2e7d32", "drop": "color:#c62828", "continue": "color:#1565c0"}
 

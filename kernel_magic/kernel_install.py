@@ -1,4 +1,5 @@
-"""The "PacketScript Lab" Jupyter kernel: this Python's ipykernel with the extension loaded."""
+"""The "PacketScript Lab" Jupyter kernel: this Python's ipykernel with the extension loaded
+(through ``kernel_magic.preload``, so that a notebook's own ``%load_ext kernel_magic`` stays silent)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ def kernel_json(python: str | None = None, display_name: str = DISPLAY_NAME) -> 
     """kernel.json for ``python`` (default: the running interpreter)."""
     return {
         "argv": [python or sys.executable, "-m", "ipykernel_launcher",
-                 "-f", "{connection_file}", "--ext", "kernel_magic"],
+                 "-f", "{connection_file}", "--ext", "kernel_magic.preload"],
         "display_name": display_name,
         "language": "python",
         "metadata": {"debugger": True},

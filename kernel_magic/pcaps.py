@@ -11,45 +11,25 @@ MAX_PACKETS = 1_000_000
 def read_frames(path: str) -> tuple[list[tuple[float, bytes]], bool]:
     """(time offset, bytes) pairs and whether packets start at the IP header.
 
-    Uses scapy's raw readers: full dissection would be far slower than the script itself.
+    Read with the replay backend's checked reader (no dissection, and a corrupt record is
+    an error, never a skipped packet).
     """
-    from scapy.error import Scapy_Exception
-    from scapy.utils import RawPcapNgReader, RawPcapReader
+    from packetscript_lab.backends.replay import ReplayError, read_capture
 
-    reader = None
-    for cls in (RawPcapReader, RawPcapNgReader):
-        try:
-            reader = cls(path)
-            break
-        except Scapy_Exception:
-            continue
-        except OSError as exc:
-            raise UsageError(f"--pcap {path}: {exc.strerror or exc}") from None
-    if reader is None:
-        raise UsageError(f"--pcap {path}: not a pcap or pcapng file")
     frames: list[tuple[float, bytes]] = []
-    linktype = None
-    with reader:
-        for data, meta in reader:
-            ts, lt = _timestamp(meta), getattr(meta, "linktype", None) or reader.linktype
-            if linktype is None:
-                linktype = lt
-            elif lt != linktype:
-                raise UsageError(f"--pcap {path}: mixes link types {linktype} and {lt}")
-            frames.append((ts, bytes(data)))
+    try:
+        linktype, batches = read_capture(path)
+        for datas, times_ms in batches:
+            frames += [(t / 1000.0, bytes(d)) for d, t in zip(datas, times_ms)]
             if len(frames) > MAX_PACKETS:
+                batches.close()
                 raise UsageError(f"--pcap {path}: more than {MAX_PACKETS} packets; use "
                                  "packetscript_lab.replay() for batch runs")
+    except ReplayError as exc:
+        raise UsageError(f"--pcap {exc}") from None
     if not frames:
         raise UsageError(f"--pcap {path}: the file holds no packets")
     if linktype != ETHERNET and linktype not in RAW_IP:
         raise UsageError(f"--pcap {path}: link type {linktype} is neither Ethernet nor raw IP")
     t0 = frames[0][0]
     return [(max(0.0, t - t0), d) for t, d in frames], linktype in RAW_IP
-
-
-def _timestamp(meta) -> float:
-    if hasattr(meta, "sec"):
-        return meta.sec + meta.usec / 1e6
-    # pcapng: 64-bit timestamp in units of tsresol
-    return ((meta.tshigh << 32) | meta.tslow) / float(meta.tsresol)

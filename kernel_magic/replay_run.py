@@ -1,4 +1,5 @@
-"""The replay backend as a live run: a Script fed packets in a worker thread at their pace.
+"""The replay backend as a live run: a Judge (a Script in its own watched process) fed
+packets in a worker thread at their pace.
 
 It has the same reading interface as a Lab attachment handle (``stats``, ``series``,
 ``recent``, ``errors``, ``replace``, ``detach``) so the dashboard and the summary do not
@@ -14,18 +15,19 @@ import collections
 import threading
 import time
 
-from packetscript_lab import Script
+from packetscript_lab import Judge
 
 ETHERNET = 1
 RAW_IP = {12, 14, 101, 228}     # link types whose packets start at the IP header
 MAX_GAP = 1.0
 RECENT = 50
+JUDGE_COUNTS = ("restarts", "timeouts", "crashes", "unjudged")
 
 
 class ReplayRun:
     backend = "replay"
 
-    def __init__(self, name: str, script: Script, frames, *, raw_ip: bool = False,
+    def __init__(self, name: str, script: Judge, frames, *, raw_ip: bool = False,
                  sample_interval: float = 0.5):
         """``frames``: (time offset in seconds, bytes) pairs sorted by time."""
         self.name = name
@@ -37,10 +39,12 @@ class ReplayRun:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._counts = dict.fromkeys(("seen", "bytes", "accepted", "dropped", "continued",
-                                      "modified", "errors", "queue_drops"), 0)
+                                      "modified", "errors", "queue_drops",
+                                      "passed_unjudged"), 0)
         self._series: list[dict] = []
         self._recent: collections.deque = collections.deque(maxlen=RECENT)
         self._old_errors: list[dict] = []
+        self._old_counts = dict.fromkeys(JUDGE_COUNTS, 0)   # of the scripts replaced
         self._t0 = time.monotonic()
         self.played_all = threading.Event()
         self.failure: str | None = None
@@ -50,7 +54,11 @@ class ReplayRun:
     # --- handle interface ------------------------------------------------------------
     def stats(self) -> dict:
         with self._lock:
-            return dict(self._counts)
+            return {**self._counts, **self._judge_counts()}
+
+    def _judge_counts(self) -> dict:
+        now = self._script.counts() if hasattr(self._script, "counts") else {}
+        return {k: self._old_counts[k] + now.get(k, 0) for k in JUDGE_COUNTS}
 
     def series(self) -> list[dict]:
         with self._lock:
@@ -66,12 +74,15 @@ class ReplayRun:
                        for (m, ln, c) in _error_triples(self._script)]
             return self._old_errors + current
 
-    def replace(self, script: Script) -> None:
+    def replace(self, script: Judge) -> None:
         """Swap the script between two packets: none is lost or run twice."""
         with self._lock:
+            old = self._script
             self._old_errors += [{"message": m, "line": ln, "count": c}
-                                 for (m, ln, c) in _error_triples(self._script)]
+                                 for (m, ln, c) in _error_triples(old)]
+            self._old_counts = self._judge_counts()
             self._script = script
+        _close(old)
 
     def inject(self, frames) -> None:
         """Play more packets (``%packetscript send``), starting now."""
@@ -85,6 +96,7 @@ class ReplayRun:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5)
+        _close(self._script)
 
     @property
     def running(self) -> bool:
@@ -149,6 +161,13 @@ def _shorten_gaps(frames):
         last = off
         out.append((off - shift, data))
     return out
+
+
+def _close(script) -> None:
+    """Stop a Judge's process (a plain Script has none)."""
+    close = getattr(script, "close", None)
+    if close is not None:
+        close()
 
 
 def _error_triples(script):

@@ -149,4 +149,4 @@ class Run:
 
 
 _COUNTS = ("seen", "bytes", "accepted", "dropped", "continued", "modified", "errors",
-           "queue_drops")
+           "queue_drops", "passed_unjudged")

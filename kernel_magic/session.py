@@ -102,6 +102,8 @@ class Session:
         if options.profile == "kernel":
             self.report_portability(source, options, cell_lines)
         backend = self.choose_backend(options)
+        if backend != "replay":
+            script.close()                 # compiled to check it; the lab runs its own copy
         old = self.runs.get(options.name)
         if old is not None and old.active:
             if old.backend == backend and old.options.same_attachment(options):
@@ -234,7 +236,12 @@ class Session:
             self.pump.ensure_running()
 
     def wait(self, run: Run):
-        """Block the cell until the run's duration is over, ticking the pump; then summarise."""
+        """Block the cell until the run's duration is over, ticking the pump; then summarise.
+
+        Interrupting the kernel ends this run now and writes its summary: the lab process
+        lives in a session of its own, so the interrupt reaches only the kernel, and the
+        lab, its rules and the other scripts go on.
+        """
         run.blocking = True
         reason = "duration reached"
         try:
@@ -251,7 +258,12 @@ class Session:
             reason = "interrupted"
         if not run.active:                 # stopped meanwhile (e.g. %packetscript down)
             return run.summary()
-        run.wait_traffic(timeout=5.0)
+        if reason == "interrupted":
+            if not run.traffic_done():
+                run.notes.append("the traffic generator was still sending when the run was "
+                                 "interrupted; its counts are not in this summary")
+        else:
+            run.wait_traffic(timeout=5.0)
         return self.finish(run, reason)
 
     def finish(self, run: Run, reason: str):

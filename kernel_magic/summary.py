@@ -11,7 +11,8 @@ import html
 
 from kernel_magic import lua_errors, plots
 
-COUNTERS = ("seen", "accepted", "dropped", "continued", "modified", "errors", "queue_drops")
+COUNTERS = ("seen", "accepted", "dropped", "continued", "modified", "errors", "queue_drops",
+            "passed_unjudged")
 
 
 @dataclasses.dataclass

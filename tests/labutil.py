@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 from packetscript_lab.lab import Lab
 from packetscript_lab.examples import dnat
+from packetscript_lab.lab import programs
 from packetscript_lab.lab.client import lab_command
 
 _probe: str | None = None
@@ -32,8 +33,11 @@ def lab_unavailable_reason() -> str | None:
         except Exception as exc:  # missing unshare, ...
             _probe = str(exc)
         for tool in ("iptables", "ip"):
-            if not _probe and shutil.which(tool) is None:
-                _probe = f"{tool} is not installed"
+            if not _probe:
+                try:
+                    programs.find(tool)
+                except programs.ProgramMissing as exc:
+                    _probe = str(exc)
     return _probe or None
 
 
@@ -63,7 +67,9 @@ def router_lab():
 def host_network_snapshot() -> dict[str, str]:
     """The host's namespaces, links and rules, without counters or timestamps."""
     def run(argv):
-        if shutil.which(argv[0]) is None:
+        try:
+            argv = [programs.find(argv[0]), *argv[1:]]
+        except programs.ProgramMissing:
             return ""
         return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
 
@@ -109,3 +115,14 @@ end
 """
 
 DNAT_TO_SERVER = dnat("10.77.2.2")
+
+
+def wait_until(condition, timeout: float = 15.0, what: str = "condition"):
+    """condition()'s first true value, polled until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

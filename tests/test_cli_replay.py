@@ -52,7 +52,8 @@ def test_json_output(files, capsys):
     lines = out.strip().splitlines()
     assert len(lines) == 1
     obj = json.loads(lines[0])
-    assert set(obj) == {"packets", "verdicts", "errors", "modified", "pps"}
+    assert set(obj) == {"packets", "verdicts", "errors", "modified", "pps", "restarts", "timeouts",
+                        "crashes", "unjudged"}
     assert obj["packets"] == 5 and obj["errors"] == 1 and obj["modified"] == 1
     assert obj["verdicts"] == {"accept": 2, "drop": 2, "continue": 1}
     assert isinstance(obj["pps"], (int, float)) and obj["pps"] > 0
@@ -155,3 +156,40 @@ def test_console_entry_point(files):
     res = subprocess.run([sys.executable, "-m", "packetscript_lab", "replay", str(script),
                           str(pcap) + ".nope"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "no such file" in res.stderr and res.stdout == ""
+
+
+FAIL_ALWAYS = "function process_packet(p)\n  error('no luck')\nend\n"
+
+
+def test_exit_status_is_1_when_the_script_failed_on_every_packet(files, capsys):
+    _, pcap, tmp = files
+    script = tmp / "fail.lua"
+    script.write_text(FAIL_ALWAYS)
+    assert main(["replay", str(script), str(pcap), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["errors"] == 5                       # the summary is still printed
+    assert "failed on every one of the 5 packets" in err and f"{script}:2: " in err
+    # A script that fails on some packets only is a successful replay (test_json_output),
+    # and so is an empty capture.
+    empty = tmp / "empty.pcap"
+    wrpcap(str(empty), [])
+    assert main(["replay", str(script), str(empty)]) == 0
+    # The real command agrees, and says so in --help.
+    res = subprocess.run([sys.executable, "-m", "packetscript_lab", "replay", str(script),
+                          str(pcap)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "errors 5" in res.stdout, res.stderr
+    res = subprocess.run([sys.executable, "-m", "packetscript_lab", "replay", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert "Exit status: 0 when" in res.stdout and "1 when the script failed on every packet" \
+        in " ".join(res.stdout.split())
+
+
+@pytest.mark.timeout(30)
+def test_a_sparse_capture_fails_fast_with_exit_2(files, capsys):
+    script, pcap, tmp = files
+    sparse = tmp / "sparse.pcap"
+    sparse.write_bytes(pcap.read_bytes())
+    subprocess.run(["truncate", "-s", "1G", str(sparse)], check=True)
+    err = _err(["replay", str(script), str(sparse), "--json"], capsys)
+    size = 24 + sum(16 + len(p) for p in _packets())
+    assert f"corrupt capture at packet 6 (byte offset {size})" in err and "sparse.pcap" in err

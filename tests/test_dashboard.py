@@ -88,3 +88,16 @@ def test_dashboard_update_sets_widget_values():
 def test_blocking_runs_show_a_disabled_stop_button():
     d = Dashboard("demo", CELL, on_stop=None, stop_note="interrupt the kernel to end early")
     assert d.stop_button.disabled and "interrupt" in d.stop_button.tooltip
+
+
+def test_packets_that_passed_unjudged_are_shown_beside_the_verdicts():
+    s = summary()
+    s.stats = dict(s.stats, passed_unjudged=4321, queue_drops=17)
+    assert "queue_drops 17, passed_unjudged 4321" in repr(s)
+    assert "<th>passed unjudged</th>" in s._repr_html_() and "<td>4321</td>" in s._repr_html_()
+    assert "| 3 | 17 | 4321 |" in s._repr_markdown_()
+    assert s.as_dict()["passed_unjudged"] == 4321
+    d = Dashboard("demo · nfqueue", CELL)
+    d.update({"status": "running", "elapsed": 1.0, "stats": s.stats, "series": SERIES,
+              "recent": [], "errors": []}, with_plot=False)
+    assert ">4321<" in d.counters.value and "passed unjudged" in d.counters.value

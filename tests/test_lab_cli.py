@@ -64,3 +64,30 @@ def test_lab_up_status_down():
     st = cli("lab", "status", "--name", name, "--json")
     assert st.returncode == 1 and json.loads(st.stdout)["running"] is False
     assert host_network_snapshot() == before
+
+
+SLOW = """
+local n = 0
+function process_packet(p)
+  for i = 1, 50000 do n = n + i % 7 end
+  return NF_ACCEPT
+end
+"""
+
+
+def test_run_accounts_for_packets_that_passed_unjudged(tmp_path):
+    require_lab()
+    script = tmp_path / "slow.lua"
+    script.write_text(SLOW)
+    args = ("run", str(script), "--queue-len", "8", "--on-overload", "accept",
+            "--traffic", "udp client server:9000 rate=4000 duration=0.5")
+    res = cli(*args, "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    s, sent = out["stats"], out["traffic"][0]["sent"]
+    assert s["rule_packets"] == sent
+    assert s["judged"] + s["passed_unjudged"] + s["queue_drops"] + s["in_flight"] == sent
+    assert s["passed_unjudged"] > 0 and out["traffic"][0]["received"] == sent  # fail open
+    text = cli(*args)
+    assert text.returncode == 0, text.stderr
+    assert "passed unjudged" in text.stdout and f"rule matched {sent} = judged" in text.stdout

@@ -113,3 +113,19 @@ def test_two_scripts_on_different_hooks(router_lab):
     assert a.stats()["continued"] == 100 and b.stats()["modified"] == 100
     assert set(lab.attached) == {"pre", "post"}
     assert {v["queue"] for v in lab.status()["attached"].values()} == {0, 1}
+
+
+def test_replay_pcap_refuses_a_corrupt_capture(pair_lab, tmp_path):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    from packetscript_lab.lab import LabError
+
+    path = tmp_path / "sparse.pcap"
+    wrpcap(str(path), [Ether() / IP(dst="10.77.0.2") / UDP(dport=9000)] * 2)
+    assert pair_lab.replay_pcap("client", str(path)) == 2
+    with open(path, "r+b") as f:
+        f.truncate(1 << 30)
+    with pytest.raises(LabError, match="corrupt capture at packet 3"):
+        pair_lab.replay_pcap("client", str(path))

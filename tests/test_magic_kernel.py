@@ -36,7 +36,7 @@ def test_install_writes_a_kernel_spec_that_loads_the_extension(tmp_path):
     assert spec["argv"][0] == sys.executable
     assert spec["argv"][1:3] == ["-m", "ipykernel_launcher"]
     assert "{connection_file}" in spec["argv"]
-    assert spec["argv"][spec["argv"].index("--ext") + 1] == "kernel_magic"
+    assert spec["argv"][spec["argv"].index("--ext") + 1] == "kernel_magic.preload"
     assert (spec_dir / "logo-64x64.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -47,19 +47,27 @@ def test_install_options_are_exclusive(tmp_path):
     assert res.returncode == 2 and "not allowed with" in res.stderr
 
 
+TRAFFIC = "--traffic 'udp client server:9000 rate=100 count=3000'"   # 30 s: outlasts the cells
 CELLS = [
     # 0: open-ended run: returns at once, the pump keeps the dashboard up to date
-    "%%packetscript live --traffic 'udp client server:9000 rate=100 count=150'\n"
-    "function process_packet(p)\n  return NF_ACCEPT\nend",
-    # 1: an idle kernel lets the pump's asyncio task run
-    "import asyncio, kernel_magic\nawait asyncio.sleep(1.0)\n"
+    f"%%packetscript live {TRAFFIC}\nfunction process_packet(p)\n  return NF_ACCEPT\nend",
+    # 1: an idle (awaiting) kernel lets the pump's asyncio task move the widget's numbers
+    "import asyncio, kernel_magic, time\n"
     "run = kernel_magic.get_session().runs['live']\n"
-    "print('pump saw', re.findall(r\"(\\d+)</div><div style='color:#666'>seen\", "
-    "run.dashboard.counters.value))",
+    "def shown():\n"
+    "    found = re.findall(r\"(\\d+)</div><div style='color:#666'>seen\", "
+    "run.dashboard.counters.value)\n"
+    "    return int(found[0]) if found else 0\n"
+    "deadline = time.monotonic() + 30\n"
+    "while shown() < 50 and time.monotonic() < deadline:\n"
+    "    await asyncio.sleep(0.1)\n"
+    "print('pump saw', [str(shown())])",
     # 2: re-run with another script: replaced in place
-    "%%packetscript live --traffic 'udp client server:9000 rate=100 count=150'\n"
-    "function process_packet(p)\n  return NF_DROP\nend",
-    "await asyncio.sleep(1.5)",
+    f"%%packetscript live {TRAFFIC}\nfunction process_packet(p)\n  return NF_DROP\nend",
+    # 3: wait until the new script has judged packets
+    "deadline = time.monotonic() + 30\n"
+    "while run.handle.stats()['dropped'] == 0 and time.monotonic() < deadline:\n"
+    "    await asyncio.sleep(0.1)",
     "%packetscript stop live",
 ]
 
@@ -86,13 +94,32 @@ def test_pump_replace_and_late_summary_in_a_real_kernel(tmp_path, monkeypatch):
         texts = [o.get("data", {}).get("text/plain", "") for o in cell.outputs]
         return next(t for t in texts if t.startswith("packetscript 'live'"))
 
-    # the stopped run's figure and summary land in the cell that runs it now, and in `stop`
+    # the stopped run's figure and summary land in the cell that runs it now, and in `stop`;
+    # both scripts judged part of the traffic, none of it twice
     for cell in (second, stop):
         text = summary(cell)
         counts = dict((k, int(v)) for k, v in re.findall(r"(\w+) (\d+)", text))
-        assert counts["seen"] == 150 and counts["accepted"] + counts["dropped"] == 150
-        assert counts["accepted"] > 0 and counts["dropped"] > 0
+        assert counts["accepted"] >= 50 and counts["dropped"] > 0, text
+        assert counts["accepted"] + counts["dropped"] == counts["seen"] < 3000, text
         assert any("image/png" in o.get("data", {}) for o in cell.outputs)
+
+
+def test_load_ext_is_silent_and_harmless_in_the_packetscript_kernel(tmp_path, monkeypatch):
+    """Notebooks start with %load_ext kernel_magic so that they run in any kernel; in the
+    PacketScript Lab kernel, which loaded the extension already, it must change nothing."""
+    assert install(tmp_path, "install").returncode == 0
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PACKETSCRIPT_BACKEND", "replay")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (
+        "import kernel_magic\nbefore = kernel_magic.get_session()",
+        "%load_ext kernel_magic",
+        "print(kernel_magic.get_session() is before)",
+    )]
+    nbclient.NotebookClient(nb, timeout=60, kernel_name="packetscript-lab").execute()
+    assert nb.cells[1].outputs == []
+    assert nb.cells[2].outputs[0]["text"] == "True\n"
 
 
 @pytest.mark.parametrize("args, message", [(["frobnicate"], "invalid choice")])

@@ -2,9 +2,10 @@
 Lab" kernel spec), and checked for what its cells produced: the verdict counts of each run,
 the figures and summary tables, the traffic the lab observed.
 
-Each notebook runs twice: against the live lab (marked ``lab``: under CI a machine that
-cannot create namespaces fails the test), and on the replay backend as on Binder
-(``PACKETSCRIPT_BACKEND=replay``).
+Each notebook runs three times: against the live lab (marked ``lab``: under CI a machine that
+cannot create namespaces fails the test), on the replay backend as on Binder
+(``PACKETSCRIPT_BACKEND=replay``), and on the replay backend in the plain ``python3`` kernel,
+as in VS Code or Binder's default kernel: a notebook loads the extension itself.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def kernel_env(tmp_path_factory):
     return {"JUPYTER_PATH": str(prefix / "share" / "jupyter"), "PYTHONPATH": env["PYTHONPATH"]}
 
 
-def execute(name: str, kernel_env: dict, monkeypatch, backend: str):
+def execute(name: str, kernel_env: dict, monkeypatch, backend: str, kernel: str):
     for key, value in kernel_env.items():
         monkeypatch.setenv(key, value)
     if backend == "replay":
@@ -44,7 +45,7 @@ def execute(name: str, kernel_env: dict, monkeypatch, backend: str):
         monkeypatch.delenv("PACKETSCRIPT_BACKEND", raising=False)
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert nb.metadata.kernelspec.name == KERNEL
-    client = nbclient.NotebookClient(nb, timeout=180, kernel_name=KERNEL,
+    client = nbclient.NotebookClient(nb, timeout=180, kernel_name=kernel,
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()      # raises CellExecutionError if any cell fails
     return Executed(nb)
@@ -98,15 +99,30 @@ def expected_backend(backend):
     return "nfqueue" if backend == "lab" else "replay"
 
 
-BACKENDS = [pytest.param("lab", marks=pytest.mark.lab), "replay"]
+# (backend, kernel): the live lab and replay in the PacketScript Lab kernel; replay in the
+# plain python3 kernel, where only the notebook's own %load_ext provides the magic
+SETUPS = [pytest.param(("lab", KERNEL), marks=pytest.mark.lab, id="lab"),
+          pytest.param(("replay", KERNEL), id="replay"),
+          pytest.param(("replay", "python3"), id="replay-python3")]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    if request.param == "lab":
+@pytest.fixture(params=SETUPS)
+def setup(request):
+    backend, kernel = request.param
+    if backend == "lab":
         from labutil import require_lab
         require_lab()          # skips, or fails under CI, when namespaces cannot be made
-    return request.param
+    return backend, kernel
+
+
+@pytest.fixture
+def backend(setup):
+    return setup[0]
+
+
+@pytest.fixture
+def kernel(setup):
+    return setup[1]
 
 
 def check_fallback_said(nb: Executed, backend: str) -> None:
@@ -114,8 +130,8 @@ def check_fallback_said(nb: Executed, backend: str) -> None:
     assert said == (1 if backend == "replay" else 0)
 
 
-def test_01_first_script(kernel_env, monkeypatch, backend):
-    nb = execute("01-first-script.ipynb", kernel_env, monkeypatch, backend)
+def test_01_first_script(kernel_env, monkeypatch, backend, kernel):
+    nb = execute("01-first-script.ipynb", kernel_env, monkeypatch, backend, kernel)
     check_fallback_said(nb, backend)
     (base,) = nb.runs("baseline")
     (drop,) = nb.runs("drop_udp")
@@ -131,8 +147,8 @@ def test_01_first_script(kernel_env, monkeypatch, backend):
         assert drop["queue_drops"] == 0
 
 
-def test_02_dnat(kernel_env, monkeypatch, backend):
-    nb = execute("02-dnat.ipynb", kernel_env, monkeypatch, backend)
+def test_02_dnat(kernel_env, monkeypatch, backend, kernel):
+    nb = execute("02-dnat.ipynb", kernel_env, monkeypatch, backend, kernel)
     check_fallback_said(nb, backend)
     (dnat,) = nb.runs("dnat")
     assert dnat["backend"] == expected_backend(backend)
@@ -144,8 +160,8 @@ def test_02_dnat(kernel_env, monkeypatch, backend):
     assert nb.has_png(dnat["cell"])
 
 
-def test_03_stateful_rate_limiter(kernel_env, monkeypatch, backend):
-    nb = execute("03-stateful-rate-limiter.ipynb", kernel_env, monkeypatch, backend)
+def test_03_stateful_rate_limiter(kernel_env, monkeypatch, backend, kernel):
+    nb = execute("03-stateful-rate-limiter.ipynb", kernel_env, monkeypatch, backend, kernel)
     (lim,) = nb.runs("limiter")
     assert lim["backend"] == expected_backend(backend)
     assert lim["seen"] == 300
@@ -156,8 +172,8 @@ def test_03_stateful_rate_limiter(kernel_env, monkeypatch, backend):
     assert nb.has_png(lim["cell"])
 
 
-def test_04_kernel_portability(kernel_env, monkeypatch, backend):
-    nb = execute("04-kernel-portability.ipynb", kernel_env, monkeypatch, backend)
+def test_04_kernel_portability(kernel_env, monkeypatch, backend, kernel):
+    nb = execute("04-kernel-portability.ipynb", kernel_env, monkeypatch, backend, kernel)
     lab_profile, kernel_profile, portable = nb.runs("counter")
     assert (lab_profile["seen"], lab_profile["errors"], lab_profile["dropped"]) == (40, 0, 20)
     assert kernel_profile["errors"] == kernel_profile["seen"] == kernel_profile["dropped"] == 40
@@ -172,8 +188,8 @@ def test_04_kernel_portability(kernel_env, monkeypatch, backend):
     assert report_html and "library" in report_html[0]
 
 
-def test_05_experiment_load_sweep(kernel_env, monkeypatch, backend):
-    nb = execute("05-experiment-load-sweep.ipynb", kernel_env, monkeypatch, backend)
+def test_05_experiment_load_sweep(kernel_env, monkeypatch, backend, kernel):
+    nb = execute("05-experiment-load-sweep.ipynb", kernel_env, monkeypatch, backend, kernel)
     tables = [o["data"]["text/markdown"] for o in nb.outputs()
               if "text/markdown" in o.get("data", {}) and "offered (pkt/s)" in
               o["data"]["text/markdown"]]

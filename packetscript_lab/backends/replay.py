@@ -12,12 +12,14 @@ import gzip
 import itertools
 import logging
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packetscript_lab import verdicts
+from packetscript_lab.judge import Judge
 from packetscript_lab.script import DEFAULT_ETH_HEADER, Script
 
 BATCH = 4096
@@ -50,7 +52,13 @@ class ReplayResult:
     eth_changes: int = 0       # raw-IP input whose synthetic Ethernet header the script changed
     elapsed: float = 0.0
     linktype: int = ETHERNET
-    script: Script | None = None
+    script: Script | Judge | None = None
+    # The wall-clock line (Judge): fresh processes started, kills for running past the
+    # time limit, deaths of the script's process, packets not judged for lack of time.
+    restarts: int = 0
+    timeouts: int = 0
+    crashes: int = 0
+    unjudged: int = 0
     # Batches whose passing packets are not yet cut out as bytes: that happens on first
     # use of `output`, so a replay that only counts does not pay for it.
     _batches: list = field(default_factory=list, repr=False)
@@ -85,7 +93,8 @@ class ReplayResult:
     def as_dict(self) -> dict:
         """The CLI's --json object."""
         return {"packets": self.packets, "verdicts": dict(self.verdicts), "errors": self.errors,
-                "modified": self.modified, "pps": round(self.pps, 1)}
+                "modified": self.modified, "pps": round(self.pps, 1), "restarts": self.restarts,
+                "timeouts": self.timeouts, "crashes": self.crashes, "unjudged": self.unjudged}
 
     def packets_out(self):
         """The output as scapy packets (dissected now: slow on large captures)."""
@@ -148,67 +157,96 @@ def _read_file(path: Path):
     return reader
 
 
+def read_capture(path: str | os.PathLike):
+    """(link type, batches of (frames as bytes, times in ms)) of a pcap or pcapng file.
+
+    The one checked reader of capture files (replay, the notebook's ``--pcap``, the lab's
+    ``replay_pcap``): raises ReplayError for a missing, unreadable or corrupt file, naming
+    the packet and byte offset where it goes wrong, and never skips a record.
+    """
+    return _open_capture(Path(path))
+
+
+# libpcap's largest packet for any link type: a record header claiming more is not a record.
+MAX_RECORD = 262144
+_SCAPY_MTU = 0xFFFF        # scapy's readers keep at most this many bytes of a packet
+
+
 def _open_capture(path: Path):
-    """(link type, batches of (frames, times in ms)) of a pcap or pcapng file."""
+    """(link type, batches of (frames, times in ms)) of a pcap or pcapng file.
+
+    Every record is accounted for: a record that is not a packet (a header claiming more
+    bytes than any packet has, an empty all-zero header as in a sparse or overwritten file,
+    a packet cut short, a pcapng packet naming an interface the file never declared) stops
+    the replay with ``corrupt capture at packet N (byte offset X)``, instead of a
+    library warning and a skipped packet, or minutes spent reading zeros.
+    """
     from scapy.error import Scapy_Exception
     from scapy.utils import RawPcapNgReader
 
     reader = _read_file(path)
     pcapng = isinstance(reader, RawPcapNgReader)
     packets = iter(reader)
+    read = [0]      # pcapng packets read so far, for the position of a problem
+    problems = _ScapyReadProblems(lambda: (read[0] + 1, _tell(reader)))
+    # First in line: scapy's own filter silences a warning repeated within seconds, which
+    # would let the second replay of a bad file in one process skip packets silently.
+    scapy_log.filters.insert(0, problems)
     try:
         first = next(packets, None)
     except (Scapy_Exception, ValueError, struct.error) as exc:
+        scapy_log.removeFilter(problems)
+        reader.close()
         raise ReplayError(f"{path}: corrupt capture ({exc})") from None
     if first is None:
+        scapy_log.removeFilter(problems)
+        reader.close()
+        if problems.messages:
+            raise _problem_error(path, problems.messages[0])
         return getattr(reader, "linktype", ETHERNET), iter(())
     linktype = first[1].linktype if pcapng else reader.linktype
 
-    problems = _ScapyReadProblems()
-
-    def check(where: str) -> None:
-        if problems.messages:
-            raise ReplayError(f"{path}: {problems.messages[0]} ({where}): "
-                              "the file is truncated or corrupt")
-
     def pcap_batches():
-        done, consumed = 0, 24                   # file header, then 16 bytes per record
-        while True:
-            chunk = list(itertools.islice(packets, BATCH)) if done else [first] + list(
-                itertools.islice(packets, BATCH - 1))
-            check(f"at packet {done + len(chunk)}")
-            if not chunk:
-                break
+        done, offset = 0, 24                 # packets read; byte offset of the next record
+        chunk = [first] + list(itertools.islice(packets, BATCH - 1))
+        while chunk:
             frames = [d for d, _ in chunk]
-            consumed += 16 * len(chunk) + sum(map(len, frames))
             data, meta = chunk[-1]
-            if len(data) != meta.caplen:
-                raise ReplayError(f"{path}: packet {done + len(chunk)} is cut short "
-                                  f"({len(data)} of {meta.caplen} bytes): the file is truncated")
+            # The common case costs a few C-speed passes; only a suspect batch is walked.
+            if problems.messages or not all(frames) or len(data) < min(meta.caplen, _SCAPY_MTU):
+                _check_pcap_records(path, chunk, done, offset, problems)
+            if max(map(len, frames)) >= _SCAPY_MTU:    # scapy kept only part of a big packet
+                offset += sum(16 + m.caplen for _, m in chunk)
+            else:
+                offset += 16 * len(chunk) + sum(map(len, frames))
             yield frames, [sec * 1000.0 + usec / 1000.0 for _, (sec, usec, _w, _c) in chunk]
             done += len(chunk)
-        if not isinstance(reader.f, gzip.GzipFile) and consumed < path.stat().st_size:
-            raise ReplayError(f"{path}: {path.stat().st_size - consumed} bytes after packet {done} "
-                              "are not a whole record: the file is truncated")
+            chunk = list(itertools.islice(packets, BATCH))
+        if not isinstance(reader.f, gzip.GzipFile) and offset < path.stat().st_size:
+            raise ReplayError(f"{path}: corrupt capture at packet {done + 1} (byte offset {offset}): "
+                              f"{path.stat().st_size - offset} bytes after packet {done} are not "
+                              "a whole record: the file is truncated")
 
     def pcapng_batches():
-        frames, times, done = [], [], 0
+        frames, times = [], []
         for data, meta in itertools.chain([first], packets):
+            if problems.messages:
+                break
             if meta.linktype != linktype:
                 raise ReplayError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
                                   "replay one interface at a time (split it with editcap or tshark)")
+            read[0] += 1
             frames.append(data)
             times.append(((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
             if len(frames) == BATCH:
                 yield frames, times
-                done += BATCH
                 frames, times = [], []
-        check(f"after packet {done + len(frames)}")
+        if problems.messages:
+            raise _problem_error(path, problems.messages[0])
         if frames:
             yield frames, times
 
     def batches():
-        scapy_log.addFilter(problems)
         try:
             yield from (pcapng_batches() if pcapng else pcap_batches())
         except (Scapy_Exception, ValueError, struct.error) as exc:
@@ -219,18 +257,65 @@ def _open_capture(path: Path):
     return linktype, batches()
 
 
-class _ScapyReadProblems(logging.Filter):
-    """scapy logs a cut or broken record and ends the capture there; collect those
-    messages (instead of printing them) so that replay can fail with them."""
+def _tell(reader) -> int | None:
+    try:
+        return reader.f.tell()
+    except (OSError, ValueError, AttributeError):
+        return None
 
-    def __init__(self):
+
+def _check_pcap_records(path: Path, chunk, done: int, offset: int, problems) -> None:
+    """Raise for the first record of a batch that is not a packet."""
+    for i, (data, meta) in enumerate(chunk):
+        at = f"{path}: corrupt capture at packet {done + i + 1} (byte offset {offset})"
+        if meta.caplen > MAX_RECORD:
+            raise ReplayError(f"{at}: its record header claims {meta.caplen} captured bytes, more "
+                              f"than any packet has ({MAX_RECORD}): the file is corrupt")
+        if not data and meta.wirelen == 0:
+            raise ReplayError(f"{at}: an empty record (a header of zeros): from here on the file "
+                              "holds no packets (a sparse, preallocated or overwritten file?)")
+        if len(data) < min(meta.caplen, _SCAPY_MTU):
+            raise ReplayError(f"{at}: the packet is cut short ({len(data)} of {meta.caplen} "
+                              "bytes): the file is truncated")
+        offset += 16 + meta.caplen
+    if problems.messages:
+        raise _problem_error(path, problems.messages[0])
+
+
+_UNDECLARED = re.compile(r"invalid interface id (\d+)/(\d+)")
+
+
+def _problem_error(path: Path, problem) -> ReplayError:
+    """A ReplayError from what scapy complained about, and where."""
+    message, packet, offset = problem
+    near = f" (near byte offset {offset})" if offset is not None else ""
+    m = _UNDECLARED.search(message)
+    if m:
+        return ReplayError(
+            f"{path}: corrupt capture at packet {packet}{near}: it names interface {m.group(1)}, "
+            f"but the file declares only {m.group(2)} interface(s) before it; every pcapng "
+            "packet needs an Interface Description Block for its interface (was the file cut "
+            "from a larger capture or concatenated? rewrite it with editcap or tshark)")
+    return ReplayError(f"{path}: corrupt capture at packet {packet}{near}: {message}: "
+                       "the file is truncated or corrupt")
+
+
+class _ScapyReadProblems(logging.Filter):
+    """scapy logs a cut or broken record (and skips it, or ends the capture there);
+    collect those messages with where they happened (instead of printing them), so that
+    replay fails with them."""
+
+    def __init__(self, position):
         super().__init__()
-        self.messages: list[str] = []
+        self.position = position            # () -> (packet number, byte offset or None)
+        self.messages: list[tuple[str, int, int | None]] = []
 
     def filter(self, record) -> bool:
         message = record.getMessage()
+        if message.startswith("more Pcap"):     # scapy's mark of a repeated warning
+            message = message[5:]
         if message.startswith("Pcap"):
-            self.messages.append(message)
+            self.messages.append((message, *self.position()))
             return False
         return True
 
@@ -265,10 +350,24 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
 
     Returns the counts per verdict (error verdicts included), the number of packets the
     script failed on and changed, and the passing packets as modified. ``out`` writes them
-    to a pcap file. ``script_kwargs`` go to :class:`Script` when a source is given.
+    to a pcap file. A source is compiled into a :class:`Judge` (its own process, with a
+    wall-clock limit per packet; ``script_kwargs`` go to it: Script's options and
+    ``time_limit``, ``batch_time_limit``), which is closed when the replay ends. A Script
+    or Judge given is used as it is (a Script runs in this process, unwatched).
     """
-    script = script_or_source if isinstance(script_or_source, Script) else Script(
-        script_or_source, **script_kwargs)
+    if isinstance(script_or_source, (Script, Judge)):
+        script, own = script_or_source, None
+    else:
+        script = own = Judge(script_or_source, **script_kwargs)
+    try:
+        return _replay(script, packets_or_path, out, progress, keep_output)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _replay(script, packets_or_path, out, progress, keep_output) -> ReplayResult:
+    before = script.counts() if isinstance(script, Judge) else None
     if isinstance(packets_or_path, (str, os.PathLike)):
         path = Path(packets_or_path)
         linktype, batches = _open_capture(path)
@@ -294,15 +393,16 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
     changed = 32 if to_eth else 4
     result.modified = sum(n for c, n in enumerate(codes_seen) if c & changed)
     result.eth_changes = sum(n for c, n in enumerate(codes_seen) if c & 16) if to_eth else 0
+    if before is not None:
+        for key, value in script.counts().items():
+            setattr(result, key, value - before[key])
     if out is not None:
         result.write(out)
     return result
 
 
 def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_seen, bar):
-    for frames, times in batches:
-        eth_frames = [to_eth(d) for d in frames] if to_eth else frames
-        codes, blob, _errors = script.run_many(eth_frames, times)
+    def done(frames, eth_frames, times, codes, blob):
         for code in set(codes):
             codes_seen[code] += codes.count(code)
         if keep_output:
@@ -310,6 +410,29 @@ def _run_batches(script, batches, to_eth, from_eth, keep_output, result, codes_s
         result.packets += len(frames)
         if bar is not None:
             bar.update(sum(map(len, frames)) + 16 * len(frames))
+
+    if not isinstance(script, Judge):
+        for frames, times in batches:
+            eth_frames = [to_eth(d) for d in frames] if to_eth else frames
+            codes, blob, _errors = script.run_many(eth_frames, times)
+            done(frames, eth_frames, times, codes, blob)
+        return
+    # A Judge works in its own process: the next batch is read while it judges this one.
+    waiting = None
+    try:
+        for frames, times in batches:
+            eth_frames = [to_eth(d) for d in frames] if to_eth else frames
+            if waiting is not None:
+                batch, waiting = waiting, None
+                done(*batch, *script.collect()[:2])
+            script.submit(eth_frames, times)
+            waiting = (frames, eth_frames, times)
+        if waiting is not None:
+            batch, waiting = waiting, None
+            done(*batch, *script.collect()[:2])
+    finally:
+        if waiting is not None:       # the capture broke off: leave the judge ready for more
+            script.collect()
 
 
 @contextlib.contextmanager

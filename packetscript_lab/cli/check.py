@@ -31,10 +31,11 @@ def register(sub) -> None:
 
 
 def compile_error(source: str, path: str, lua: str, function: str):
-    """The engine's ScriptError for the script in the lab sandbox, or None."""
-    from packetscript_lab import Script, ScriptError
+    """The engine's ScriptError for the script in the lab sandbox, or None. It compiles in
+    a watched process (Judge): a top level that hangs in a C function fails, not hangs."""
+    from packetscript_lab import Judge, ScriptError
     try:
-        Script(source, name=path, lua=lua, profile="lab", function=function)
+        Judge(source, name=path, lua=lua, profile="lab", function=function).close()
     except ScriptError as exc:
         return exc
     return None

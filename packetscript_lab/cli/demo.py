@@ -42,33 +42,50 @@ def run(args) -> int:
         from packetscript_lab.lab import LabError
 
         try:
-            return _live(args)
+            lab, handle = _usable_lab()
         except LabError as exc:
             if args.backend == "nfqueue":
                 raise CliError(str(exc)) from None
             print(f"The live lab cannot run here: {exc}\n"
                   "Running the same script on the replay backend instead.\n", file=sys.stderr)
+        else:
+            try:
+                return _live(args, lab, handle)
+            except LabError as exc:   # the lab worked and then failed: say so, do not fall back
+                raise CliError(f"the live lab failed: {exc}") from None
+            finally:
+                lab.close()
     return _replayed()
 
 
-def _live(args) -> int:
+def _usable_lab():
+    """A lab with the demo script attached: everything that depends on this machine (the
+    namespaces, iptables, NFQUEUE) is tried before the demo announces anything."""
     from packetscript_lab.lab import Lab
 
-    with Lab("pair") as lab:
-        server = lab.hosts["server"]
-        print(f"Lab up: client {lab.hosts['client'].ip} <-> server {server.ip} (veth pair, "
-              "own namespaces). Script on server INPUT, UDP port 9000.")
+    lab = Lab("pair")
+    try:
         handle = lab.attach(DEMO_SCRIPT, host="server", chain="INPUT", match="-p udp --dport 9000",
                             name="demo")
-        print(f"Sending UDP to {server.ip}:9000 at {args.rate:g}/s for {args.duration:g} s ...")
-        stream = lab.udp_stream("client", server.ip, port=9000, rate=args.rate,
-                                duration=args.duration)
-        stats = handle.stats()
-        recent = handle.recent(limit=3)
-        handle.detach()
+    except BaseException:
+        lab.close()
+        raise
+    return lab, handle
+
+
+def _live(args, lab, handle) -> int:
+    server = lab.hosts["server"]
+    print(f"Lab up: client {lab.hosts['client'].ip} <-> server {server.ip} (veth pair, "
+          "own namespaces). Script attached on server INPUT, UDP port 9000.")
+    print(f"Sending UDP to {server.ip}:9000 at {args.rate:g}/s for {args.duration:g} s ...")
+    stream = lab.udp_stream("client", server.ip, port=9000, rate=args.rate,
+                            duration=args.duration)
+    recent = handle.recent(limit=3)
+    stats = handle.detach()   # the final counts, after the queue drained
     print(f"\nsent {stream['sent']}, the server's socket received {stream['received']}")
     print(f"script: seen {stats['seen']}, accepted {stats['accepted']}, dropped {stats['dropped']}, "
-          f"modified {stats['modified']}, errors {stats['errors']}, queue drops {stats['queue_drops']}")
+          f"modified {stats['modified']}, errors {stats['errors']}, queue drops {stats['queue_drops']}, "
+          f"passed unjudged {stats['passed_unjudged']}")
     for entry in recent:
         changed = ", ".join(entry.get("changed") or []) or "-"
         print(f"  {entry['verdict']:<8} {entry['summary']}  changed: {changed}")

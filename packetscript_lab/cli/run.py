@@ -38,7 +38,11 @@ def register(subparsers) -> None:
     p.add_argument("--profile", choices=("lab", "kernel"), default="lab")
     p.add_argument("--lua", choices=("luajit", "5.1", "5.4"), default="luajit")
     p.add_argument("--on-error", choices=("drop", "accept"), default="drop")
-    p.add_argument("--on-overload", choices=("accept", "drop"), default="accept")
+    p.add_argument("--on-overload", choices=("accept", "drop"), default="accept",
+                   help="when the queue is full: accept (fail open, counted as passed unjudged) "
+                   "or drop (counted as queue drops)")
+    p.add_argument("--queue-len", type=int, default=4096, metavar="N",
+                   help="packets that may wait for a verdict (default: 4096)")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.set_defaults(func=run)
 
@@ -72,7 +76,15 @@ def _seconds(args) -> float:
 def _line(s: dict) -> str:
     return (f"seen {s['seen']:>7}  accepted {s['accepted']:>7}  dropped {s['dropped']:>7}  "
             f"continued {s['continued']:>7}  modified {s['modified']:>7}  errors {s['errors']:>5}  "
-            f"queue drops {s['queue_drops']:>4}")
+            f"queue drops {s['queue_drops']:>4}  passed unjudged {s.get('passed_unjudged', 0):>5}")
+
+
+def _accounting(s: dict) -> str:
+    """Where every packet of the queue rule went (docs/lab.md, Statistics)."""
+    if "rule_packets" not in s:
+        return ""
+    return (f"  rule matched {s['rule_packets']} = judged {s['judged']} + passed unjudged "
+            f"{s['passed_unjudged']} + queue drops {s['queue_drops']} + in flight {s['in_flight']}")
 
 
 def _short(flow: flows.Flow, r: dict) -> str:
@@ -114,7 +126,8 @@ def run(args) -> int:
             flows.check_hosts(traffic, lab.hosts)
             h = lab.attach(source, host=args.host, table=args.table, chain=args.chain,
                            match=args.match, name=path.stem, lua=args.lua, profile=args.profile,
-                           on_error=args.on_error, on_overload=args.on_overload)
+                           on_error=args.on_error, on_overload=args.on_overload,
+                           queue_len=args.queue_len)
         except flows.TrafficError as exc:
             raise CliError(f"--traffic: {exc}") from None
         except ScriptError as exc:
@@ -136,11 +149,10 @@ def run(args) -> int:
                 print("\r" + _line(h.stats()), end="", flush=True)
             if time.monotonic() > start + watch + seconds + 60:
                 break                    # a generator that never returns must not hang the CLI
-        stats = h.stats()
         errors = h.errors()
         recent = h.recent(5)
         output = h.output()
-        h.detach()
+        stats = h.detach()   # the final counts, after the queue has drained
     finally:
         lab.close()
 
@@ -153,6 +165,8 @@ def run(args) -> int:
     if live:
         print()
     print(_line(stats))
+    if _accounting(stats):
+        print(_accounting(stats))
     for flow, r in zip(traffic, results):
         print("  " + _short(flow, r))
     for e in errors[:5]:

@@ -155,15 +155,15 @@ def _summary(ip: bytes) -> str:
 # --- backends ------------------------------------------------------------------------------
 
 def _run_replay(source, packets, eth, **options) -> list[Outcome]:
-    from packetscript_lab import Script
-    script = Script(source, name="conformance", **options)
-    if eth is not None:
-        script.eth_header = eth
-    out = []
-    for ip in packets:
-        r = script.run_ip(ip)
-        err = r.error.message if r.error else None
-        out.append(Outcome(r.verdict, r.data if r.verdict != "drop" else None, err))
+    from packetscript_lab import Judge
+    with Judge(source, name="conformance", **options) as script:   # watched, as in replay
+        if eth is not None:
+            script.eth_header = eth
+        out = []
+        for ip in packets:
+            r = script.run_ip(ip)
+            err = r.error.message if r.error else None
+            out.append(Outcome(r.verdict, r.data if r.verdict != "drop" else None, err))
     return out
 
 

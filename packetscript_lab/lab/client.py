@@ -2,26 +2,33 @@
 
 The client holds no privileges and no namespaces. It starts the lab process under
 ``unshare`` (user+net+mount+pid namespaces when unprivileged, net+mount+pid as root), sends
-commands over a socket pair and receives replies and events (stats samples, errors) on a
-reader thread. When the client's end of the socket closes, including when the notebook
-process dies, the lab process exits and its whole network world goes with it.
+commands over a socket pair from a writer thread and receives replies and events (stats
+samples, errors) on a reader thread. When the client's end of the socket closes, including
+when the notebook process dies (even by kill -9), the lab process exits and its whole
+network world goes with it.
+
+The lab process runs in a session of its own: an interrupt of the notebook kernel (SIGINT to
+the kernel's whole process group) or a Ctrl-C in a terminal reaches only the client, which
+ends what it was waiting for; the lab, its rules and its other scripts stay. For the same
+reason only the writer thread writes to the socket: a KeyboardInterrupt, which Python raises
+in the main thread, can never cut a message in half.
 """
 from __future__ import annotations
 
 import collections
 import itertools
 import os
-import shutil
+import queue
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..core import flows
+from . import programs
 from .protocol import Connection, LabError, decode_error
 from .topology import TOPOLOGIES, Host
 
@@ -32,18 +39,24 @@ REPLAY_HINT = ("The replay backend needs no privileges and runs the same scripts
 
 def lab_command(python: str | None = None) -> list[str]:
     """The ``unshare`` prefix that gives the lab process its own namespaces."""
-    if shutil.which("unshare") is None:
-        raise LabError("the `unshare` program (util-linux) is not installed, so the lab cannot "
-                       "create its private network. " + REPLAY_HINT)
-    argv = ["unshare"]
+    argv = [require_program("unshare")]
     if os.geteuid() != 0:
         argv += ["--user", "--map-root-user"]
     argv += ["--net", "--mount", "--pid", "--fork", "--kill-child"]
     return argv + [python or sys.executable, "-m", "packetscript_lab.lab.process"]
 
 
+def require_program(name: str) -> str:
+    """The full path of a program the lab runs, or a one-line LabError naming its package."""
+    try:
+        return programs.find(name)
+    except programs.ProgramMissing as exc:
+        raise LabError(f"cannot start the lab: {exc}. {REPLAY_HINT}") from None
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
+    env["PATH"] = programs.search_path(env.get("PATH", ""))   # iptables-save, modinfo, ...
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_ROOT, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -156,6 +169,7 @@ class Lab:
         self._proc: subprocess.Popen | None = None
         self._log_fd: int | None = None
         self._last_log = ""
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         if _connect is not None:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -168,8 +182,13 @@ class Lab:
         else:
             self._start(iptables)
         threading.Thread(target=self._reader, name="lab-reader", daemon=True).start()
-        if not self._ready.wait(start_timeout) or self._ready_msg is None \
-                or self._ready_msg.get("event") != "ready":
+        threading.Thread(target=self._writer, name="lab-writer", daemon=True).start()
+        try:
+            ready = self._ready.wait(start_timeout)
+        except KeyboardInterrupt:          # interrupted while it starts: it must not linger
+            self._shutdown_process()
+            raise
+        if not ready or self._ready_msg is None or self._ready_msg.get("event") != "ready":
             err = self._ready_msg.get("error") if self._ready_msg else None
             log = self.log()
             self._shutdown_process()
@@ -182,18 +201,22 @@ class Lab:
     # -- process --
 
     def _start(self, iptables: str) -> None:
+        argv = lab_command()
+        iptables = require_program(iptables)   # an ordinary account's PATH has no /usr/sbin
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # The log file is unlinked at once and read through our descriptor: nothing stays
         # on disk whichever way either process ends.
         fd, path = tempfile.mkstemp(prefix="packetscript-lab-", suffix=".log")
         os.unlink(path)
         self._log_fd = fd
-        argv = lab_command() + ["--fd", str(child.fileno()), "--topology", self.topology,
-                                "--interval", str(self.sample_interval), "--iptables", iptables]
+        argv += ["--fd", str(child.fileno()), "--topology", self.topology,
+                 "--interval", str(self.sample_interval), "--iptables", iptables]
         try:
+            # A session of its own: the kernel's interrupt (SIGINT to its process group) must
+            # not reach the lab. It still ends with us: it exits when this socket closes.
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
                                           pass_fds=(child.fileno(),), env=child_env(),
-                                          close_fds=True)
+                                          close_fds=True, start_new_session=True)
         except OSError as exc:
             raise LabError(f"cannot start the lab process: {exc}. {REPLAY_HINT}") from None
         finally:
@@ -258,19 +281,31 @@ class Lab:
                                + (f": {self.log().strip().splitlines()[-1]}" if self.log().strip() else "")}}
             slot[0].set()
 
+    def _writer(self) -> None:
+        # The only thread that writes to the socket (see the module's docstring).
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            mid, data = item
+            try:
+                self._conn.send_encoded(data)
+            except OSError:
+                with self._lock:
+                    slot = self._pending.pop(mid, None)
+                if slot is not None:
+                    slot[1] = {"err": {"type": "LabError", "message": "the lab process has ended"}}
+                    slot[0].set()
+
     def _call(self, cmd: str, _timeout: float | None = None, **args: Any) -> Any:
         if self._closed:
             raise LabError("this lab is closed")
         mid = next(self._ids)
+        data = Connection.encode({"id": mid, "cmd": cmd, "args": args})
         slot: list = [threading.Event(), None]
         with self._lock:
             self._pending[mid] = slot
-        try:
-            self._conn.send({"id": mid, "cmd": cmd, "args": args})
-        except OSError:
-            with self._lock:
-                self._pending.pop(mid, None)
-            raise LabError("the lab process has ended") from None
+        self._outbox.put((mid, data))
         if not slot[0].wait(_timeout):
             raise LabError(f"the lab did not answer {cmd!r} within {_timeout}s")
         reply = slot[1]
@@ -304,6 +339,7 @@ class Lab:
 
     def _shutdown_process(self) -> None:
         self._closed = True
+        self._outbox.put(None)
         try:
             self._conn.close()
         except Exception:
@@ -330,18 +366,20 @@ class Lab:
                match: str = "-p udp --dport 9000", name: str | None = None, backend: str = "nfqueue",
                lua: str = "luajit", profile: str = "lab", on_error: str = "drop",
                budget: int = 1_000_000, fix_checksums: bool = True, on_overload: str = "accept",
-               position: int | None = None, **script_options: Any) -> AttachedScript:
+               position: int | None = None, queue_len: int = 4096,
+               **script_options: Any) -> AttachedScript:
         """Compile ``source`` and attach it to ``table``/``chain`` of ``host`` for ``match``.
 
         Raises ScriptError for compile errors, LabError for a bad hook or rule. ``on_overload``
-        is the queue's policy when the worker falls behind: "accept" (fail open) or "drop".
+        is the queue's policy when the worker falls behind: "accept" (fail open) or "drop";
+        ``queue_len`` is how many packets may wait for a verdict before that policy applies.
         ``position`` inserts the rule at that 1-based position instead of appending it.
         """
         opts = dict(lua=lua, profile=profile, on_error=on_error, budget=budget,
                     fix_checksums=fix_checksums, **script_options)
         info = self._call("attach", source=source, host=host, table=table, chain=chain,
                           match=match, name=name, backend=backend, on_overload=on_overload,
-                          position=position, **opts)
+                          position=position, queue_len=queue_len, **opts)
         h = AttachedScript(self, info)
         self.attached[h.name] = h
         return h

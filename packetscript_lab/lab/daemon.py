@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .client import Lab, child_env, explain_start_failure, lab_command
+from .client import Lab, child_env, explain_start_failure, lab_command, require_program
 from .protocol import LabError
 
 
@@ -45,12 +45,13 @@ def start(name: str = "default", topology: str = "pair", sample_interval: float 
     """Start a detached lab named ``name``; returns its status once it answers."""
     if is_running(name):
         raise LabError(f"a lab named {name!r} is already running; `packetscript lab down` ends it")
+    argv = lab_command() + ["--iptables", require_program("iptables")]
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address(name))
     listener.listen(8)
     fd, log_path = tempfile.mkstemp(prefix="packetscript-lab-up-", suffix=".log")
-    argv = lab_command() + ["--listen-fd", str(listener.fileno()), "--topology", topology,
-                            "--interval", str(sample_interval)]
+    argv += ["--listen-fd", str(listener.fileno()), "--topology", topology,
+             "--interval", str(sample_interval)]
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
                                 pass_fds=(listener.fileno(),), env=child_env(),

@@ -93,6 +93,13 @@ class IPTables:
     def delete(self, table: str, rule: list[str]) -> None:
         self.run(["-t", table, "-D", *rule])
 
+    def _save_program(self) -> str:
+        return self.program if self.program.endswith("-save") else f"{self.program}-save"
+
     def save(self) -> str:
-        return self.ns.sh([f"{self.program}-save"] if not self.program.endswith("-save")
-                          else [self.program]).stdout
+        return self.ns.sh([self._save_program()]).stdout
+
+    def save_counters(self) -> str:
+        """The ruleset with each rule's packet and byte counters (``[packets:bytes] -A ...``),
+        read in one go: the queue rules' counters are where packet accounting starts."""
+        return self.ns.sh([self._save_program(), "-c"]).stdout

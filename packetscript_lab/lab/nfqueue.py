@@ -72,8 +72,9 @@ def set_queue_flags(nfq_fd: int, queue_num: int, flags: int, mask: int) -> None:
 class QueueWorker:
     """Binds queue ``queue_num`` in the calling thread's namespace and judges its packets.
 
-    ``script`` is a packetscript_lab.Script (batches go through ``run_many``), or None for
-    the bare baseline that accepts everything (used by the benchmark).
+    ``script`` is a packetscript_lab.Judge (a Script in its own watched process; batches go
+    through ``run_many``, and a packet that hangs it comes back with the error verdict), or
+    None for the bare baseline that accepts everything (used by the benchmark).
     """
 
     def __init__(self, queue_num: int, mark_bit: int, script: Any, eth_by_ifindex: dict[int, bytes],

@@ -4,8 +4,10 @@ Started by the client (``client.py``) inside new namespaces, as
 ``unshare [--user --map-root-user] --net --mount --pid --fork --kill-child python -m
 packetscript_lab.lab.process ...``. It is PID 1 of its PID namespace: when it exits, every
 process it started dies, and its network namespaces (held only by its descriptors) vanish
-with their links and rules. It serves one client over an inherited socket (``--fd``) and
-exits when that socket closes, or serves clients on an inherited listening socket
+with their links and rules. It runs in a session of its own, so the client's interrupts
+(a Jupyter kernel interrupt signals the kernel's whole process group) do not reach it. It
+serves one client over an inherited socket (``--fd``) and exits when that socket closes,
+which happens however the client ends, kill -9 included; or it serves clients on an inherited listening socket
 (``--listen-fd``, daemon mode for ``packetscript lab up``) until told to shut down.
 
 Every command runs in its own thread, so a long capture does not block a send.
@@ -26,12 +28,14 @@ import time
 import traceback
 
 from . import iptables as ipt
-from . import topology, traffic
+from . import programs, topology, traffic
+from .accounting import Tally, account, parse_rule_counters, queue_rule_packets
 from .nfqueue import QueueWorker
 from .protocol import Connection, LabError, encode_error
 from .stats import parse_nfqueue, parse_net_dev
 
 MAX_QUEUES = 16
+JUDGE_COUNTS = ("restarts", "timeouts", "crashes", "unjudged")
 
 
 class Session:
@@ -77,6 +81,15 @@ class Attached:
         self.internal_errors: list[dict] = []
         self.kernel_rule = None   # packetscript_lab.kernel.backend.KernelRule (kernel backend)
         self.kernel_past: dict = {}  # counts of the rules that earlier replace() calls removed
+        self.tally = Tally()         # the kernel's counters of its rule and queue, kept cumulative
+        self.judge_past = dict.fromkeys(JUDGE_COUNTS, 0)  # wall-clock counts of replaced scripts
+
+    def judge_counts(self) -> dict:
+        """The wall-clock line's counts (restarts, timeouts, crashes, unjudged), all
+        scripts this handle ran included."""
+        script = self.worker.script if self.worker is not None else None
+        now = script.counts() if script is not None else {}
+        return {k: self.judge_past[k] + now.get(k, 0) for k in JUDGE_COUNTS}
 
     def info(self) -> dict:
         return {"name": self.name, "host": self.host, "table": self.table, "chain": self.chain,
@@ -113,6 +126,9 @@ class World:
         self.attached: dict[str, Attached] = {}
         self.free_queues = list(range(MAX_QUEUES))
         self.lock = threading.Lock()
+        # One reading of the kernel's counters at a time: readings that overtook each other
+        # would look like counters that went back to zero (accounting.Tally).
+        self.stats_lock = threading.RLock()
         self.captures: dict[int, traffic.Capture] = {}
         self.capture_seq = 0
         self.sessions: set[Session] = set()
@@ -170,7 +186,19 @@ class World:
         q, d = self.spaces[host].run(read)
         return parse_nfqueue(q), parse_net_dev(d)
 
-    def handle_stats(self, a: Attached, queues: dict | None = None) -> dict:
+    def _rule_counters(self, host: str) -> dict | None:
+        """The host's rules with their counters, or None when they cannot be read now
+        (the last counts read are then kept)."""
+        try:
+            return parse_rule_counters(self.tables[host].save_counters())
+        except (OSError, LabError, ValueError):
+            return None
+
+    def handle_stats(self, a: Attached, queues: dict | None = None, rules: dict | None = None) -> dict:
+        with self.stats_lock:
+            return self._handle_stats(a, queues, rules)
+
+    def _handle_stats(self, a: Attached, queues: dict | None, rules: dict | None) -> dict:
         if a.kernel_rule is not None:
             # The rule counters: packets that reached the script, and those that went on
             # (XT_CONTINUE); "stopped" is accepted + dropped, which counters cannot tell
@@ -178,18 +206,34 @@ class World:
             c = a.kernel_rule.counters()
             stats = {k: c[k] + a.kernel_past.get(k, 0) for k in ("seen", "bytes", "continued", "stopped")}
             stats["queue_drops"] = 0
+            # The module judges every packet in line: nothing waits, nothing passes unjudged.
+            stats.update(account(stats["seen"], stats["seen"], 0, 0))
             return stats
+        # Read in this order (rule counter, queue, worker), so that a packet that moves on
+        # between two reads is never taken for one that passed unjudged (accounting.py).
+        if rules is None:
+            rules = self._rule_counters(a.host)
         if queues is None:
             queues = self._kernel_stats(a.host)[0]
+        tally = a.tally
+        matched = None if rules is None else queue_rule_packets(
+            rules, a.table, a.chain, a.queue_num, ipt.mark_bit(a.queue_num))
+        rule_packets = tally.total("rule_packets", matched)
+        q = queues.get(a.queue_num)   # None while no listener is bound: keep the last counts
+        kept = {k: tally.total(k, None if q is None else q[k])
+                for k in ("queue_dropped", "user_dropped", "id_sequence")}
+        backlog = q["queue_total"] if q is not None else 0
         s = a.worker.counters.snapshot() if a.worker else {}
-        q = queues.get(a.queue_num, {})
-        s["queue_dropped"] = q.get("queue_dropped", 0)
-        s["user_dropped"] = q.get("user_dropped", 0)
+        s["queue_dropped"] = kept["queue_dropped"]
+        s["user_dropped"] = kept["user_dropped"]
         s["queue_drops"] = s["queue_dropped"] + s["user_dropped"]
-        s["queued_total"] = q.get("id_sequence", 0)  # packets ever handed to this queue
-        s["queue_backlog"] = q.get("queue_total", 0)
+        s["queued_total"] = kept["id_sequence"]  # packets ever handed to this queue
+        s["queue_backlog"] = backlog
+        s.update(account(rule_packets, s.get("seen", 0) + s.get("internal_errors", 0),
+                         s["queue_drops"], backlog))
         if a.worker:
             s["first_t"], s["last_t"] = a.worker.first_t, a.worker.last_t
+        s.update(a.judge_counts())
         return s
 
     def interfaces(self) -> dict:
@@ -204,11 +248,17 @@ class World:
                     sessions = list(self.sessions)
                 if not sessions:
                     continue
-                per_host = {h: self._kernel_stats(h) for h in self.hosts}
-                t = time.time()
-                for sess in sessions:
-                    mine = {a.name: self.handle_stats(a, per_host[a.host][0])
-                            for a in handles if a.session is sess}
+                with self.stats_lock:
+                    # Rule counters first, then the queues, then the workers (handle_stats).
+                    rules = {h: self._rule_counters(h)
+                             for h in {a.host for a in handles if a.kernel_rule is None}}
+                    per_host = {h: self._kernel_stats(h) for h in self.hosts}
+                    t = time.time()
+                    samples = [(sess, {a.name: self.handle_stats(a, per_host[a.host][0],
+                                                                  rules.get(a.host))
+                                       for a in handles if a.session is sess})
+                               for sess in sessions]
+                for sess, mine in samples:
                     sess.send({"event": "sample", "t": t, "handles": mine,
                                "ifaces": {h: v[1] for h, v in per_host.items()}})
             except Exception as exc:
@@ -218,18 +268,23 @@ class World:
     # -- scripts --
 
     def _compile(self, source: str, name: str, options: dict):
-        from packetscript_lab.script import Script
+        """The script in its own watched process (Judge): a script that hangs in a C
+        function or kills its runtime costs a packet's verdict, never this process."""
+        from packetscript_lab.judge import Judge
 
-        return Script(source, name=name, **options)
+        return Judge(source, name=name, **options)
 
     def attach(self, sess: Session, source: str | None, host: str, table: str = "filter",
                chain: str = "INPUT", match: str = "", name: str | None = None,
                backend: str = "nfqueue", on_overload: str = "accept", position: int | None = None,
-               **options) -> dict:
+               queue_len: int = 4096, **options) -> dict:
         self.host(host)
         ipt.check_hook(table, chain)
         if on_overload not in ("accept", "drop"):
             raise ValueError("on_overload must be 'accept' (fail open) or 'drop'")
+        if not isinstance(queue_len, int) or isinstance(queue_len, bool) or not 1 <= queue_len <= 65536:
+            raise ValueError(f"queue_len must be a whole number of packets from 1 to 65536, "
+                             f"not {queue_len!r}")
         if backend not in ("nfqueue", "kernel", "bare"):
             raise ValueError("backend must be 'nfqueue' or 'kernel'")
         with self.lock:
@@ -258,7 +313,7 @@ class World:
                 sess.send(ev)
 
             worker = QueueWorker(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
-                                 error_verdict=options.get("on_error", "drop"))
+                                 error_verdict=options.get("on_error", "drop"), max_len=queue_len)
             thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
             try:
                 worker.wait_bound()
@@ -305,7 +360,7 @@ class World:
             kernel_backend.require(run, self.iptables_program)
         except kernel_backend.KernelModuleMissing as exc:
             raise LabError(str(exc)) from None
-        self._compile(source, name, {**options, "profile": "kernel"})  # ScriptError before any rule
+        self._compile(source, name, {**options, "profile": "kernel"}).close()  # ScriptError before any rule
         rule = kernel_backend.KernelRule(run, tag=f"packetscript:{name}", table=table, chain=chain,
                                          match=match, function=options.get("function"),
                                          state_id=options.get("state_id"),
@@ -325,7 +380,7 @@ class World:
     def replace(self, name: str, source: str) -> dict:
         a = self.handle(name)
         if a.kernel_rule is not None:
-            self._compile(source, name, {**a.options, "profile": "kernel"})
+            self._compile(source, name, {**a.options, "profile": "kernel"}).close()
             before = self.handle_stats(a)
             self._rules_changed(a.host, False)
             try:
@@ -340,6 +395,9 @@ class World:
         old = a.worker.script
         a.worker.script = new  # one attribute store: the next packet sees the new script
         a.past_errors.extend(_errors_of(old))
+        old.close()                # waits for a batch the worker may still be judging with it
+        for key, value in old.counts().items():
+            a.judge_past[key] += value
         return a.info()
 
     def detach(self, name: str) -> dict:
@@ -347,6 +405,8 @@ class World:
         with self.lock:
             self.attached[name] = None  # no new commands on it while it goes
         final = self.handle_stats(a) if a.kernel_rule is not None else None
+        if a.worker is not None:
+            self.handle_stats(a)   # the rule's last count, read while the rule still exists
         try:
             if a.kernel_rule is not None:
                 self._rules_changed(a.host, False)
@@ -359,15 +419,33 @@ class World:
         finally:
             if a.worker is not None:
                 a.worker.drain()
+                # Counted before the worker unbinds: the queue's counters go with its binding.
+                final = self._drained_stats(a)
                 a.worker.stop()
                 a.thread.join(5)
+                if a.worker.script is not None:
+                    a.worker.script.close()
                 with self.lock:
                     self.free_queues.append(a.queue_num)
                     self.free_queues.sort()
             with self.lock:
                 self.attached.pop(name, None)
             a.session.handles.discard(name)
-        return final if final is not None else self.handle_stats(a)
+        return final
+
+    def _drained_stats(self, a: Attached, limit: float = 10.0, stall: float = 1.0) -> dict:
+        """Stats once the queue is empty: packets still queued when the worker unbinds are
+        dropped by the kernel unjudged. Waits while the worker makes progress, at most
+        ``limit`` seconds; whatever is left is reported as ``in_flight``."""
+        end = time.monotonic() + limit
+        s = self.handle_stats(a, rules={})   # rules={}: the rule is gone, keep its last count
+        progress_at, judged = time.monotonic(), s["judged"]
+        while s["in_flight"] and time.monotonic() < end and time.monotonic() - progress_at < stall:
+            time.sleep(0.05)
+            s = self.handle_stats(a, rules={})
+            if s["judged"] != judged:
+                progress_at, judged = time.monotonic(), s["judged"]
+        return s
 
     def errors(self, name: str) -> list[dict]:
         a = self.handle(name)
@@ -544,10 +622,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # Nothing may write to the client through stdout; stray output goes to the log.
     os.dup2(2, 1)
+    # iptables-save, modinfo ... live in sbin, which an ordinary account's PATH lacks.
+    os.environ["PATH"] = programs.search_path()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: os._exit(0))  # PID 1 ignores signals without handlers
 
     sock = socket.socket(fileno=a.listen_fd if a.listen_fd is not None else a.fd)
+    from packetscript_lab.judge import keep_process_ready
+    keep_process_ready()   # replace() then costs a compile, not a Python start-up
     try:
         world = World(a.topology, a.interval, a.iptables)
     except BaseException as exc:

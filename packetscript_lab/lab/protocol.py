@@ -28,10 +28,18 @@ class Connection:
         self.sock = sock
         self._wlock = threading.Lock()
 
-    def send(self, msg: dict) -> None:
+    @staticmethod
+    def encode(msg: dict) -> bytes:
+        """One message as the bytes that go on the wire (length prefix included)."""
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        return _LEN.pack(len(data)) + data
+
+    def send(self, msg: dict) -> None:
+        self.send_encoded(self.encode(msg))
+
+    def send_encoded(self, data: bytes) -> None:
         with self._wlock:
-            self.sock.sendall(_LEN.pack(len(data)) + data)
+            self.sock.sendall(data)
 
     def recv(self) -> dict | None:
         """The next message, or None at end of stream."""

@@ -16,6 +16,7 @@ import time
 
 from ..core.netutil import checksum
 from .netns import NetNS
+from .protocol import LabError
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -245,24 +246,23 @@ def tcp_echo(src: NetNS, dst_ns: NetNS, dst: str, port: int = 7000, connections:
 # -- pcap replay ---------------------------------------------------------------------------
 
 def read_pcap(path: str, src_mac: bytes, dst_mac: bytes, rewrite_macs: bool = True) -> list[tuple[str, bytes]]:
-    """Frames of a pcap ready for ``send_frames``: Ethernet frames get this hop's MACs."""
-    from scapy.utils import RawPcapReader
+    """Frames of a pcap or pcapng ready for ``send_frames``: Ethernet frames get this hop's
+    MACs. Read with the replay backend's checked reader: a corrupt record is an error."""
+    from packetscript_lab.backends.replay import ReplayError, read_capture
 
-    out: list[tuple[str, bytes]] = []
-    with RawPcapReader(path) as reader:
-        linktype = reader.linktype
-        for data, _meta in reader:
-            if linktype == 1:  # Ethernet
-                if rewrite_macs:
-                    data = dst_mac + src_mac + data[12:]
-                out.append(("l2", data))
-            elif linktype in (101, 228, 12):  # raw IPv4
-                out.append(("l3", data))
-            elif linktype == 113:  # Linux cooked capture: 16-byte header, then the IP packet
-                out.append(("l3", data[16:]))
-            else:
-                raise ValueError(f"unsupported pcap link type {linktype} in {path}")
-    return out
+    try:
+        linktype, batches = read_capture(path)
+        datas = [d for frames, _times in batches for d in frames]
+    except ReplayError as exc:
+        raise LabError(str(exc)) from None
+    if linktype == 1:  # Ethernet
+        return [("l2", dst_mac + src_mac + d[12:] if rewrite_macs else d) for d in datas]
+    if linktype in (101, 228, 12, 14):  # raw IP
+        return [("l3", d) for d in datas]
+    if linktype == 113:  # Linux cooked capture: 16-byte header, then the IP packet
+        return [("l3", d[16:]) for d in datas]
+    raise LabError(f"unsupported link type {linktype} in {path}: the lab sends Ethernet, "
+                   "raw-IP and Linux cooked (113) captures")
 
 
 # -- capture ---------------------------------------------------------------------------------

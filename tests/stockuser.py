@@ -1,0 +1,89 @@
+"""Running a command as an ordinary account with a stock environment, as a student meets it.
+
+A stock Debian account's PATH is ``/usr/local/bin:/usr/bin:/bin`` (no sbin) and its
+environment has no PYTHONPATH: the command finds the package through the virtual
+environment it was installed into. Run as root, the tests create the ordinary account
+``psl-student`` once (useradd) and drop to it with setpriv; run as anyone else, they run as
+that user.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+from packetscript_lab.lab import programs
+
+STOCK_PATH = "/usr/local/bin:/usr/bin:/bin"
+STUDENT = "psl-student"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def student() -> pwd.struct_passwd:
+    """The ordinary account the tests run as (created on first use when we are root)."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.getuid())
+    try:
+        return pwd.getpwnam(STUDENT)
+    except KeyError:
+        subprocess.run([programs.find("useradd"), "--create-home", "--shell", "/bin/sh",
+                        "--comment", "PacketScript Lab test student", STUDENT],
+                       check=True, capture_output=True, text=True)
+        return pwd.getpwnam(STUDENT)
+
+
+def stock_env(account: pwd.struct_passwd) -> dict[str, str]:
+    """What `env -i` plus a login would give the account: no PYTHONPATH, no sbin."""
+    return {"PATH": STOCK_PATH, "HOME": account.pw_dir, "USER": account.pw_name,
+            "LOGNAME": account.pw_name, "SHELL": account.pw_shell or "/bin/sh",
+            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def venv_program(name: str) -> str:
+    """A console script of the environment running the tests (e.g. ``packetscript``)."""
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"{path} is missing: install the package into this environment " \
+        "(pip install -e .), as scripts/bootstrap.sh does"
+    return str(path)
+
+
+def _root_only_dirs() -> list[str]:
+    """Top directories under /root that the command needs (an interpreter in /root/.pyenv,
+    a checkout in /root): /root itself is closed to other accounts."""
+    paths = (sys.base_prefix, sys.prefix, sys.executable, str(ROOT))
+    tops = {"/root/" + p.split("/")[2] for p in map(os.path.realpath, paths)
+            if p.startswith("/root/") and len(p.split("/")) > 2}
+    return sorted(tops)
+
+
+def command(argv: list[str], stage: Path) -> list[str]:
+    """``argv`` run as the student. When the interpreter or the checkout lives under /root,
+    a private mount namespace (this command only) shows just those directories through a
+    tmpfs over /root; the host's mounts are not changed."""
+    if os.geteuid() != 0:
+        return argv
+    account = student()
+    drop = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
+            "--clear-groups", "--", *argv]
+    tops = _root_only_dirs()
+    if not tops:
+        return drop
+    steps = []
+    for i, top in enumerate(tops):
+        os.makedirs(stage / str(i), exist_ok=True)
+        steps.append(f"mount --bind {top} {stage / str(i)}")
+    steps.append("mount -t tmpfs -o mode=755 none /root")
+    for i, top in enumerate(tops):
+        steps += [f"mkdir -p {top}", f"mount --bind {stage / str(i)} {top}"]
+    script = " && ".join(steps) + ' && exec "$@"'
+    return [programs.find("unshare"), "--mount", "--propagation", "private", "--",
+            "sh", "-c", script, "sh", *drop]
+
+
+def run(argv: list[str], stage: Path, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run ``argv`` as the student with a stock environment, from the student's home."""
+    account = student()
+    return subprocess.run(command(argv, stage), capture_output=True, text=True, timeout=timeout,
+                          env=stock_env(account), cwd=account.pw_dir, **kw)
