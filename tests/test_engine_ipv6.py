@@ -221,3 +221,12 @@ def test_changed_fields_and_summary_name_ipv6(lua):
     got = changed(f, 'ip6:daddr():set("fd77::9")', lua)
     assert changed_fields(f, got) == ["ip6.daddr", "udp.check"]
     assert summary(f) == f"UDP [{SRC}]:1 > [{DST}]:2 len {len(f)}"
+
+
+def test_replay_of_a_source_runs_ipv6_in_the_watched_engine(lua, tmp_path):
+    pkts = [IPv6(src=SRC, dst=DST) / UDP(sport=1, dport=2) / Raw(b"w")] * 3
+    path = tmp_path / "v6raw.pcap"
+    wrpcap(str(path), pkts)
+    result = replay(DNAT6, str(path), lua=lua)
+    assert (result.packets, result.modified, result.errors) == (3, 3, 0)
+    assert all(IPv6(out).dst == "fd77:2::2" for out in result.output)
