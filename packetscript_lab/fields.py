@@ -9,7 +9,7 @@ import ipaddress
 import struct
 from functools import lru_cache
 
-from packetscript_lab.core.protocols import BY_NAME, Protocol, header_length, ip6_walk, next_protocol
+from packetscript_lab.core.protocols import BY_NAME, PROTOCOLS, Protocol, header_length, ip6_walk, next_protocol
 
 
 @lru_cache(maxsize=None)
@@ -65,6 +65,46 @@ def changed_fields(before: bytes, after: bytes) -> list[str]:
         if any(a <= i < b for i in diff):
             names.append(name)
     return names
+
+
+# The checksums, named as _layout names them (recomputed after every change).
+_CHECKSUMS = {f"{p.short}.{f.name}" for p in PROTOCOLS for f in p.fields
+              if f.name in ("check", "checksum")}
+
+
+def field_changes(before: bytes, after: bytes) -> list[str]:
+    """The changed fields with their values, as a reader wants them: ``ip.daddr
+    10.77.0.2 → 10.77.0.9``. Checksums (recomputed after every change) are named without
+    values; payload and options only say how many bytes differ."""
+    if before == after:
+        return []
+    out, sums = [], []
+    for a, b, name in _layout(before):
+        old, new = before[a:b], after[a:b]
+        if old == new:
+            continue
+        if name in _CHECKSUMS:
+            sums.append(name)
+        elif name.endswith((".data", ".options", ".ext")):
+            differ = sum(x != y for x, y in zip(old, new)) + abs(len(old) - len(new))
+            out.append(f"{name}: {differ} bytes")
+        else:
+            out.append(f"{name} {_value(name, old)} → {_value(name, new)}")
+    if len(after) != len(before):
+        out.append(f"length {len(before)} → {len(after)} bytes")
+    if sums:
+        out.append("checksums updated (" + ", ".join(sums) + ")")
+    return out
+
+
+def _value(name: str, raw: bytes) -> str:
+    if name.endswith("mac"):
+        return ":".join(f"{x:02x}" for x in raw)
+    if name.endswith(("saddr", "daddr")) and len(raw) in (4, 16):
+        return str(ipaddress.ip_address(raw))
+    if name.endswith("flags") and name.startswith("tcp"):
+        return "".join(c for c, m in zip("FSRPAU", (1, 2, 4, 8, 16, 32)) if raw[0] & m) or "-"
+    return str(int.from_bytes(raw, "big")) if len(raw) <= 4 else raw.hex()
 
 
 _ICMP_KINDS = {"packet_icmp": {0: "echo-reply", 8: "echo-request", 3: "unreachable", 11: "time-exceeded"},

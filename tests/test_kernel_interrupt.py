@@ -107,8 +107,13 @@ def test_interrupt_ends_the_run_and_keeps_the_lab(kernel):
     shown = []
 
     def ticking(msg):
-        shown.append(msg["msg_type"])
-        return msg["msg_type"] == "comm_msg" and "display_data" in shown
+        # The dashboard is on the page (a widget view shown), then the wait loop updates it.
+        data = msg["content"].get("data", {})
+        if msg["msg_type"] in ("display_data", "update_display_data") and \
+                "application/vnd.jupyter.widget-view+json" in data:
+            shown.append("dashboard")
+        return (msg["msg_type"] == "comm_msg" and "dashboard" in shown
+                and data.get("method") == "update")
 
     status, _ = kernel.outputs(msg_id, timeout=60, until=ticking)
     assert status == "running"
