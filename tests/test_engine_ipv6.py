@@ -12,7 +12,7 @@ from scapy.utils import wrpcap
 
 from engine_util import RUNTIMES, udp_frame
 from packetscript_lab import Script, replay
-from packetscript_lab.fields import changed_fields, summary
+from packetscript_lab.fields import changed_fields, field_changes, summary
 
 pytestmark = pytest.mark.parametrize("lua", RUNTIMES)
 
@@ -221,6 +221,7 @@ def test_changed_fields_and_summary_name_ipv6(lua):
     got = changed(f, 'ip6:daddr():set("fd77::9")', lua)
     assert changed_fields(f, got) == ["ip6.daddr", "udp.check"]
     assert summary(f) == f"UDP [{SRC}]:1 > [{DST}]:2 len {len(f)}"
+    assert field_changes(f, got) == [f"ip6.daddr {DST} → fd77::9", "checksums updated (udp.check)"]
 
 
 def test_replay_of_a_source_runs_ipv6_in_the_watched_engine(lua, tmp_path):
