@@ -390,8 +390,9 @@ local function addr_set(f, s, skb)
   local old1, old2 = get16(SO[f]), get16(SO[f] + 2)
   local o = SO[f]                     -- written out: a 4-step loop would cost LuaJIT a trace
   wr(o, a[1]); wr(o + 1, a[2]); wr(o + 2, a[3]); wr(o + 3, a[4])
-  local ip = fix_addr_checksum and ip_header(f, "set")
+  local ip = fix_addr_checksum and SIP[f]      -- an IPv4 header: its 20 bytes must be there
   if ip then
+    if ip + 20 > PLEN then error("'set' needs the whole IP header, and this packet ends inside it", 0) end
     -- What xt_LUA does in the kernel: the IP header checksum updated incrementally, and
     -- with the skb argument the TCP or UDP checksum too (inet_proto_csum_replace4).
     csum_replace4(ip + 10, old1, old2, o)
@@ -724,6 +725,14 @@ local function next_finder(entry, locate)
   for _, fd in ipairs(entry.fields) do if fd.name == entry.next_by then sel = fd end end
   local where = locate[sel.name]
   local o, n = floor(sel.bit_offset / 8), floor((sel.bit_offset % 8 + sel.bit_length + 7) / 8)
+  -- fixed one- or two-byte selectors (EtherType, IP protocol): the per-packet fast path
+  if not where and n == 1 then
+    return function(seg, t) return SN[seg] >= o + 1 and map[B[SO[seg] + o]] == t end
+  elseif not where and n == 2 then
+    return function(seg, t)
+      return SN[seg] >= o + 2 and map[B[SO[seg] + o] * 256 + B[SO[seg] + o + 1]] == t
+    end
+  end
   return function(seg, t)
     local ro, rl = o, n
     if where then ro, rl = where(seg) end
