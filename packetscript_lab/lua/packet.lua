@@ -172,9 +172,8 @@ local function ip6_upper(ip, len)
   return nh, off, frag
 end
 
--- The TCP, UDP or ICMPv6 checksum at l4 + at (proto), over the pseudo-header and segment.
-local function fix_l4(ip, l4, proto, len)
-  local l4len, pseudo = l4_span(ip, l4)
+-- The TCP, UDP or ICMPv6 checksum of the segment at l4 (l4len bytes; pseudo: the address sum).
+local function fix_l4(ip, l4, proto, l4len, pseudo)
   if proto == 6 and l4len >= 20 then
     B[l4 + 16] = 0; B[l4 + 17] = 0
     put16(l4 + 16, 0xffff - fold(sum16(l4, l4len, pseudo + proto + l4len)))
@@ -191,12 +190,15 @@ local function fix_l4(ip, l4, proto, len)
   end
 end
 
--- Recompute the IPv4, TCP, UDP and ICMP checksums of an Ethernet frame in B.
+-- Recompute the IPv4, TCP, UDP, ICMP and ICMPv6 checksums of an Ethernet frame in B (IPv4 or IPv6).
 -- Fragments keep their L4 checksum: it covers bytes this packet does not have.
 function A.fix_checksums(len)
   if len >= 54 and B[12] == 0x86 and B[13] == 0xdd and floor(B[14] / 16) == 6 then
     local proto, l4, frag = ip6_upper(14, len)
-    if not frag then fix_l4(14, l4, proto, len) end
+    if not frag then
+      local l4len, pseudo = l4_span(14, l4)
+      fix_l4(14, l4, proto, l4len, pseudo)
+    end
     return
   end
   if len < 34 or B[12] ~= 8 or B[13] ~= 0 then return end
@@ -213,7 +215,7 @@ function A.fix_checksums(len)
   if frag then return end
   local proto, l4, l4len = B[ip + 9], ip + ihl, tot - ihl
   if proto == 6 or proto == 17 then
-    fix_l4(ip, l4, proto, len)
+    fix_l4(ip, l4, proto, l4len, sum16(ip + 12, 8))
   elseif proto == 1 and l4len >= 4 then
     B[l4 + 2] = 0; B[l4 + 3] = 0
     put16(l4 + 2, 0xffff - fold(sum16(l4, l4len)))
