@@ -47,6 +47,23 @@ function process_packet(p)
 end
 """
 
+IP6_TOUR = """
+function process_packet(p)
+  local eth = p:data(packet_eth)
+  local ip6 = eth and eth:data(packet_ip6)
+  if not ip6 then return NF_ACCEPT end
+  local n = ip6:hop_limit():get() + ip6:flow_label():get() + ip6:traffic_class():get()
+  n = n + ip6:next_header():get() + #ip6:saddr():get()
+  local tcp, udp, icmp6 = ip6:data(packet_tcp), ip6:data(packet_udp), ip6:data(packet_icmp6)
+  if tcp then tcp:dport():set(8080); tcp:check():set(0) end
+  if udp then udp:sport():set(n % 65536) end
+  if icmp6 then icmp6:sequence():set(n % 65536) end
+  ip6:flow_label():set(n)
+  ip6:daddr():set("fd77:2::2")
+  return n % 3 == 0 and NF_DROP or XT_CONTINUE
+end
+"""
+
 RAW_WALK = """
 function process_packet(p)
   local size, x = p:get_size(), 0
@@ -71,18 +88,26 @@ function process_packet(p)
 end
 """
 
-SCRIPTS = {"dnat": dnat("10.77.2.2"), "api-tour": API_TOUR, "raw-walk": RAW_WALK, "hostile": HOSTILE}
+SCRIPTS = {"dnat": dnat("10.77.2.2"), "api-tour": API_TOUR, "ip6-tour": IP6_TOUR, "raw-walk": RAW_WALK,
+           "hostile": HOSTILE}
 
 
 def frames(rng: random.Random, count: int) -> list[bytes]:
     """Valid lab frames, then bit flips, truncations and pure noise of them."""
     from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
     from scapy.layers.l2 import Ether
 
-    base = [bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.77.0.1", dst="10.77.2.2") / l4)
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    base = [bytes(eth / IP(src="10.77.0.1", dst="10.77.2.2") / l4)
             for l4 in (UDP(sport=1234, dport=9000) / (b"u" * 20),
                        TCP(sport=40000, dport=80, options=[("MSS", 1460), ("NOP", None), ("WScale", 7)]) / b"GET",
                        ICMP() / b"ping")]
+    base += [bytes(eth / IPv6(src="fd77:1::1", dst="fd77:2::9") / l4)
+             for l4 in (UDP(sport=1234, dport=9000) / (b"u" * 20),
+                        IPv6ExtHdrHopByHop() / TCP(sport=40000, dport=80) / b"GET",
+                        IPv6ExtHdrFragment(m=1) / UDP() / b"frag",
+                        ICMPv6EchoRequest(data=b"ping"))]
     out = []
     for i in range(count):
         f = bytearray(rng.choice(base))

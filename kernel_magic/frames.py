@@ -8,18 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _mac(text: str) -> bytes:
-    return bytes.fromhex(text.replace(":", ""))
+from packetscript_lab.core.netutil import checksum, mac_bytes, pseudo_header
 
 
 def frame(smac: str, dmac: str, src: str, dst: str, proto: int, l4: bytes,
@@ -29,23 +18,19 @@ def frame(smac: str, dmac: str, src: str, dst: str, proto: int, l4: bytes,
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident & 0xFFFF, 0x4000, ttl,
                       proto, 0, s, d)
     hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
-    return _mac(dmac) + _mac(smac) + b"\x08\x00" + hdr + l4
-
-
-def _pseudo(src: str, dst: str, proto: int, length: int) -> bytes:
-    return socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, proto, length)
+    return mac_bytes(dmac) + mac_bytes(smac) + b"\x08\x00" + hdr + l4
 
 
 def udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
     seg = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    c = checksum(_pseudo(src, dst, 17, len(seg)) + seg) or 0xFFFF
+    c = checksum(pseudo_header(src, dst, 17, len(seg)) + seg) or 0xFFFF
     return seg[:6] + struct.pack("!H", c) + seg[8:]
 
 
 def tcp(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
         payload: bytes = b"", window: int = 64240) -> bytes:
     seg = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, window, 0, 0) + payload
-    c = checksum(_pseudo(src, dst, 6, len(seg)) + seg)
+    c = checksum(pseudo_header(src, dst, 6, len(seg)) + seg)
     return seg[:16] + struct.pack("!H", c) + seg[18:]
 
 

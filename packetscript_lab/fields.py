@@ -1,46 +1,55 @@
 """Name the header fields of an Ethernet frame, without scapy (it is far too slow for a
-per-packet log): which fields a script changed, and a one-line summary of a frame."""
+per-packet log): which fields a script changed, and a one-line summary of a frame.
+
+The layouts come from the protocol table (:mod:`packetscript_lab.core.protocols`).
+"""
 from __future__ import annotations
 
+import ipaddress
 import struct
+from functools import lru_cache
 
-# (first byte, last byte + 1, name) inside each header.
-_ETH = ((0, 6, "dmac"), (6, 12, "smac"), (12, 14, "type"))
-_IP = ((0, 1, "version/ihl"), (1, 2, "tos"), (2, 4, "tot_len"), (4, 6, "id"),
-       (6, 8, "flags/frag_off"), (8, 9, "ttl"), (9, 10, "protocol"), (10, 12, "check"),
-       (12, 16, "saddr"), (16, 20, "daddr"))
-_TCP = ((0, 2, "sport"), (2, 4, "dport"), (4, 8, "seq"), (8, 12, "ack"),
-        (12, 13, "data_off"), (13, 14, "flags"), (14, 16, "window_size"), (16, 18, "check"),
-        (18, 20, "urgent"))
-_UDP = ((0, 2, "sport"), (2, 4, "dport"), (4, 6, "length"), (6, 8, "check"))
-_ICMP = ((0, 1, "type"), (1, 2, "code"), (2, 4, "checksum"), (4, 6, "id"), (6, 8, "sequence"))
-_L4 = {6: ("tcp", _TCP), 17: ("udp", _UDP), 1: ("icmp", _ICMP)}
+from packetscript_lab.core.protocols import BY_NAME, PROTOCOLS, Protocol, header_length, ip6_walk, next_protocol
+
+
+@lru_cache(maxsize=None)
+def _static_fields(name: str) -> tuple[tuple[int, int, str], ...]:
+    """(first byte, end, name) of the fields at fixed places; fields sharing bytes are one
+    entry named "a/b" (``version/ihl``, ``flags/frag_off``)."""
+    proto, spans = BY_NAME[name], []
+    for f in proto.fields:
+        r = f.byte_range
+        if r is None:                                # data, options: placed by the packet
+            continue
+        if spans and r[0] < spans[-1][1]:
+            a, b, name = spans[-1]
+            spans[-1] = (a, max(b, r[1]), f"{name}/{f.name}")
+        else:
+            spans.append((r[0], r[1], f.name))
+    return tuple(spans)
 
 
 def _layout(frame: bytes):
-    """Yield (start, end, name) for every header field of an Ethernet/IPv4 frame."""
-    for a, b, name in _ETH:
-        yield a, b, "eth." + name
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[14] >> 4 != 4:
-        yield 14, len(frame), "eth.data"
-        return
-    ihl = (frame[14] & 15) * 4
-    for a, b, name in _IP:
-        yield 14 + a, 14 + b, "ip." + name
-    if ihl > 20:
-        yield 34, 14 + ihl, "ip.options"
-    l4 = 14 + ihl
-    proto_name, fields = _L4.get(frame[23], ("ip", ()))
-    end = l4
-    for a, b, name in fields:
-        yield l4 + a, l4 + b, f"{proto_name}.{name}"
-        end = l4 + b
-    if proto_name == "tcp" and len(frame) > l4 + 12:
-        hdr = (frame[l4 + 12] >> 4) * 4
-        if hdr > 20:
-            yield l4 + 20, l4 + hdr, "tcp.options"
-        end = max(end, l4 + hdr)
-    yield end, len(frame), f"{proto_name}.data"
+    """Yield (start, end, name) for every header field of the frame, layer after layer."""
+    proto, start = BY_NAME["packet_eth"], 0
+    while True:
+        short = proto.short
+        hlen = header_length(proto, frame, start)
+        if hlen is None or start + hlen > len(frame) or (
+                proto.name == "packet_ip" and (frame[start] >> 4 != 4 or hlen < 20)):
+            yield start, len(frame), f"{short}.data"
+            return
+        end = start
+        for a, b, name in _static_fields(proto.name):
+            yield start + a, start + b, f"{short}.{name}"
+            end = start + b
+        if hlen > end - start:                       # options, extension headers
+            yield end, start + hlen, f"{short}.{'ext' if short == 'ip6' else 'options'}"
+        nxt = next_protocol(proto, frame, start)
+        if nxt is None:
+            yield start + hlen, len(frame), f"{short}.data"
+            return
+        proto, start = nxt, start + hlen
 
 
 def changed_fields(before: bytes, after: bytes) -> list[str]:
@@ -58,7 +67,9 @@ def changed_fields(before: bytes, after: bytes) -> list[str]:
     return names
 
 
-_CHECKSUMS = {"ip.check", "tcp.check", "udp.check", "icmp.checksum"}
+# The checksums, named as _layout names them (recomputed after every change).
+_CHECKSUMS = {f"{p.short}.{f.name}" for p in PROTOCOLS for f in p.fields
+              if f.name in ("check", "checksum")}
 
 
 def field_changes(before: bytes, after: bytes) -> list[str]:
@@ -74,7 +85,7 @@ def field_changes(before: bytes, after: bytes) -> list[str]:
             continue
         if name in _CHECKSUMS:
             sums.append(name)
-        elif name.endswith((".data", ".options")):
+        elif name.endswith((".data", ".options", ".ext")):
             differ = sum(x != y for x, y in zip(old, new)) + abs(len(old) - len(new))
             out.append(f"{name}: {differ} bytes")
         else:
@@ -89,32 +100,52 @@ def field_changes(before: bytes, after: bytes) -> list[str]:
 def _value(name: str, raw: bytes) -> str:
     if name.endswith("mac"):
         return ":".join(f"{x:02x}" for x in raw)
-    if name.endswith(("saddr", "daddr")) and len(raw) == 4:
-        return ".".join(map(str, raw))
+    if name.endswith(("saddr", "daddr")) and len(raw) in (4, 16):
+        return str(ipaddress.ip_address(raw))
     if name.endswith("flags") and name.startswith("tcp"):
         return "".join(c for c, m in zip("FSRPAU", (1, 2, 4, 8, 16, 32)) if raw[0] & m) or "-"
     return str(int.from_bytes(raw, "big")) if len(raw) <= 4 else raw.hex()
+
+
+_ICMP_KINDS = {"packet_icmp": {0: "echo-reply", 8: "echo-request", 3: "unreachable", 11: "time-exceeded"},
+               "packet_icmp6": {128: "echo-request", 129: "echo-reply", 1: "unreachable",
+                                3: "time-exceeded", 135: "neighbor-solicit", 136: "neighbor-advert"}}
+
+
+def _addresses(proto: Protocol, frame: bytes, start: int) -> tuple[str, str]:
+    (a, b), (c, d) = proto.field("saddr").byte_range, proto.field("daddr").byte_range
+    src, dst = frame[start + a:start + b], frame[start + c:start + d]
+    if proto.name == "packet_ip6":
+        return str(ipaddress.IPv6Address(src)), str(ipaddress.IPv6Address(dst))
+    return ".".join(map(str, src)), ".".join(map(str, dst))
 
 
 def summary(frame: bytes) -> str:
     """A one-line description: ``UDP 10.77.0.1:1234 > 10.77.0.2:9000 len 60``."""
     if len(frame) < 14:
         return f"truncated frame, {len(frame)} bytes"
-    if frame[12:14] != b"\x08\x00" or len(frame) < 34:
+    eth = BY_NAME["packet_eth"]
+    ip = next_protocol(eth, frame, 0)
+    hlen = ip and header_length(ip, frame, 14)
+    if ip is None or hlen is None or len(frame) < 14 + max(hlen, 20):
         return f"ethertype 0x{frame[12]:02x}{frame[13]:02x} len {len(frame)}"
-    ihl = (frame[14] & 15) * 4
-    src, dst = ".".join(map(str, frame[26:30])), ".".join(map(str, frame[30:34]))
-    proto, l4 = frame[23], 14 + ihl
-    if proto in (6, 17) and len(frame) >= l4 + 4:
+    src, dst = _addresses(ip, frame, 14)
+    l4 = 14 + hlen
+    upper = next_protocol(ip, frame, 14)
+    v6 = ip.name == "packet_ip6"
+    if upper is not None and upper.name in ("packet_tcp", "packet_udp") and len(frame) >= l4 + 4:
         sport, dport = struct.unpack_from("!HH", frame, l4)
-        name = "TCP" if proto == 6 else "UDP"
+        name = upper.short.upper()
         flags = ""
-        if proto == 6 and len(frame) > l4 + 13:
+        if name == "TCP" and len(frame) > l4 + 13:
             bits = frame[l4 + 13]
             flags = " [" + "".join(c for c, m in zip("FSRPAU", (1, 2, 4, 8, 16, 32)) if bits & m) + "]"
+        if v6:
+            return f"{name} [{src}]:{sport} > [{dst}]:{dport}{flags} len {len(frame)}"
         return f"{name} {src}:{sport} > {dst}:{dport}{flags} len {len(frame)}"
-    if proto == 1 and len(frame) >= l4 + 2:
-        kind = {0: "echo-reply", 8: "echo-request", 3: "unreachable", 11: "time-exceeded"}.get(
-            frame[l4], f"type {frame[l4]}")
-        return f"ICMP {src} > {dst} {kind} len {len(frame)}"
-    return f"IP {src} > {dst} proto {proto} len {len(frame)}"
+    if upper is not None and upper.name in _ICMP_KINDS and len(frame) >= l4 + 2:
+        kind = _ICMP_KINDS[upper.name].get(frame[l4], f"type {frame[l4]}")
+        return f"{upper.short.upper()} {src} > {dst} {kind} len {len(frame)}"
+    if v6:
+        return f"IP6 {src} > {dst} next header {ip6_walk(frame, 14)[0]} len {len(frame)}"
+    return f"IP {src} > {dst} proto {frame[23]} len {len(frame)}"

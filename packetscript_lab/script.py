@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 
+from packetscript_lab.core import protocols
 from packetscript_lab.verdicts import BY_CODE
 
 RUNTIMES = {"luajit": "lupa.luajit21", "5.1": "lupa.lua51", "5.4": "lupa.lua54"}
@@ -74,6 +75,7 @@ def _text(value) -> str:
 
 
 _CODE = {name: code for code, name in enumerate(BY_CODE)}
+_PROTOCOLS_LUA = protocols.lua_source().encode()     # the protocol table, for packet.lua
 
 
 def _error_records(blob: bytes):
@@ -197,11 +199,12 @@ class Script:
         packet_api = loader(_lua_source("packet.lua"), b"=packet.lua")
         instrumenter = loader(_lua_source("instrument.lua"), b"=instrument.lua")()
         runner = loader(_lua_source("runner.lua"), b"=runner.lua")
+        table = loader(_PROTOCOLS_LUA, b"=protocols")()
         cfg = self._lua.table_from({
             b"ffi": self.lua == "luajit", b"lua": self.lua.encode(), b"profile": self.profile.encode(),
             b"budget": self.budget, b"function": self.function.encode(), b"state_id": self.state_id,
             b"seed": self.seed, b"fix_checksums": self.fix_checksums,
-            b"on_error_code": ON_ERROR[self.on_error],
+            b"on_error_code": ON_ERROR[self.on_error], b"protocols": table,
             # Lua cuts long chunk names (and with them the line); errors are reported
             # under the script's own name by ScriptError and the CLI.
             b"chunkname": b"script",

@@ -29,9 +29,15 @@ BATCH = 4096
 
 # Link types (pcap LINKTYPE_*) and how to reach an Ethernet frame from them.
 ETHERNET, RAW_IP, LINUX_SLL, LINUX_SLL2 = 1, 101, 113, 276
-_RAW_IP_TYPES = {12, 14, RAW_IP, 228}          # DLT_RAW variants and LINKTYPE_IPV4
+_RAW_IP_TYPES = {12, 14, RAW_IP, 228, 229}     # DLT_RAW variants, LINKTYPE_IPV4 and _IPV6
 scapy_log = logging.getLogger("scapy.runtime")
-_SUPPORTED = "Ethernet (1), raw IP (12, 14, 101, 228), Linux cooked SLL (113) and SLL2 (276)"
+_SUPPORTED = "Ethernet (1), raw IP (12, 14, 101, 228, 229), Linux cooked SLL (113) and SLL2 (276)"
+_ETH6_HEADER = DEFAULT_ETH_HEADER[:12] + b"\x86\xdd"
+
+
+def _eth_for_ip(data: bytes) -> bytes:
+    """The synthetic Ethernet header for a raw IP packet: IPv6 by its version nibble."""
+    return _ETH6_HEADER if data[:1] and data[0] >> 4 == 6 else DEFAULT_ETH_HEADER
 
 
 class ReplayError(Exception):
@@ -108,8 +114,12 @@ class ReplayResult:
         from scapy.layers.inet import IP
         from scapy.layers.l2 import CookedLinux, Ether
 
-        cls = {ETHERNET: Ether, LINUX_SLL: CookedLinux}.get(self.linktype, IP)
-        return [cls(data) for data in self.output]
+        from scapy.layers.inet6 import IPv6
+
+        cls = {ETHERNET: Ether, LINUX_SLL: CookedLinux}.get(self.linktype)
+        if cls is not None:
+            return [cls(data) for data in self.output]
+        return [(IPv6 if data[:1] and data[0] >> 4 == 6 else IP)(data) for data in self.output]
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the output packets to a pcap file with the input's link type and times."""
@@ -134,7 +144,7 @@ def _framer(linktype: int):
     if linktype == ETHERNET:
         return None, None
     if linktype in _RAW_IP_TYPES:
-        return (lambda data: DEFAULT_ETH_HEADER + data), (lambda orig, frame: frame[14:])
+        return (lambda data: _eth_for_ip(data) + data), (lambda orig, frame: frame[14:])
     if linktype in (LINUX_SLL, LINUX_SLL2):
         hdr = 16 if linktype == LINUX_SLL else 20
         proto_at = 14 if linktype == LINUX_SLL else 0
@@ -333,12 +343,13 @@ class _ScapyReadProblems(logging.Filter):
 def _batches_from_packets(packets):
     """Lists of scapy packets or bytes. Link type from the first packet."""
     from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
 
     linktype = ETHERNET
     if packets and not isinstance(packets[0], (bytes, bytearray)):
         if not isinstance(packets[0], Ether):
-            if isinstance(packets[0], IP):
+            if isinstance(packets[0], (IP, IPv6)):
                 linktype = RAW_IP
             else:
                 raise ReplayError(f"packets must start at Ether or IP, not {type(packets[0]).__name__}")

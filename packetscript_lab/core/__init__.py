@@ -2,4 +2,8 @@
 
 - :mod:`packetscript_lab.core.flows`: the traffic language (flows between lab hosts), its parser,
   the default traffic and how flows become the lab's traffic calls.
+- :mod:`packetscript_lab.core.protocols`: the protocol table (fields, offsets, widths, how a
+  layer finds the next), read by the Lua engine, field names and summaries, and the checker.
+- :mod:`packetscript_lab.core.netutil`: the Internet checksum, pseudo-headers, MAC and
+  address bytes.
 """

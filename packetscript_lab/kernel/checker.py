@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from luaparser import astnodes as N
 
+from packetscript_lab.core.protocols import PROTOCOLS
+
 from .luasource import LuaSourceError, is_float_literal, parse, tokenize
 from .rules import MAX_FUNCTION_NAME, MAX_SCRIPT_SIZE, MAX_STATE_ID, RULES
 
@@ -27,19 +29,10 @@ _ABSENT_KERNEL = _ABSENT_LAB | {"string", "table", "math", "utf8", "bit", "bit32
 _STRING_METHODS = {"byte", "char", "find", "format", "gmatch", "gsub", "len", "lower",
                    "match", "rep", "reverse", "sub", "upper"}
 
-# Field methods per protocol buffer (reference §2.6) and the methods every segment has.
-FIELDS = {
-    "raw": {"data"},
-    "eth": {"dmac", "smac", "type", "data"},
-    "ip": {"version", "ihl", "tos", "tot_len", "id", "flags", "frag_off", "ttl", "protocol",
-           "check", "saddr", "daddr", "data"},
-    "tcp": {"sport", "dport", "seq", "ack", "data_off", "reserved", "flags", "window_size",
-            "check", "urgent", "options", "data"},
-    "tcp_opt": {"MSS", "WS", "SACK", "TSVAL", "TSER"},
-    "udp": {"sport", "dport", "length", "check", "data"},
-    "icmp": {"type", "code", "checksum", "id", "sequence"},
-    "tftp": {"opcode", "filename", "mode", "block_nr", "data"},
-}
+# Field methods per protocol buffer of xt_LUA (reference §2.6), from the protocol table;
+# the lab's own protocols (IPv6) are flagged wherever they are named.
+FIELDS = {p.short: {f.name for f in p.fields} for p in PROTOCOLS if p.xt_lua}
+_LAB_ONLY = {p.name for p in PROTOCOLS if not p.xt_lua}
 _ALL_FIELDS = set().union(*FIELDS.values())
 _SEG_METHODS = {"raw", "get_offset", "get_size", "to_bytes", "get", "set"}
 _CHECK_FIELD = {"ip": "check", "tcp": "check", "udp": "check", "icmp": "checksum"}
@@ -355,6 +348,10 @@ class _Walker:
             self._lua51("a `::label::`")
 
     def visit_Name(self, node, member=None):
+        if self.kernel and node.id in _LAB_ONLY and not self.is_local(node.id):
+            self.add("not-in-xt-lua", f"`{node.id}` is the lab's own (IPv6 is beyond xt_LUA): "
+                     "the kernel module has no such protocol buffer",
+                     "keep IPv6 scripts to the lab (replay), or handle only IPv4 packets")
         if node.id in self.absent and not self.is_local(node.id):
             what = "strings have no methods and there is no string library" \
                 if node.id == "string" else f"`{node.id}` does not exist"

@@ -44,6 +44,8 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("dynamic-protocols", "error", _K, "more than one register_dynamic_protbuf"),
     Rule("dynamic-protocol-bug", "error", _K,
          "a dynamic protocol feature that crashes (setter callbacks, payload without has_protocol)"),
+    Rule("not-in-xt-lua", "error", _K,
+         "a protocol the lab adds beyond xt_LUA (IPv6: packet_ip6, packet_icmp6)"),
 )}
 
 MAX_SCRIPT_SIZE = 32768

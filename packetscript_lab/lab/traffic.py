@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 
+from ..core.netutil import checksum
 from .netns import NetNS
 from .protocol import LabError
 
@@ -52,15 +53,6 @@ def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interva
     return sent
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
 def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: float = 1.0,
          size: int = 56) -> dict:
     """ICMP echo from a host over a raw socket; RTTs in milliseconds of the answered ones."""
@@ -79,7 +71,7 @@ def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: fl
             now = time.monotonic()
             if seq < count and now >= next_send:
                 hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-                pkt = struct.pack("!BBHHH", 8, 0, _csum(hdr + payload), ident, seq) + payload
+                pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + payload), ident, seq) + payload
                 pending[seq] = time.monotonic()
                 sock.sendto(pkt, (dst, 0))
                 seq += 1

@@ -4,7 +4,7 @@
 
 local load_packet_api, instrumenter, cfg = ...
 local A = {}
-load_packet_api(A)
+load_packet_api(A, cfg.protocols)
 
 local type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable, rawget =
       type, tostring, tonumber, pairs, select, pcall, xpcall, error, setmetatable, rawget
@@ -21,7 +21,6 @@ local FN = cfg["function"]
 local BUDGET = cfg.budget                      -- steps per packet; 0 = unlimited
 local ON_ERROR = cfg.on_error_code
 local FIX = cfg.fix_checksums
-A.configure { kernel_address_checksum = not FIX }
 
 -- ---------------------------------------------------------------- budget
 -- The budget counts steps: loop iterations, function calls and jumps. instrument.lua writes
@@ -179,8 +178,50 @@ else
   -- strings have no methods. newproxy is left out: a finalizer would run script code at
   -- moments no budget or protected call covers.
   env.collectgarbage = collectgarbage
-  env.gcinfo = rawget(_G, "gcinfo")
   getmetatable("").__index = nil
+end
+-- gcinfo (KiB in use) is in 5.1's base library; LuaJIT and 5.4 dropped it.
+env.gcinfo = rawget(_G, "gcinfo") or function() return floor(collectgarbage("count")) end
+
+-- getfenv and setfenv (5.1 and LuaJIT; 5.4 has no function environments), limited to the
+-- script's own functions: the engine's functions (the budget's, the API's, the wrappers
+-- of pcall and print) keep their environment, and theirs is never shown to the script.
+local ENGINE_SOURCES = { ["=packet.lua"] = true, ["=runner.lua"] = true, ["=instrument.lua"] = true,
+                         ["=prelude"] = true }
+if setfenv then
+  local real_getfenv, real_setfenv = getfenv, setfenv
+  -- The function meant by f (a function, or a level counted from the caller of the
+  -- wrapper), and whether it is the script's own.
+  local function target(f, what)
+    if f == nil then f = 1 end
+    if type(f) == "number" then
+      if f < 0 or f % 1 ~= 0 then error("bad argument #1 to '" .. what .. "' (level must be non-negative)", 0) end
+      if f == 0 then return nil, false end
+      local info = getinfo(f + 2, "fS")
+      if not info then error("bad argument #1 to '" .. what .. "' (invalid level)", 0) end
+      if not info.func then error("no function environment for tail call at level " .. f, 0) end
+      f = info.func
+    elseif type(f) ~= "function" then
+      error("bad argument #1 to '" .. what .. "' (number expected, got " .. type(f) .. ")", 0)
+    end
+    local info = getinfo(f, "S")
+    return f, info.what ~= "C" and not ENGINE_SOURCES[info.source]
+  end
+  env.getfenv = function(f)
+    local fn, own = target(f, "getfenv")
+    if own then return real_getfenv(fn) end
+    return env                               -- what the script sees as the global table
+  end
+  env.setfenv = function(f, t)
+    if type(t) ~= "table" then
+      error("bad argument #2 to 'setfenv' (table expected, got " .. type(t) .. ")", 0)
+    end
+    local fn, own = target(f, "setfenv")
+    if not own then
+      error("'setfenv' cannot change the environment of this function: only the script's own functions", 0)
+    end
+    return real_setfenv(fn, t)
+  end
 end
 
 -- The PacketScript globals.
@@ -200,6 +241,7 @@ env._G = env
 A.set_env(env)
 
 local SKB = rawget(_G, "newproxy") and newproxy() or setmetatable({}, { __metatable = "skb" })
+A.configure { kernel_address_checksum = not FIX, skb = SKB, guard = uncaught }
 
 -- ---------------------------------------------------------------- compiling
 -- Returns true, or false with the message and line of the first error.
@@ -327,11 +369,13 @@ end
 -- An IP packet behind the synthetic Ethernet header set with set_eth: one number (code,
 -- +4 if the IP packet or header changed, +8 if the script failed, +16 if the Ethernet
 -- header changed, +32 if lines were printed), and the new IP packet when it changed.
-local ETH, LAST_ERR = string.rep("\0", 14), nil
-function E.set_eth(h) ETH = h end
+-- The header's type says IPv4 (0x0800) or, for a packet whose version nibble is 6, IPv6.
+local ETH4, ETH6, LAST_ERR = string.rep("\0", 14), string.rep("\0", 14), nil
+function E.set_eth(h) ETH4, ETH6 = ssub(h, 1, 12) .. "\8\0", ssub(h, 1, 12) .. "\134\221" end
 function E.last_error() return LAST_ERR[1], LAST_ERR[2] end
 function E.run_ip(s, ts)
   local n = #s + 14
+  local ETH = (sbyte(s, 1) or 0) >= 0x60 and (sbyte(s, 1) or 0) < 0x70 and ETH6 or ETH4
   ensure(n)
   if ffi then ffi.copy(buf, ETH, 14); ffi.copy(buf + 14, s, n - 14) else load_string(ETH .. s, n) end
   A.set_buffer(buf)

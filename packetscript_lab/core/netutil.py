@@ -1,0 +1,39 @@
+"""Checksums and address helpers, once for every part that builds or reads frames."""
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``: the one's complement of its 16-bit sum."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def mac_bytes(text: str) -> bytes:
+    """``"02:00:00:00:00:01"`` as 6 bytes; a clear error for anything else."""
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):
+        raise ValueError(f"not a MAC address: {text!r} (write six hex bytes, e.g. 02:00:00:00:00:01)")
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"not a MAC address: {text!r} (write six hex bytes, e.g. 02:00:00:00:00:01)") from None
+
+
+def address_bytes(text: str) -> bytes:
+    """An IPv4 or IPv6 address as its 4 or 16 bytes."""
+    return ipaddress.ip_address(text).packed
+
+
+def pseudo_header(src: str, dst: str, proto: int, length: int) -> bytes:
+    """The TCP/UDP/ICMPv6 checksum pseudo-header, IPv4 (RFC 793) or IPv6 (RFC 8200 §8.1)."""
+    s, d = address_bytes(src), address_bytes(dst)
+    if len(s) == 16:
+        return s + d + struct.pack("!IxxxB", length, proto)
+    return s + d + struct.pack("!BBH", 0, proto, length)
