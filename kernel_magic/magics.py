@@ -13,7 +13,7 @@ from packetscript_lab.core import flows as flows_mod
 
 LINE_HELP = """Manage the PacketScript lab and the running scripts.
 
-  %packetscript up [--topology pair|router]   build the private lab network
+  %packetscript up [--topology pair|router|FILE]   build the private lab network
   %packetscript down                          stop every live script, remove the lab
   %packetscript status                        the lab's hosts and state
   %packetscript list                          scripts, backends and counters
@@ -101,13 +101,21 @@ class PacketScriptMagics(Magics):
         if args[:1] == ["--topology"] and len(args) == 2:
             topology = args[1]
         elif args:
-            raise UsageError("usage: %packetscript up [--topology pair|router]")
-        if topology not in (None, "pair", "router"):
-            raise UsageError(f"unknown topology {topology!r}: use pair or router")
+            raise UsageError("usage: %packetscript up [--topology pair|router|FILE.json]")
+        if topology is not None:
+            from packetscript_lab.lab.description import TopologyError, load
+            try:
+                load(topology)      # a bad description: one clear error, nothing built
+            except TopologyError as exc:
+                raise UsageError(str(exc)) from None
         lab = self.session.ensure_lab(topology)
         title = "lab is up" if lab is not None else \
             f"replay backend: generated traffic uses the {self.session.topology} topology's hosts"
         self._print_hosts(self.session.hosts(), title)
+        if topology is not None and topology not in ("pair", "router"):
+            from IPython.display import display
+            from packetscript_lab.lab.drawing import draw
+            display(draw(topology))          # the described network, drawn
 
     def _cmd_down(self, args):
         _no_args("down", args)

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         "summary of verdicts. Example: packetscript run drop.lua --host server --chain INPUT "
         "--match '-p udp --dport 9000' --traffic 'udp client server:9000 rate=200 duration=3'")
     p.add_argument("script", help="Lua file with process_packet(p)")
-    p.add_argument("--topology", choices=("pair", "router"), default="pair")
+    p.add_argument("--topology", default="pair",
+                   help="pair, router or a description file (.json/.yaml, docs/topologies.md)")
     p.add_argument("--lab", metavar="NAME", help="use the running lab NAME instead of a new one")
     p.add_argument("--host", default="server", help="host whose hook runs the script")
     p.add_argument("--table", default="filter")

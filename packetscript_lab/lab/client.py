@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import os
 import queue
 import socket
@@ -30,6 +31,7 @@ from typing import Any, Iterable
 from ..core import flows
 from . import programs
 from .protocol import Connection, LabError, decode_error
+from .description import load as load_description
 from .topology import TOPOLOGIES, Host
 
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])
@@ -149,12 +151,13 @@ def _to_scapy(frames: list[bytes]) -> list:
 class Lab:
     """A private lab network in its own process; see docs/lab.md."""
 
-    def __init__(self, topology: str = "pair", sample_interval: float = 0.5, *,
+    def __init__(self, topology="pair", sample_interval: float = 0.5, *,
                  iptables: str = "iptables", start_timeout: float = 30.0,
                  _connect: str | None = None):
-        if topology not in TOPOLOGIES:
-            raise ValueError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
-        self.topology = topology
+        # A preset name, a description dict or a .json/.yaml file: checked whole here, so a
+        # bad description fails with one TopologyError before any process or namespace exists.
+        self.description = load_description(topology)
+        self.topology = self.description["name"]
         self.sample_interval = sample_interval
         self.attached: dict[str, AttachedScript] = {}
         self.events: collections.deque = collections.deque(maxlen=1000)
@@ -197,6 +200,7 @@ class Lab:
             raise LabError(explain_start_failure(log))
         self.hosts: dict[str, Host] = self._ready_msg["hosts"]
         self.topology = self._ready_msg["topology"]
+        self.description = self._ready_msg.get("description", self.description)
 
     # -- process --
 
@@ -209,7 +213,9 @@ class Lab:
         fd, path = tempfile.mkstemp(prefix="packetscript-lab-", suffix=".log")
         os.unlink(path)
         self._log_fd = fd
-        argv += ["--fd", str(child.fileno()), "--topology", self.topology,
+        topo = self.topology if self.topology in TOPOLOGIES and self.description == \
+            load_description(self.topology) else json.dumps(self.description)
+        argv += ["--fd", str(child.fileno()), "--topology", topo,
                  "--interval", str(self.sample_interval), "--iptables", iptables]
         try:
             # A session of its own: the kernel's interrupt (SIGINT to its process group) must
@@ -502,6 +508,11 @@ class Lab:
 
     def interface_series(self) -> list[dict]:
         return list(self._ifaces)
+
+    def draw(self):
+        """A matplotlib figure of this lab's hosts, LANs and addresses (shows in a notebook)."""
+        from .drawing import draw
+        return draw(self.description)
 
     def status(self) -> dict:
         return self._call("status")

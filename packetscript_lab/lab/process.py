@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import queue
 import signal
@@ -116,11 +117,13 @@ def _insert_kernel_script(insert, source: str) -> None:
 
 class World:
     def __init__(self, topo: str, sample_interval: float, iptables_program: str):
-        self.topology = topo
+        from .description import load
+        self.description = load(json.loads(topo) if topo.startswith("{") else topo)
+        self.topology = self.description["name"]
         self.sample_interval = sample_interval
         self.iptables_program = iptables_program
         self.started = time.time()
-        self.hosts, self.spaces, self.ifindex = topology.build(topo)
+        self.hosts, self.spaces, self.ifindex = topology.build(self.description, iptables_program)
         self.tables = {n: ipt.IPTables(ns, iptables_program, functools.partial(self._rules_changed, n))
                        for n, ns in self.spaces.items()}
         self.attached: dict[str, Attached] = {}
@@ -518,7 +521,7 @@ class World:
     def status(self) -> dict:
         with self.lock:
             attached = {n: a.info() for n, a in self.attached.items() if a is not None}
-        return {"topology": self.topology, "hosts": self.hosts, "attached": attached,
+        return {"topology": self.topology, "description": self.description, "hosts": self.hosts, "attached": attached,
                 "pid": os.getpid(), "uid_in_lab": os.getuid(), "uptime": time.time() - self.started,
                 "iptables": self.iptables_program, "interfaces": self.interfaces(),
                 "sample_interval": self.sample_interval}
@@ -573,6 +576,7 @@ def serve_session(world: World, conn: Connection, daemon: bool) -> bool:
     with world.lock:
         world.sessions.add(sess)
     sess.send({"event": "ready", "hosts": world.hosts, "topology": world.topology,
+               "description": world.description,
                "pid": os.getpid(), "daemon": daemon})
     shutdown = threading.Event()
 
