@@ -60,6 +60,10 @@ class PacketScriptMagics(Magics):
               help='flows to generate, quoted, e.g. "udp client server:9000 rate=200; ping '
                    'client server" (the language: docs/lab.md#traffic-language). Default with '
                    '--duration or on replay: ' + repr(flows_mod.DEFAULT_TRAFFIC))
+    @argument("--record", default=None, metavar="DIR",
+              help="when the run ends, write a record of it into DIR (a new directory): what "
+                   "the script saw, each packet's verdict, changed fields and error "
+                   "(docs/records.md; check it with packetscript replay --verify DIR)")
     @argument("--no-dashboard", dest="no_dashboard", action="store_true",
               help="no live widgets (the summary is still written)")
     @cell_magic("packetscript")

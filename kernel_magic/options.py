@@ -41,12 +41,16 @@ class RunOptions:
     duration: float | None = None       # None: the run goes on until stopped
     traffic: str | None = None
     dashboard: bool = True
+    record: str | None = None           # a directory for a record of the run (docs/records.md)
 
     def script_kwargs(self) -> dict:
         """Keyword arguments shared by ``Script`` and ``Lab.attach``."""
         kw = {"lua": self.lua, "profile": self.profile, "on_error": self.on_error}
         if self.budget is not None:
             kw["budget"] = self.budget
+        if self.record is not None and self.backend == "replay":
+            # A recorded replay draws known random numbers, so verify draws them again.
+            kw["seed"] = int(hashlib.sha256(self.record.encode()).hexdigest()[:7], 16)
         return kw
 
     def placement(self) -> dict:
@@ -102,6 +106,14 @@ def from_namespace(ns) -> RunOptions:
             parse_traffic(ns.traffic)
         except TrafficError as exc:
             raise UsageError(f"--traffic: {exc}") from None
+    record = getattr(ns, "record", None)
+    if record is not None:
+        from packetscript_lab.recording import RecordError, check_target
+        record = os.path.expanduser(record)
+        try:
+            check_target(record)
+        except RecordError as exc:
+            raise UsageError(f"--record: {exc}") from None
     if ns.match is not None and ns.backend == "replay":
         raise UsageError("--match selects packets with iptables; the replay backend has no "
                          "iptables and runs every packet of the traffic through the script")
@@ -109,12 +121,12 @@ def from_namespace(ns) -> RunOptions:
         name=name, backend=ns.backend, host=ns.host, table=ns.table, chain=ns.chain,
         match=ns.match, lua=ns.lua, profile=ns.profile, on_error=ns.on_error,
         budget=ns.budget, pcap=pcap, duration=ns.duration, traffic=ns.traffic,
-        dashboard=not ns.no_dashboard,
+        dashboard=not ns.no_dashboard, record=record,
     )
 
 
 def cache_key(source: str, options: RunOptions) -> str:
     """Hash of everything that changes what the compiled cell does (like %%cython's cache)."""
-    relevant = {k: getattr(options, k) for k in ("lua", "profile", "on_error", "budget")}
+    relevant = options.script_kwargs()        # lua, profile, on_error, budget (and a seed)
     blob = json.dumps([source, relevant], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()

@@ -44,6 +44,11 @@ def register(subparsers) -> None:
                    "or drop (counted as queue drops)")
     p.add_argument("--queue-len", type=int, default=4096, metavar="N",
                    help="packets that may wait for a verdict (default: 4096)")
+    p.add_argument("--record", metavar="DIR",
+                   help="write a record of the run into DIR (a new directory): what the script "
+                   "saw with each packet's verdict, changed fields and error (docs/records.md)")
+    p.add_argument("--record-limit", type=int, default=10_000, metavar="N",
+                   help="with --record: keep the latest N packets (default 10000, at most 100000)")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.set_defaults(func=run)
 
@@ -112,6 +117,12 @@ def run(args) -> int:
         raise CliError(f"no such script file: {args.script}")
     source = path.read_text()
     traffic = choose_traffic(args)      # mistakes in the traffic are reported before a lab starts
+    if args.record:
+        from packetscript_lab.recording import RecordError, check_target
+        try:
+            check_target(args.record)
+        except RecordError as exc:
+            raise CliError(f"--record: {exc}") from None
     seconds = _seconds(args)
     # The run lasts at least --duration (or, with no traffic, the default) and until the
     # traffic has ended.
@@ -128,7 +139,8 @@ def run(args) -> int:
             h = lab.attach(source, host=args.host, table=args.table, chain=args.chain,
                            match=args.match, name=path.stem, lua=args.lua, profile=args.profile,
                            on_error=args.on_error, on_overload=args.on_overload,
-                           queue_len=args.queue_len)
+                           queue_len=args.queue_len,
+                           record=args.record_limit if args.record else 0)
         except flows.TrafficError as exc:
             raise CliError(f"--traffic: {exc}") from None
         except ScriptError as exc:
@@ -153,6 +165,14 @@ def run(args) -> int:
         errors = h.errors()
         recent = h.recent(5)
         output = h.output()
+        record = None
+        if args.record:
+            from packetscript_lab.recording import RecordError
+            try:
+                record = h.record(args.record, traffic={"flows": [str(f) for f in traffic],
+                                                        "results": results})
+            except (RecordError, OSError) as exc:
+                raise CliError(f"--record: {exc}") from None
         stats = h.detach()   # the final counts, after the queue has drained
     finally:
         lab.close()
@@ -161,7 +181,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({"script": str(path), "host": args.host, "table": args.table,
                           "chain": args.chain, "match": args.match, "stats": stats,
-                          "errors": errors, "output": output[-50:], "traffic": rows}))
+                          "errors": errors, "output": output[-50:], "traffic": rows,
+                          "record": str(record) if record else None}))
         return 0
     if live:
         print()
@@ -174,6 +195,8 @@ def run(args) -> int:
         print(f"  error line {e['line']}: {e['message']} (x{e['count']})")
     for line in output[-10:]:
         print(f"  print: {line}")
+    if record:
+        print(f"  recorded in {record} (seen.pcapng, left.pcapng, script.lua, record.json)")
     for r in recent:
         print(f"  {r['verdict']:<8} {r['summary']}" + (f"  changed {','.join(r['changed'])}"
                                                        if r["changed"] else ""))

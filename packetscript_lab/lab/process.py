@@ -290,6 +290,10 @@ class World:
                              f"not {queue_len!r}")
         if backend not in ("nfqueue", "kernel", "bare"):
             raise ValueError("backend must be 'nfqueue' or 'kernel'")
+        # keep: how many of the latest packets' bytes to keep for a recorded run (recording.py)
+        keep = options.pop("keep", 0)
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 100_000:
+            raise ValueError(f"keep must be a number of packets from 0 to 100000, not {keep!r}")
         with self.lock:
             if name is None:
                 i = 1
@@ -316,7 +320,8 @@ class World:
                 sess.send(ev)
 
             worker = QueueWorker(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
-                                 error_verdict=options.get("on_error", "drop"), max_len=queue_len)
+                                 error_verdict=options.get("on_error", "drop"), max_len=queue_len,
+                                 ring=max(200, keep))
             thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
             try:
                 worker.wait_bound()
@@ -549,6 +554,14 @@ def _dispatch(world: World, sess: Session, cmd: str, args: dict):
     if cmd == "recent":
         worker = world.handle(args["name"]).worker
         return worker.recent.entries(args.get("limit")) if worker else []
+    if cmd == "recorded":
+        # The kept packets as the script saw them (Ethernet frames) and what it did, for a record.
+        worker = world.handle(args["name"]).worker
+        if worker is None:
+            return []
+        return [(t, eth + before, None if after is None else eth + after, verdict,
+                 None if error is None else str(error))
+                for t, before, after, verdict, error, eth in worker.recent.items()]
     if cmd == "errors":
         return world.errors(args["name"])
     if cmd == "output":
