@@ -22,6 +22,8 @@ esac
 #   libnetfilter-queue-dev  the library NetfilterQueue links against (and its headers)
 #   gcc python3-dev to build NetfilterQueue;  python3-venv  for Debian's own python3
 apt_packages=(iptables iproute2 util-linux libpcap0.8 libnetfilter-queue-dev gcc python3-dev python3-venv)
+# For the tests only: tshark reads recorded runs back (tests/test_recording.py, docs/records.md).
+[ "$job" = test ] && apt_packages+=(tshark)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
