@@ -235,6 +235,29 @@ def test_three_students_run_live_cells_at_once_through_the_hub(tmp_path):
             assert m.group(1) == "nfqueue", text
             assert stats["seen"] == counts[name], (name, text)
             assert stats["dropped"] == counts[name] // 2, (name, text)
+        # One student's background lab refuses another student: the socket checks the uid.
+        first, second = STUDENTS[0], STUDENTS[1]
+        up = ("import subprocess, sys\n"
+              "r = subprocess.run([sys.executable, '-m', 'packetscript_lab', 'lab', '{0}', "
+              "'--name', 'class'], capture_output=True, text=True)\n"
+              "print('rc', r.returncode, r.stdout, r.stderr)")
+        out = asyncio.run(_execute(base, first, user_tokens[first], [up.format("up")], 120))
+        assert "rc 0" in "".join(out), out
+        try:
+            probe = (
+                "from packetscript_lab.lab import Lab, LabError\n"
+                f"try:\n    Lab(_connect='\\0packetscript-lab-{accounts[0].pw_uid}-class', start_timeout=5)\n"
+                "    print('connected')\n"
+                "except LabError as exc:\n    print('refused:', exc)\n")
+            out = "".join(asyncio.run(_execute(base, second, user_tokens[second], [probe], 120)))
+            assert "refused:" in out and "connected" not in out, out
+            mine = ("from packetscript_lab.lab import Lab\n"
+                    f"lab = Lab(_connect='\\0packetscript-lab-{accounts[0].pw_uid}-class')\n"
+                    "print('hosts', sorted(lab.hosts)); lab.close()")
+            out = "".join(asyncio.run(_execute(base, first, user_tokens[first], [mine], 120)))
+            assert "hosts ['client', 'server']" in out, out
+        finally:
+            asyncio.run(_execute(base, first, user_tokens[first], [up.format("down")], 120))
         for name in STUDENTS:
             api(base, token, "DELETE", f"/users/{name}/server")
     finally:
