@@ -117,9 +117,9 @@ class PacketScriptMagics(Magics):
             f"replay backend: generated traffic uses the {self.session.topology} topology's hosts"
         self._print_hosts(self.session.hosts(), title)
         if topology is not None and topology not in ("pair", "router"):
-            from IPython.display import display
-            from packetscript_lab.lab.drawing import draw
-            display(draw(topology))          # the described network, drawn
+            from IPython.display import Image, display
+            from packetscript_lab.lab.drawing import png
+            display(Image(data=png(topology)))   # the described network, drawn
 
     def _cmd_down(self, args):
         _no_args("down", args)

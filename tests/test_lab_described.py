@@ -90,3 +90,28 @@ def test_drawing_shows_every_host_and_lan():
     for word in ("alice", "mallory", "fw", "10.77.20.0/24", "eth2 .254", "forwards"):
         assert word in texts
     assert set(PRESETS) == {"pair", "router"}
+
+
+def test_magic_up_draws_a_described_topology_and_refuses_a_bad_one(monkeypatch, tmp_path):
+    from IPython.core.error import UsageError
+    from IPython.utils.capture import capture_output
+
+    import kernel_magic
+    from test_magic import get_shell
+
+    monkeypatch.setenv("PACKETSCRIPT_BACKEND", "replay")
+    shell = get_shell()
+    kernel_magic.load_ipython_extension(shell)
+    try:
+        with capture_output() as cap:
+            shell.run_line_magic("packetscript", f"up --topology {TWO_LANS}")
+        assert "10.77.30.66" in cap.stdout
+        assert any("image/png" in o.data for o in cap.outputs)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"lans": {"a": {"subnet": "10.77.1.0/24", "hosts": {"x": 1}}}}))
+        kernel_magic.unload_ipython_extension(shell)
+        kernel_magic.load_ipython_extension(shell)
+        with pytest.raises(UsageError, match="at least two members"):
+            shell.run_line_magic("packetscript", f"up --topology {bad}")
+    finally:
+        kernel_magic.unload_ipython_extension(shell)

@@ -67,3 +67,11 @@ def draw(description, ax=None):
     ax.set_title(f"lab topology {desc['name']!r}", fontsize=10)
     ax.axis("off")
     return fig
+
+
+def png(description) -> bytes:
+    """The drawing as PNG bytes (what the notebook magic displays)."""
+    import io
+    buf = io.BytesIO()
+    draw(description).savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return buf.getvalue()
