@@ -55,8 +55,5 @@ def run(source: str, name: str = "script", *, duration: float, display: bool = T
         setattr(ns, key, value)
     run_options = opts.from_namespace(ns)
     cell_lines = [f"%%packetscript {name}"] + source.splitlines()
-    r = sess.start_cell(run_options, source, cell_lines)
-    summary = sess.wait(r)
-    if display:
-        summary.display()
-    return summary
+    r = sess.start_cell(run_options, source, cell_lines, show=display)
+    return sess.wait(r)         # with display, the figure and table replace the dashboard

@@ -54,8 +54,13 @@ class PacketScriptMagics(Magics):
     @argument("--pcap", default=None,
               help="replay: play this pcap; live: send it from the client host")
     @argument("--duration", type=float, default=None,
-              help="seconds to run; the cell waits, then writes a figure and a summary table. "
-                   "Without it the script runs until stopped.")
+              help="seconds of traffic; the cell waits meanwhile, then the dashboard becomes "
+                   "a figure and a summary table. Without it (and without --pcap) the script "
+                   "runs until stopped.")
+    @argument("--pace", choices=opts.PACES, default=None,
+              help="replay backend: 'recorded' (default) plays packets at their recorded "
+                   "times (gaps over 1 s shortened to 1 s), 'fast' back to back. A --pcap "
+                   "replay ends when the capture has been played (or after --duration).")
     @argument("--traffic", default=None,
               help='flows to generate, quoted, e.g. "udp client server:9000 rate=200; ping '
                    'client server" (the language: docs/lab.md#traffic-language). Default with '
@@ -73,18 +78,20 @@ class PacketScriptMagics(Magics):
         The script is attached to the lab network (through NFQUEUE by default) or, where no
         lab can run, replayed over a pcap or over generated lab traffic. A live dashboard
         shows packets/s by verdict, counters, recent packets and script errors with the cell
-        line that caused them. With --duration the cell waits and then writes a static
-        figure and summary table into the notebook.
+        line that caused them. With --duration, or over a --pcap, the cell waits until the
+        run ends; then the dashboard is replaced by a static figure and a summary table,
+        which a saved notebook shows without a kernel. Other runs end with the Stop button
+        or %packetscript stop NAME.
         """
         parser = self.packetscript_cell.parser
-        ns = parser.parse_args(opts.protect_values(arg_split(line, posix=True)))
+        ns = opts.parse(parser, opts.protect_values(arg_split(line, posix=True)))
         options = opts.from_namespace(ns)
         if not cell.strip():
             raise UsageError("the cell is empty: write a Lua function process_packet(p) in it")
         cell_lines = [f"%%packetscript {line}".rstrip()] + cell.splitlines()
         run = self.session.start_cell(options, cell, cell_lines)
-        if options.duration is not None:
-            self.session.wait(run).display()
+        if options.finite:
+            self.session.wait(run)      # the result replaces the dashboard in this cell
 
     @line_magic("packetscript")
     def packetscript_line(self, line):
@@ -94,7 +101,11 @@ class PacketScriptMagics(Magics):
         command, args = argv[0], argv[1:]
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
-            raise UsageError(f"unknown command {command!r}\n\n{LINE_HELP}")
+            import difflib
+            commands = [n[5:] for n in dir(self) if n.startswith("_cmd_")]
+            near = difflib.get_close_matches(command, commands, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise UsageError(f"unknown command {command!r}{hint}\n\n{LINE_HELP}")
         return handler(args)
 
     packetscript_line.__doc__ = LINE_HELP

@@ -7,6 +7,7 @@ as :class:`UsageError` and computes the cache key of a cell.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from packetscript_lab.core.flows import TrafficError, parse_traffic
 
 BACKENDS = ("nfqueue", "kernel", "replay")
 LUAS = ("luajit", "5.1", "5.4")
+PACES = ("recorded", "fast")      # kernel_magic.replay_run.PACES
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 DEFAULT_NAME = "script"
 
@@ -42,6 +44,12 @@ class RunOptions:
     traffic: str | None = None
     dashboard: bool = True
     record: str | None = None           # a directory for a record of the run (docs/records.md)
+    pace: str | None = None             # replay only; None: recorded
+
+    @property
+    def finite(self) -> bool:
+        """The run ends by itself: after --duration, or when its capture has been played."""
+        return self.duration is not None or self.pcap is not None
 
     def script_kwargs(self) -> dict:
         """Keyword arguments shared by ``Script`` and ``Lab.attach``."""
@@ -61,8 +69,23 @@ class RunOptions:
     def same_attachment(self, other: "RunOptions") -> bool:
         """True when ``other`` can replace this run's script in place (same hook, same runtime)."""
         keys = ("backend", "host", "table", "chain", "match", "lua", "profile", "on_error",
-                "budget", "pcap", "traffic")
+                "budget", "pcap", "traffic", "pace")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+def parse(parser, argv: list[str]):
+    """``parser.parse_args(argv)``, but an unknown option names the nearest known one."""
+    known = sorted({s for a in parser._actions for s in a.option_strings if s.startswith("--")})
+    for tok in argv:
+        if not tok.startswith("--") or tok == "--":
+            continue
+        flag = tok.split("=", 1)[0]
+        if flag in known or len([k for k in known if k.startswith(flag)]) == 1:
+            continue                       # exact, or an abbreviation argparse accepts
+        near = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise UsageError(f"unknown option {flag}: {hint}%%packetscript? lists every option")
+    return parser.parse_args(argv)
 
 
 def protect_values(argv: list[str]) -> list[str]:
@@ -106,6 +129,12 @@ def from_namespace(ns) -> RunOptions:
             parse_traffic(ns.traffic)
         except TrafficError as exc:
             raise UsageError(f"--traffic: {exc}") from None
+    pace = getattr(ns, "pace", None)
+    if pace is not None and pace not in PACES:
+        raise UsageError(f"--pace {pace!r}: use one of {', '.join(PACES)}")
+    if pace is not None and ns.backend in ("nfqueue", "kernel"):
+        raise UsageError("--pace sets how the replay backend plays packets; the live lab sends "
+                         "them at the traffic's own rate (drop --pace, or use --backend replay)")
     record = getattr(ns, "record", None)
     if record is not None:
         from packetscript_lab.recording import RecordError, check_target
@@ -121,7 +150,7 @@ def from_namespace(ns) -> RunOptions:
         name=name, backend=ns.backend, host=ns.host, table=ns.table, chain=ns.chain,
         match=ns.match, lua=ns.lua, profile=ns.profile, on_error=ns.on_error,
         budget=ns.budget, pcap=pcap, duration=ns.duration, traffic=ns.traffic,
-        dashboard=not ns.no_dashboard, record=record,
+        dashboard=not ns.no_dashboard, pace=pace, record=record,
     )
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-INTERVAL = 0.25         # seconds between counter/table updates
-PLOT_EVERY = 4          # redraw the figure every 4th tick (once a second): PNGs cost ~50 ms
+INTERVAL = 0.25         # seconds between counter/table updates (figures: see Dashboard)
 
 
 class Pump:
@@ -26,16 +25,19 @@ class Pump:
         """Update every live dashboard; finish open-ended runs that ended meanwhile."""
         with self._lock:
             self._ticks += 1
-            with_plot = self._ticks % PLOT_EVERY == 1
             for run in list(self.session.runs.values()):
-                if run.active and run.due() and not run.blocking:
-                    self.session.finish(run, "duration reached")
+                reason = run.due() if run.active and not run.blocking else None
+                if reason is not None:
+                    self.session.finish(run, reason)
                     continue
-                if run.active and run.dashboard is not None:
-                    try:
-                        run.dashboard.update(run.view(), with_plot=with_plot)
-                    except Exception as exc:  # a dead backend ends the run, visibly
-                        self.session.finish(run, f"backend failed: {type(exc).__name__}: {exc}")
+                self.tick_one(run, with_plot=True)
+
+    def tick_one(self, run, *, with_plot: bool) -> None:
+        if run.active and run.dashboard is not None:
+            try:
+                run.dashboard.update(run.view(), with_plot=with_plot)
+            except Exception as exc:  # a dead backend ends the run, visibly
+                self.session.finish(run, f"backend failed: {type(exc).__name__}: {exc}")
 
     def _wanted(self) -> bool:
         return any(r.active for r in self.session.runs.values())

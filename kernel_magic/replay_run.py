@@ -3,9 +3,10 @@ packets in a worker thread at their pace.
 
 It has the same reading interface as a Lab attachment handle (``stats``, ``series``,
 ``recent``, ``errors``, ``replace``, ``detach``) so the dashboard and the summary do not
-care which backend produced the numbers. Packets are played at their recorded time offsets
-(gaps longer than one second are shortened to one second), so the dashboard shows rates
-as they were offered.
+care which backend produced the numbers. Pace ``recorded`` (the default) plays packets at
+their recorded time offsets (gaps longer than one second are shortened to one second), so
+the dashboard shows rates as they were offered; pace ``fast`` plays them back to back.
+``played_all`` is set whenever every packet handed in so far has been judged.
 
 The worker only computes; it never prints or touches widgets.
 """
@@ -20,6 +21,8 @@ from packetscript_lab import Judge
 ETHERNET = 1
 RAW_IP = {12, 14, 101, 228}     # link types whose packets start at the IP header
 MAX_GAP = 1.0
+PACES = ("recorded", "fast")
+BATCH = 2000
 RECENT = 50
 JUDGE_COUNTS = ("restarts", "timeouts", "crashes", "unjudged")
 MAX_KEPT = 100_000      # packets a recorded run keeps
@@ -29,20 +32,25 @@ class ReplayRun:
     backend = "replay"
 
     def __init__(self, name: str, script: Judge, frames, *, raw_ip: bool = False,
-                 sample_interval: float = 0.5, keep: bool = False):
+                 sample_interval: float = 0.5, pace: str = "recorded",
+                 keep: bool = False):
         """``frames``: (time offset in seconds, bytes) pairs sorted by time."""
         self.name = name
         self._script = script
         self._raw_ip = raw_ip
         self._interval = sample_interval
-        self._pending = collections.deque(_shorten_gaps(frames))
+        if pace not in PACES:
+            raise ValueError(f"pace {pace!r}: use one of {', '.join(PACES)}")
+        self.pace = pace
+        self._pending = collections.deque(self._paced(frames))
+        self.total = len(self._pending)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._counts = dict.fromkeys(("seen", "bytes", "accepted", "dropped", "continued",
                                       "modified", "errors", "queue_drops",
                                       "passed_unjudged"), 0)
-        self._series: list[dict] = []
+        self._series: list[dict] = [dict.fromkeys(self._counts, 0) | {"t": 0.0}]
         self._recent: collections.deque = collections.deque(maxlen=RECENT)
         self._old_errors: list[dict] = []
         self._old_counts = dict.fromkeys(JUDGE_COUNTS, 0)   # of the scripts replaced
@@ -108,7 +116,8 @@ class ReplayRun:
         """Play more packets (``%packetscript send``), starting now."""
         now = time.monotonic() - self._t0
         with self._lock:
-            self._pending.extend((now + off, data) for off, data in _shorten_gaps(frames))
+            self._pending.extend((now + off, data) for off, data in self._paced(frames))
+            self.total += len(frames)
             self.played_all.clear()
         self._wake.set()
 
@@ -122,6 +131,11 @@ class ReplayRun:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def _paced(self, frames):
+        if self.pace == "fast":
+            return [(0.0, data) for _off, data in frames]
+        return _shorten_gaps(frames)
+
     # --- worker ----------------------------------------------------------------------
     def _work(self) -> None:
         next_sample = self._interval
@@ -129,7 +143,10 @@ class ReplayRun:
             while not self._stop.is_set():
                 now = time.monotonic() - self._t0
                 with self._lock:
-                    while self._pending and self._pending[0][0] <= now:
+                    # a bounded batch per lock hold: readers (the dashboard) are not starved
+                    for _ in range(BATCH):
+                        if not self._pending or self._pending[0][0] > now:
+                            break
                         self._run_one(now, self._pending.popleft()[1])
                     if now >= next_sample:
                         self._series.append(self._sample())
@@ -147,7 +164,7 @@ class ReplayRun:
             self.played_all.set()
 
     def _run_one(self, now: float, data: bytes) -> None:
-        from packetscript_lab.fields import changed_fields, summary
+        from packetscript_lab.fields import changed_fields, field_changes, summary
 
         script = self._script
         result = script.run_ip(data, ts=now) if self._raw_ip else script.run(data, ts=now)
@@ -170,6 +187,7 @@ class ReplayRun:
             "summary": summary(eth + data),
             "verdict": result.verdict,
             "changed": changed_fields(eth + data, eth + result.data) if result.modified else [],
+            "changes": field_changes(eth + data, eth + result.data) if result.modified else [],
             "error": str(result.error) if result.error is not None else None,
         })
 

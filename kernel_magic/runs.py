@@ -1,8 +1,13 @@
 """One attached script: its backend handle, its traffic, its dashboard and its end.
 
-A run ends when its duration is reached, when it is stopped (button, ``%packetscript stop``,
-``%packetscript down``) or when a cell with other hook options takes its name. Its final
-numbers are read before the handle is detached, then kept for the summary.
+A run ends when its duration is reached, when its capture has been played (``--pcap``),
+when it is stopped (button, ``%packetscript stop``, ``%packetscript down``, a kernel
+interrupt) or when a cell with other hook options takes its name. Its final numbers are
+read before the handle is detached, then kept for the summary.
+
+Its clock is wall time since its traffic started; its span (what the summary reports and
+the figure shows) is that time up to its end, at most its --duration: the drain after the
+traffic is not part of the run.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ class Run:
         self.end_reason: str | None = None
         self.dashboard = None
         self.blocking = False                 # a cell is waiting for this run to end
-        self.slots = None                     # display handles for an open-ended run's summary
+        self.outputs = None                   # the CellOutputs of the cell showing this run
         self.notes: list[str] = []
         self._traffic_thread: threading.Thread | None = None
         self._traffic_results: list[dict] = []
@@ -73,10 +78,33 @@ class Run:
     def elapsed(self) -> float:
         return (self.ended_at or time.monotonic()) - self.started
 
-    def due(self) -> bool:
-        """The duration is over and the traffic has finished (its last packets are counted)."""
-        return self.deadline is not None and time.monotonic() >= self.deadline \
-            and self.traffic_done()
+    def span(self) -> float:
+        """Seconds of the run's own traffic: until it ended, at most its --duration."""
+        end = self.ended_at or time.monotonic()
+        if self.deadline is not None:
+            end = min(end, self.deadline)
+        return max(0.0, end - self.started)
+
+    def due(self) -> str | None:
+        """Why the run should end now (its last packets counted), or None."""
+        if self.deadline is not None and time.monotonic() >= self.deadline \
+                and self.traffic_done():
+            played = getattr(self.handle, "played_all", None)
+            if self.backend == "replay" and self.options.pcap is None and played is not None \
+                    and not played.is_set():
+                return None     # traffic made for exactly this duration: judge all of it
+            return "duration reached"
+        if self.options.pcap is None and self.options.pace != "fast":
+            return None
+        if self.backend == "replay":
+            played = getattr(self.handle, "played_all", None)
+            if played is not None and played.is_set():
+                return "capture played to the end" if self.options.pcap else \
+                    "all packets played"
+        elif self.options.pcap is not None and self._traffic_thread is not None \
+                and self.traffic_done():
+            return "capture sent to the end"
+        return None
 
     def view(self) -> dict:
         """What the dashboard shows, read from the backend (or the final numbers)."""
@@ -85,9 +113,15 @@ class Run:
         else:
             data = self._read()
         status = "running" if self.active else f"ended: {self.end_reason}"
+        if self.active and self.deadline is not None and time.monotonic() > self.deadline:
+            status = "counting the last packets"
         if self.active and getattr(self.handle, "failure", None):
             status = f"failed: {self.handle.failure}"
-        return {"status": status, "elapsed": self.elapsed(), **data}
+        clock = f"{self.span():.1f} s"
+        if self.options.duration is not None:
+            clock += f" of {self.options.duration:g} s"
+        return {"status": status, "elapsed": self.elapsed(), "clock": clock,
+                "span": self.span() if not self.active else self.options.duration, **data}
 
     def _read(self) -> dict:
         h = self.handle
@@ -143,7 +177,7 @@ class Run:
             notes.insert(0, f"run ended: {self.end_reason}")
         if getattr(self.handle, "failure", None):
             notes.append(f"replay worker failed: {self.handle.failure}")
-        return RunSummary(name=self.name, backend=self.backend, seconds=self.elapsed(),
+        return RunSummary(name=self.name, backend=self.backend, seconds=self.span(),
                           stats=data["stats"], series=data["series"], errors=data["errors"],
                           cell_lines=self.cell_lines, traffic=traffic, notes=notes)
 

@@ -14,11 +14,12 @@ from packetscript_lab.core import flows as flows_mod
 from kernel_magic.cache import CellCache
 from kernel_magic.dashboard import Dashboard
 from kernel_magic.options import RunOptions
+from kernel_magic.outputs import CellOutputs
 from kernel_magic.pump import INTERVAL, Pump
 from kernel_magic.runs import Run
 
 ENV_BACKEND = "PACKETSCRIPT_BACKEND"    # "replay": never try to build a lab (e.g. on Binder)
-GRACE = 0.6                            # let the last verdicts and stats sample arrive
+GRACE = 0.2                            # let the last verdicts and stats sample arrive
 TRAFFIC_SLACK = 30.0                   # a traffic generator this late past --duration is stuck
 
 
@@ -44,9 +45,9 @@ class Session:
             self.topology = topology
         if self.lab is not None and getattr(self.lab, "closed", False):
             # the lab process ended (crashed or killed): its scripts went with it
-            for run in self.runs.values():
+            for run in list(self.runs.values()):
                 if run.active and run.backend != "replay":
-                    run.stop("the lab process ended")
+                    self.finish(run, "the lab process ended")
             print("PacketScript Lab: the lab process had ended; building a new lab.")
             self.lab = None
         if self.lab is not None:
@@ -90,35 +91,55 @@ class Session:
         from kernel_magic.hosts import replay_hosts
         return replay_hosts(self.topology)
 
-    def choose_backend(self, options: RunOptions) -> str:
+    def choose_backend(self, options: RunOptions, outputs: CellOutputs | None = None) -> str:
         if options.backend == "replay":
             return "replay"
+        if outputs is not None and self.lab is None and self.lab_unavailable is None \
+                and os.environ.get(ENV_BACKEND, "").lower() != "replay":
+            outputs.status(f"{options.name}: starting the lab network…")
         if self.ensure_lab() is None:
             return "replay"
         return options.backend or "nfqueue"
 
     # --- runs ---------------------------------------------------------------------------
-    def start_cell(self, options: RunOptions, source: str, cell_lines: list[str]) -> Run:
-        """Compile, attach (or replace in place) and show the dashboard; returns the run."""
-        script = self.cache.compile(source, options, cell_lines)
-        if options.profile == "kernel":
-            self.report_portability(source, options, cell_lines)
-        backend = self.choose_backend(options)
-        if backend != "replay":
-            script.close()                 # compiled to check it; the lab runs its own copy
-        old = self.runs.get(options.name)
-        if old is not None and old.active:
-            if old.backend == backend and old.options.same_attachment(options):
-                return self._replace(old, options, source, cell_lines, script)
-            self.finish(old, "replaced by a cell with other options")
-            print(f"{options.name!r}: options changed, so the old script was detached and the "
-                  "new one attached (not in place).")
-        if backend == "replay":
-            run = self._start_replay(options, source, cell_lines, script)
-        else:
-            run = self._start_live(options, source, cell_lines, backend)
+    def start_cell(self, options: RunOptions, source: str, cell_lines: list[str], *,
+                   show: bool = True) -> Run:
+        """Compile, attach (or replace in place) and show the dashboard; returns the run.
+
+        With ``show`` the cell gets its outputs at once (a status line within a moment of
+        running it), which the dashboard and then the result replace.
+        """
+        outputs = CellOutputs(f"{options.name}: compiling…") if show else None
+        try:
+            script = self.cache.compile(source, options, cell_lines)
+            if options.profile == "kernel":
+                self.report_portability(source, options, cell_lines)
+            backend = self.choose_backend(options, outputs)
+            if backend != "replay" and options.pace is not None:
+                raise UsageError("--pace sets how the replay backend plays packets; the live "
+                                 "lab sends them at the traffic's own rate (drop --pace, or "
+                                 "add --backend replay)")
+            if backend != "replay":
+                script.close()             # compiled to check it; the lab runs its own copy
+            old = self.runs.get(options.name)
+            if old is not None and old.active:
+                if old.backend == backend and old.options.same_attachment(options):
+                    return self._replace(old, options, source, cell_lines, script, outputs)
+                self.finish(old, "replaced by a cell with other options")
+                print(f"{options.name!r}: options changed, so the old script was detached and "
+                      "the new one attached (not in place).")
+            if outputs is not None:
+                outputs.status(f"{options.name}: attaching on {backend}…")
+            if backend == "replay":
+                run = self._start_replay(options, source, cell_lines, script)
+            else:
+                run = self._start_live(options, source, cell_lines, backend)
+        except BaseException:
+            if outputs is not None:
+                outputs.abandon()
+            raise
         self.runs[options.name] = run
-        self._show(run)
+        self._show(run, outputs)
         return run
 
     def report_portability(self, source: str, options: RunOptions, cell_lines) -> None:
@@ -139,11 +160,13 @@ class Session:
         from kernel_magic.replay_run import ReplayRun
         frames, raw_ip = self.replay_frames(options)
         handle = ReplayRun(options.name, script, frames, raw_ip=raw_ip,
+                           pace=options.pace or "recorded",
                            keep=options.record is not None)
         run = Run(options.name, options, source, cell_lines, "replay", handle)
         what = f"pcap {options.pcap}" if options.pcap else \
-            f"traffic {options.traffic or flows_mod.DEFAULT_TRAFFIC!r}"
-        run.notes.append(f"replayed {len(frames)} packets of {what}")
+            f"generated traffic {options.traffic or flows_mod.DEFAULT_TRAFFIC!r}"
+        pace = "back to back (--pace fast)" if options.pace == "fast" else "at recorded pace"
+        run.notes.append(f"replayed {len(frames)} packets of {what}, {pace}")
         if options.placement():
             given = ", ".join(f"--{k}" for k in options.placement())
             run.notes.append(f"{given}: iptables options, not applied on the replay backend; "
@@ -196,63 +219,69 @@ class Session:
             run.drive_flows(lab, flows, options.duration or flows_mod.DEFAULT_SECONDS)
         return run
 
-    def _replace(self, run: Run, options, source, cell_lines, script) -> Run:
+    def _replace(self, run: Run, options, source, cell_lines, script, outputs) -> Run:
         replacement = script if run.backend == "replay" else source
         try:
             run.replace(source, cell_lines, replacement)
         except Exception as exc:
             raise UsageError(f"cannot replace {run.name!r}: {exc}") from None
+        # the earlier cell gives the run up: a line saying where it went, no widget
+        if run.outputs is not None:
+            run.outputs.continued()
+            run.outputs = None
         if run.dashboard is not None:
-            run.dashboard.finish("replaced in place by a later cell")
-        if run.slots is not None:
-            for slot in run.slots:
-                slot.update({"text/plain": "(this run continues in a later cell)"}, raw=True)
+            run.dashboard.close()
+            run.dashboard = None
         run.options = options
         run.deadline = None if options.duration is None else time.monotonic() + options.duration
         print(f"{run.name!r}: script replaced in place on {run.backend}; no packet was lost.")
-        self._show(run)
+        self._show(run, outputs)
         return run
 
-    def _show(self, run: Run) -> None:
-        """Display the dashboard (and, for open-ended runs, slots for the summary)."""
-        from IPython.display import display
-        blocking = run.options.duration is not None
-        title = f"{run.name} · {run.backend}"
-        if run.backend != "replay":
-            place = " ".join(f"{k} {v}" for k, v in run.options.placement().items())
-            title += f" · {place}" if place else ""
-        if run.options.dashboard:
-            run.dashboard = Dashboard(
-                title, run.cell_lines,
-                on_stop=None if blocking else (lambda: self.finish(run, "stopped")),
-                stop_note="interrupt the kernel to end early" if blocking else "")
-            display(run.dashboard.bundle(), raw=True)
-        else:
-            run.dashboard = None
-        if blocking:
-            run.slots = None
-        else:
-            run.slots = [display({"text/plain": ""}, raw=True, display_id=True)
-                         for _ in range(2)]
-            if not run.options.dashboard:
-                print(f"{run.name!r} attached on {run.backend}; it runs until "
-                      f"%packetscript stop {run.name}")
+    def _show(self, run: Run, outputs: CellOutputs | None) -> None:
+        """Turn the cell's status line into the dashboard (or a line saying how it ends)."""
+        run.outputs = outputs
+        run.dashboard = None
+        blocking = run.options.finite
+        if outputs is not None:
+            title = f"{run.name} · {run.backend}"
+            if run.backend != "replay":
+                place = " ".join(f"{k} {v}" for k, v in run.options.placement().items())
+                title += f" · {place}" if place else ""
+            if run.options.dashboard:
+                run.dashboard = Dashboard(
+                    title, run.cell_lines,
+                    on_stop=None if blocking else (lambda: self.finish(run, "stopped")),
+                    stop_note="interrupt the kernel (■) to end early")
+                outputs.dashboard(run.dashboard)
+                self.pump.tick_one(run, with_plot=False)
+            elif blocking:
+                outputs.status(f"{run.name}: running on {run.backend}; the figure and the "
+                               "table follow when it ends")
+            else:
+                outputs.status(f"{run.name}: attached on {run.backend}; it runs until "
+                               f"%packetscript stop {run.name}")
+        if not blocking:
             self.pump.ensure_running()
 
     def wait(self, run: Run):
-        """Block the cell until the run's duration is over, ticking the pump; then summarise.
+        """Block the cell until the run ends by itself, ticking the pump; then summarise.
 
         Interrupting the kernel ends this run now and writes its summary: the lab process
         lives in a session of its own, so the interrupt reaches only the kernel, and the
         lab, its rules and the other scripts go on.
         """
         run.blocking = True
-        reason = "duration reached"
+        reason = None
         try:
-            while run.active and not run.due():
+            while run.active:
+                reason = run.due()
+                if reason is not None:
+                    break
                 if run.deadline is not None and time.monotonic() > run.deadline + TRAFFIC_SLACK:
                     run.notes.append("the traffic generator had not finished "
                                      f"{TRAFFIC_SLACK:.0f} s after --duration")
+                    reason = "duration reached"
                     break
                 self.pump.tick()
                 time.sleep(INTERVAL)
@@ -271,22 +300,23 @@ class Session:
         return self.finish(run, reason)
 
     def finish(self, run: Run, reason: str):
-        """Stop ``run`` and write its summary where its cell can show it."""
+        """Stop ``run`` and put its figure and table where its dashboard was."""
         if run.options.record is not None and run.active:
             self._record(run)
         run.stop(reason)
         summary = run.summary()
-        if run.dashboard is not None:
-            try:
-                run.dashboard.update(run.view(), with_plot=True)
-            except Exception:
-                pass                       # the summary below holds the same numbers
-            run.dashboard.finish(f"ended: {reason}")
-        if run.slots is not None:
-            fig_slot, table_slot = run.slots
-            fig_slot.update(summary.figure_bundle(), raw=True)
-            table_slot.update(summary)
-            run.slots = None
+        outputs, dashboard = run.outputs, run.dashboard
+        run.outputs = run.dashboard = None
+        if outputs is not None:
+            reachable = outputs.reachable()
+            outputs.result(summary)
+            if dashboard is not None and not reachable:
+                # a page reloaded since the cell ran cannot see the update above: the
+                # dashboard it shows gets the figure and the table instead
+                dashboard.show_final(summary, reason)
+                dashboard = None
+        if dashboard is not None:
+            dashboard.close()
         return summary
 
     def _record(self, run: Run) -> None:
@@ -317,6 +347,9 @@ class Session:
         for run in list(self.runs.values()):
             if run.active:
                 run.stop("extension unloaded")
+            if run.dashboard is not None:
+                run.dashboard.close()
+                run.dashboard = None
         if self.lab is not None:
             self.down()
 

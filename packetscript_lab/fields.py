@@ -58,6 +58,44 @@ def changed_fields(before: bytes, after: bytes) -> list[str]:
     return names
 
 
+_CHECKSUMS = {"ip.check", "tcp.check", "udp.check", "icmp.checksum"}
+
+
+def field_changes(before: bytes, after: bytes) -> list[str]:
+    """The changed fields with their values, as a reader wants them: ``ip.daddr
+    10.77.0.2 → 10.77.0.9``. Checksums (recomputed after every change) are named without
+    values; payload and options only say how many bytes differ."""
+    if before == after:
+        return []
+    out, sums = [], []
+    for a, b, name in _layout(before):
+        old, new = before[a:b], after[a:b]
+        if old == new:
+            continue
+        if name in _CHECKSUMS:
+            sums.append(name)
+        elif name.endswith((".data", ".options")):
+            differ = sum(x != y for x, y in zip(old, new)) + abs(len(old) - len(new))
+            out.append(f"{name}: {differ} bytes")
+        else:
+            out.append(f"{name} {_value(name, old)} → {_value(name, new)}")
+    if len(after) != len(before):
+        out.append(f"length {len(before)} → {len(after)} bytes")
+    if sums:
+        out.append("checksums updated (" + ", ".join(sums) + ")")
+    return out
+
+
+def _value(name: str, raw: bytes) -> str:
+    if name.endswith("mac"):
+        return ":".join(f"{x:02x}" for x in raw)
+    if name.endswith(("saddr", "daddr")) and len(raw) == 4:
+        return ".".join(map(str, raw))
+    if name.endswith("flags") and name.startswith("tcp"):
+        return "".join(c for c, m in zip("FSRPAU", (1, 2, 4, 8, 16, 32)) if raw[0] & m) or "-"
+    return str(int.from_bytes(raw, "big")) if len(raw) <= 4 else raw.hex()
+
+
 def summary(frame: bytes) -> str:
     """A one-line description: ``UDP 10.77.0.1:1234 > 10.77.0.2:9000 len 60``."""
     if len(frame) < 14:

@@ -21,7 +21,8 @@ esac
 #   libpcap0.8      libpcap, which scapy loads to compile BPF capture filters
 #   libnetfilter-queue-dev  the library NetfilterQueue links against (and its headers)
 #   gcc python3-dev to build NetfilterQueue;  python3-venv  for Debian's own python3
-apt_packages=(iptables iproute2 util-linux libpcap0.8 libnetfilter-queue-dev gcc python3-dev python3-venv)
+#   chromium        the browser test (JupyterLab and Notebook 7 driven by Playwright)
+apt_packages=(iptables iproute2 util-linux libpcap0.8 libnetfilter-queue-dev gcc python3-dev python3-venv chromium)
 # For the tests only: tshark reads recorded runs back (tests/test_recording.py, docs/records.md).
 [ "$job" = test ] && apt_packages+=(tshark)
 missing=()

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -114,3 +115,14 @@ end
 """
 
 DNAT_TO_SERVER = dnat("10.77.2.2")
+
+
+def wait_until(condition, timeout: float = 15.0, what: str = "condition"):
+    """condition()'s first true value, polled until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.manager import KernelManager
-from labutil import pid_alive, require_lab
+from labutil import pid_alive, require_lab, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
@@ -95,16 +95,6 @@ VICTIM = "%%packetscript victim --duration 30 --traffic 'udp client server:9000 
          "function process_packet(p)\n  return NF_DROP\nend"
 
 
-def _wait(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout}s")
-
-
 def test_interrupt_ends_the_run_and_keeps_the_lab(kernel):
     kernel.run(OTHER)
     lab_pid = kernel.value("kernel_magic.get_session().lab.lab_pid")
@@ -117,8 +107,13 @@ def test_interrupt_ends_the_run_and_keeps_the_lab(kernel):
     shown = []
 
     def ticking(msg):
-        shown.append(msg["msg_type"])
-        return msg["msg_type"] == "comm_msg" and "display_data" in shown
+        # The dashboard is on the page (a widget view shown), then the wait loop updates it.
+        data = msg["content"].get("data", {})
+        if msg["msg_type"] in ("display_data", "update_display_data") and \
+                "application/vnd.jupyter.widget-view+json" in data:
+            shown.append("dashboard")
+        return (msg["msg_type"] == "comm_msg" and "dashboard" in shown
+                and data.get("method") == "update")
 
     status, _ = kernel.outputs(msg_id, timeout=60, until=ticking)
     assert status == "running"
@@ -138,7 +133,7 @@ def test_interrupt_ends_the_run_and_keeps_the_lab(kernel):
     assert "other" in status_text and "running" in status_text
     assert kernel.value("kernel_magic.get_session().lab.lab_pid") == lab_pid
     kernel.run("%packetscript send udp client server:9001 count=5")
-    _wait(lambda: kernel.value("kernel_magic.get_session().runs['other'].handle.stats()['seen']")
+    wait_until(lambda: kernel.value("kernel_magic.get_session().runs['other'].handle.stats()['seen']")
           == 5, 20, "the other script did not judge the 5 datagrams")
     again = kernel.run(VICTIM.replace("--duration 30", "--duration 1"))
     assert "building a new lab" not in again
@@ -146,5 +141,5 @@ def test_interrupt_ends_the_run_and_keeps_the_lab(kernel):
 
     # kill -9 of the kernel still ends the lab: it sees its client's socket close.
     os.kill(kernel_pid, signal.SIGKILL)
-    _wait(lambda: not pid_alive(lab_pid) and not pid_alive(wrapper_pid), 20,
+    wait_until(lambda: not pid_alive(lab_pid) and not pid_alive(wrapper_pid), 20,
           "the lab process outlived its killed kernel")

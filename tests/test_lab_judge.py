@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from labutil import pair_lab  # noqa: F401
+from labutil import pair_lab, wait_until  # noqa: F401
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -24,16 +24,6 @@ function process_packet(p)
   return NF_ACCEPT
 end
 """ % HANG
-
-
-def wait_until(condition, timeout: float = 15.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _udp(port: int, n: int = 1):

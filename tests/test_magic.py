@@ -104,6 +104,9 @@ def test_modified_packets_and_changed_fields(ip):
     assert view["stats"]["continued"] == 5 and view["stats"]["modified"] == 5
     assert all("ip.daddr" in r["changed"] and r["verdict"] == "continue"
                for r in view["recent"])
+    # what the dashboard shows: the value before and after, checksums named once
+    assert view["recent"][0]["changes"] == ["ip.daddr 10.77.0.2 → 10.77.0.9",
+                                            "checksums updated (ip.check, udp.check)"]
 
 
 def test_syntax_error_names_the_cell_line(ip):
@@ -156,7 +159,10 @@ def test_on_error_accept(ip):
     ("--traffic 'smtp client server'", "unknown flow kind"),
     ("--traffic 'udp client server rate=fast'", "not a number"),
     ("--backend carrier-pigeon", "invalid choice"),
-    ("--frobnicate", "unrecognized arguments"),
+    ("--frobnicate", "unknown option --frobnicate: %%packetscript? lists every option"),
+    ("--durration 2", "unknown option --durration: did you mean --duration? %%packetscript?"),
+    ("--backend nfqueue --pace fast", "--pace sets how the replay backend plays packets"),
+    ("--pace slow", "invalid choice"),
     ("'bad name!'", "script name"),
     ("--backend replay --match '-p tcp'", "replay backend has no iptables"),
     ("--pcap x.pcap --traffic 'udp client server'", "either --pcap or --traffic"),
@@ -225,10 +231,12 @@ def test_open_ended_run_stops_on_the_stop_button(ip):
     cell(ip, "btn --traffic 'udp client server count=20 rate=200'", ACCEPT_ALL)
     run = kernel_magic.get_session().runs["btn"]
     assert run.handle.played_all.wait(5)
-    run.dashboard.stop_button.click()
+    dashboard = run.dashboard
+    dashboard.stop_button.click()
     assert not run.active and run.end_reason == "stopped"
     assert run.summary().count("accepted") == 20
-    assert run.dashboard.stop_button.disabled
+    # the live widgets are gone: the cell's figure and table took their place
+    assert dashboard.widget.comm is None and run.dashboard is None
 
 
 def test_dashboard_shows_counts_errors_and_recent_packets(ip):
@@ -267,6 +275,7 @@ def test_send_feeds_running_replay_scripts(ip):
 
 def test_line_magic_mistakes(ip):
     for line, message in [("stop nobody", "no script named"), ("fly", "unknown command"),
+                          ("stpo x", "did you mean 'stop'"),
                           ("send", "usage"), ("send udp client server", "no running script"),
                           ("up --topology ring", "unknown topology"), ("", "Manage")]:
         with pytest.raises(UsageError, match=message):
@@ -418,3 +427,29 @@ def test_packets_that_hang_in_c_cost_their_verdict_and_the_run_goes_on(ip):
     assert stats["restarts"] >= stats["timeouts"]
     text = "\n".join(o.data.get("text/plain", "") for o in cap.outputs)
     assert "time limit of 250 ms exceeded on one packet" in text
+
+
+def test_pcap_replay_ends_when_the_capture_ends(ip, tmp_path):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    packets = []
+    for i in range(20):                          # one second of traffic, as recorded
+        p = Ether() / IP(src="10.77.0.1", dst="10.77.0.2") / UDP(dport=9000) / b"x"
+        p.time = 1000.0 + i * 0.05
+        packets.append(p)
+    path = tmp_path / "second.pcap"
+    wrpcap(str(path), packets)
+    spread = {}
+    for pace in ("recorded", "fast"):
+        cap = cell(ip, f"cap --backend replay --pcap {path} --pace {pace}", DROP_UDP)
+        s = summary_of(cap)                      # no --duration, yet the cell ended by itself
+        assert (s["seen"], s["dropped"]) == (20, 20), pace
+        run = kernel_magic.get_session().runs["cap"]
+        assert not run.active and run.end_reason == "capture played to the end"
+        assert len(pngs(cap)) == 1               # one figure, not a dashboard plus a copy
+        judged = [r["t"] for r in run.view()["recent"]]
+        spread[pace] = max(judged) - min(judged)
+    # recorded: judged as the packets were spaced (0.95 s); fast: back to back
+    assert spread["recorded"] >= 0.9 > spread["fast"]

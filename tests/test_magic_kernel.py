@@ -47,27 +47,29 @@ def test_install_options_are_exclusive(tmp_path):
     assert res.returncode == 2 and "not allowed with" in res.stderr
 
 
-TRAFFIC = "--traffic 'udp client server:9000 rate=100 count=3000'"   # 30 s: outlasts the cells
+WAIT = """\
+import asyncio, time, kernel_magic
+async def until(test, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not test():
+        assert time.monotonic() < deadline, 'condition not met in time'
+        await asyncio.sleep(0.05)       # an idle kernel lets the pump's asyncio task run
+"""
+
 CELLS = [
     # 0: open-ended run: returns at once, the pump keeps the dashboard up to date
-    f"%%packetscript live {TRAFFIC}\nfunction process_packet(p)\n  return NF_ACCEPT\nend",
-    # 1: an idle (awaiting) kernel lets the pump's asyncio task move the widget's numbers
-    "import asyncio, kernel_magic, time\n"
+    "%%packetscript live --traffic 'udp client server:9000 rate=100 count=600'\n"
+    "function process_packet(p)\n  return NF_ACCEPT\nend",
+    # 1: widget values move while the kernel is idle
     "run = kernel_magic.get_session().runs['live']\n"
-    "def shown():\n"
-    "    found = re.findall(r\"(\\d+)</div><div style='color:#666'>seen\", "
-    "run.dashboard.counters.value)\n"
-    "    return int(found[0]) if found else 0\n"
-    "deadline = time.monotonic() + 30\n"
-    "while shown() < 50 and time.monotonic() < deadline:\n"
-    "    await asyncio.sleep(0.1)\n"
-    "print('pump saw', [str(shown())])",
+    "seen = lambda: [int(n) for n in re.findall(r\"(\\d+)</div><div style='color:#666'>seen\", "
+    "run.dashboard.counters.value)]\n"
+    "await until(lambda: seen() and seen()[0] >= 50)\n"
+    "print('pump saw', seen())",
     # 2: re-run with another script: replaced in place
-    f"%%packetscript live {TRAFFIC}\nfunction process_packet(p)\n  return NF_DROP\nend",
-    # 3: wait until the new script has judged packets
-    "deadline = time.monotonic() + 30\n"
-    "while run.handle.stats()['dropped'] == 0 and time.monotonic() < deadline:\n"
-    "    await asyncio.sleep(0.1)",
+    "%%packetscript live --traffic 'udp client server:9000 rate=100 count=600'\n"
+    "function process_packet(p)\n  return NF_DROP\nend",
+    "await until(run.handle.played_all.is_set)",
     "%packetscript stop live",
 ]
 
@@ -78,12 +80,12 @@ def test_pump_replace_and_late_summary_in_a_real_kernel(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("PACKETSCRIPT_BACKEND", "replay")
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("import re")] + \
+    nb.cells = [nbformat.v4.new_code_cell("import re\n" + WAIT)] + \
         [nbformat.v4.new_code_cell(src) for src in CELLS]
     nbclient.NotebookClient(nb, timeout=60, kernel_name="packetscript-lab").execute()
     first, pumped, second, _, stop = nb.cells[1:]
 
-    seen = re.findall(r"pump saw \['(\d+)'\]", pumped.outputs[0]["text"])
+    seen = re.findall(r"pump saw \[(\d+)\]", pumped.outputs[0]["text"])
     assert seen and int(seen[0]) >= 50, pumped.outputs     # widget values moved while idle
 
     assert "replaced in place" in "".join(o.get("text", "") for o in second.outputs)
@@ -99,9 +101,41 @@ def test_pump_replace_and_late_summary_in_a_real_kernel(tmp_path, monkeypatch):
     for cell in (second, stop):
         text = summary(cell)
         counts = dict((k, int(v)) for k, v in re.findall(r"(\w+) (\d+)", text))
-        assert counts["accepted"] >= 50 and counts["dropped"] > 0, text
-        assert counts["accepted"] + counts["dropped"] == counts["seen"] < 3000, text
-        assert any("image/png" in o.get("data", {}) for o in cell.outputs)
+        assert counts["seen"] == 600 and counts["accepted"] + counts["dropped"] == 600
+        assert counts["accepted"] >= 50 and counts["dropped"] > 0
+        assert sum("image/png" in o.get("data", {}) for o in cell.outputs) == 1
+    # no cell keeps a live widget: a saved copy shows no "model not found" without a kernel
+    widget_views = [o for c in nb.cells for o in c.outputs
+                    if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widget_views == []
+
+
+def test_a_duration_cell_shows_its_status_first_and_ends_with_one_figure(tmp_path, monkeypatch):
+    """What a notebook keeps of a --duration cell: the first output said what was happening
+    and became the figure; the second became the table; nothing else, no widget."""
+    assert install(tmp_path, "install").returncode == 0
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PACKETSCRIPT_BACKEND", "replay")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "%%packetscript once --duration 1\nfunction process_packet(p)\n  return NF_DROP\nend")]
+    seen_first = []
+
+    class Client(nbclient.NotebookClient):
+        def output(self, outs, msg, display_id, cell_index):
+            if not seen_first and msg["header"]["msg_type"] == "display_data":
+                seen_first.append(msg["content"]["data"].get("text/plain"))
+            return super().output(outs, msg, display_id, cell_index)
+
+    Client(nb, timeout=60, kernel_name="packetscript-lab").execute()
+    assert seen_first == ["once: compiling…"]
+    outputs = [o for o in nb.cells[0].outputs if o["output_type"] == "display_data"]
+    assert len(outputs) == 2
+    figure, table = outputs
+    assert set(figure["data"]) == {"image/png", "text/plain"}
+    assert table["data"]["text/plain"].startswith("packetscript 'once' on replay, 1.0 s: seen 100")
+    assert "text/html" in table["data"] and "text/markdown" in table["data"]
 
 
 def test_load_ext_is_silent_and_harmless_in_the_packetscript_kernel(tmp_path, monkeypatch):

@@ -168,3 +168,19 @@ def test_down_ends_live_runs_with_their_summary(ip):
     s = summary_of(cap)
     assert s["seen"] == s["accepted"] == 10
     assert not run.active and run.end_reason == "lab shut down"
+
+
+def test_live_pcap_run_ends_when_the_capture_is_sent(ip, tmp_path):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    path = tmp_path / "ten.pcap"
+    wrpcap(str(path), [Ether() / IP(src="10.77.0.1", dst="10.77.0.2") /
+                       UDP(sport=40000, dport=9000) / b"x" for _ in range(10)])
+    with capture_output() as cap:                # no --duration: the capture's end ends it
+        ip.run_cell_magic("packetscript", f"sent --pcap {path} --no-dashboard", DROP_UDP)
+    s = summary_of(cap)
+    assert (s["backend"], s["seen"], s["dropped"]) == ("nfqueue", 10, 10)
+    run = kernel_magic.get_session().runs["sent"]
+    assert not run.active and run.end_reason == "capture sent to the end"

@@ -50,7 +50,7 @@ class Recent:
         return out[-self.size:]
 
     def entries(self, limit: int | None = None) -> list[dict]:
-        from packetscript_lab.fields import changed_fields, summary
+        from packetscript_lab.fields import changed_fields, field_changes, summary
 
         items = self.items()
         if limit is not None:
@@ -62,6 +62,7 @@ class Recent:
                 "summary": _safe(summary, eth + before),
                 "verdict": verdict,
                 "changed": _safe(changed_fields, eth + before, eth + after) if after is not None else [],
+                "changes": _safe(field_changes, eth + before, eth + after) if after is not None else [],
                 "error": None if error is None else str(error),
             })
         return out
