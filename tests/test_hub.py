@@ -130,7 +130,7 @@ async def _execute(base: str, user: str, token: str, cells: list[str], timeout: 
     kernel = json.loads(r.body)["id"]
     ws_url = base.replace("http", "ws", 1) + f"/user/{user}/api/kernels/{kernel}/channels"
     ws = await websocket_connect(HTTPRequest(ws_url, headers=auth, request_timeout=60))
-    session, texts = uuid.uuid4().hex, []
+    session, texts, shown = uuid.uuid4().hex, [], {}
     for code in cells:
         msg_id = uuid.uuid4().hex
         ws.write_message(json.dumps({
@@ -149,8 +149,16 @@ async def _execute(base: str, user: str, token: str, cells: list[str], timeout: 
             kind = m["msg_type"]
             if kind == "stream":
                 texts.append(m["content"]["text"])
-            elif kind in ("execute_result", "display_data"):
-                texts.append(m["content"]["data"].get("text/plain", ""))
+            elif kind in ("execute_result", "display_data", "update_display_data"):
+                # a run's summary replaces its "compiling…" line in place (display ids)
+                text = m["content"]["data"].get("text/plain", "")
+                display = (m["content"].get("transient") or {}).get("display_id")
+                if display in shown:
+                    texts[shown[display]] = text
+                else:
+                    if display:
+                        shown[display] = len(texts)
+                    texts.append(text)
             elif kind == "error":
                 raise AssertionError(f"{user}: {m['content']['ename']}: {m['content']['evalue']}")
             elif kind == "status" and m["content"]["execution_state"] == "idle":
