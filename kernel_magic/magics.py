@@ -13,7 +13,7 @@ from packetscript_lab.core import flows as flows_mod
 
 LINE_HELP = """Manage the PacketScript lab and the running scripts.
 
-  %packetscript up [--topology pair|router]   build the private lab network
+  %packetscript up [--topology pair|router|FILE]   build the private lab network
   %packetscript down                          stop every live script, remove the lab
   %packetscript status                        the lab's hosts and state
   %packetscript list                          scripts, backends and counters
@@ -65,6 +65,10 @@ class PacketScriptMagics(Magics):
               help='flows to generate, quoted, e.g. "udp client server:9000 rate=200; ping '
                    'client server" (the language: docs/lab.md#traffic-language). Default with '
                    '--duration or on replay: ' + repr(flows_mod.DEFAULT_TRAFFIC))
+    @argument("--record", default=None, metavar="DIR",
+              help="when the run ends, write a record of it into DIR (a new directory): what "
+                   "the script saw, each packet's verdict, changed fields and error "
+                   "(docs/records.md; check it with packetscript replay --verify DIR)")
     @argument("--no-dashboard", dest="no_dashboard", action="store_true",
               help="no live widgets (the summary is still written)")
     @cell_magic("packetscript")
@@ -112,13 +116,21 @@ class PacketScriptMagics(Magics):
         if args[:1] == ["--topology"] and len(args) == 2:
             topology = args[1]
         elif args:
-            raise UsageError("usage: %packetscript up [--topology pair|router]")
-        if topology not in (None, "pair", "router"):
-            raise UsageError(f"unknown topology {topology!r}: use pair or router")
+            raise UsageError("usage: %packetscript up [--topology pair|router|FILE.json]")
+        if topology is not None:
+            from packetscript_lab.lab.description import TopologyError, load
+            try:
+                load(topology)      # a bad description: one clear error, nothing built
+            except TopologyError as exc:
+                raise UsageError(str(exc)) from None
         lab = self.session.ensure_lab(topology)
         title = "lab is up" if lab is not None else \
             f"replay backend: generated traffic uses the {self.session.topology} topology's hosts"
         self._print_hosts(self.session.hosts(), title)
+        if topology is not None and topology not in ("pair", "router"):
+            from IPython.display import Image, display
+            from packetscript_lab.lab.drawing import png
+            display(Image(data=png(topology)))   # the described network, drawn
 
     def _cmd_down(self, args):
         _no_args("down", args)

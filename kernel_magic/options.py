@@ -43,6 +43,7 @@ class RunOptions:
     duration: float | None = None       # None: the run goes on until stopped
     traffic: str | None = None
     dashboard: bool = True
+    record: str | None = None           # a directory for a record of the run (docs/records.md)
     pace: str | None = None             # replay only; None: recorded
 
     @property
@@ -55,6 +56,9 @@ class RunOptions:
         kw = {"lua": self.lua, "profile": self.profile, "on_error": self.on_error}
         if self.budget is not None:
             kw["budget"] = self.budget
+        if self.record is not None and self.backend == "replay":
+            # A recorded replay draws known random numbers, so verify draws them again.
+            kw["seed"] = int(hashlib.sha256(self.record.encode()).hexdigest()[:7], 16)
         return kw
 
     def placement(self) -> dict:
@@ -131,6 +135,14 @@ def from_namespace(ns) -> RunOptions:
     if pace is not None and ns.backend in ("nfqueue", "kernel"):
         raise UsageError("--pace sets how the replay backend plays packets; the live lab sends "
                          "them at the traffic's own rate (drop --pace, or use --backend replay)")
+    record = getattr(ns, "record", None)
+    if record is not None:
+        from packetscript_lab.recording import RecordError, check_target
+        record = os.path.expanduser(record)
+        try:
+            check_target(record)
+        except RecordError as exc:
+            raise UsageError(f"--record: {exc}") from None
     if ns.match is not None and ns.backend == "replay":
         raise UsageError("--match selects packets with iptables; the replay backend has no "
                          "iptables and runs every packet of the traffic through the script")
@@ -138,12 +150,12 @@ def from_namespace(ns) -> RunOptions:
         name=name, backend=ns.backend, host=ns.host, table=ns.table, chain=ns.chain,
         match=ns.match, lua=ns.lua, profile=ns.profile, on_error=ns.on_error,
         budget=ns.budget, pcap=pcap, duration=ns.duration, traffic=ns.traffic,
-        dashboard=not ns.no_dashboard, pace=pace,
+        dashboard=not ns.no_dashboard, pace=pace, record=record,
     )
 
 
 def cache_key(source: str, options: RunOptions) -> str:
     """Hash of everything that changes what the compiled cell does (like %%cython's cache)."""
-    relevant = {k: getattr(options, k) for k in ("lua", "profile", "on_error", "budget")}
+    relevant = options.script_kwargs()        # lua, profile, on_error, budget (and a seed)
     blob = json.dumps([source, relevant], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()

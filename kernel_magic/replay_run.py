@@ -25,13 +25,15 @@ PACES = ("recorded", "fast")
 BATCH = 2000
 RECENT = 50
 JUDGE_COUNTS = ("restarts", "timeouts", "crashes", "unjudged")
+MAX_KEPT = 100_000      # packets a recorded run keeps
 
 
 class ReplayRun:
     backend = "replay"
 
     def __init__(self, name: str, script: Judge, frames, *, raw_ip: bool = False,
-                 sample_interval: float = 0.5, pace: str = "recorded"):
+                 sample_interval: float = 0.5, pace: str = "recorded",
+                 keep: bool = False):
         """``frames``: (time offset in seconds, bytes) pairs sorted by time."""
         self.name = name
         self._script = script
@@ -54,6 +56,9 @@ class ReplayRun:
         self._old_counts = dict.fromkeys(JUDGE_COUNTS, 0)   # of the scripts replaced
         self._t0 = time.monotonic()
         self.played_all = threading.Event()
+        # keep: every packet's bytes and result, for record() (packetscript_lab.recording)
+        self._kept: list | None = [] if keep else None
+        self._replaced = False            # a record holds one script's packets
         self.failure: str | None = None
         self._thread = threading.Thread(target=self._work, name=f"replay-{name}", daemon=True)
         self._thread.start()
@@ -89,7 +94,23 @@ class ReplayRun:
                                  for (m, ln, c) in _error_triples(old)]
             self._old_counts = self._judge_counts()
             self._script = script
+            self._replaced = True
+            if self._kept is not None:
+                self._kept.clear()        # from here on the record is the new script's
         _close(old)
+
+    def record(self, directory, traffic=None):
+        """Write a record (docs/records.md) of the packets played so far."""
+        from packetscript_lab import recording
+        if self._kept is None:
+            raise recording.RecordError("this run keeps no packets: start it with --record DIR")
+        with self._lock:
+            entries, script = list(self._kept), self._script
+        options = {k: getattr(script, k) for k in ("lua", "profile", "on_error", "budget",
+                                                    "fix_checksums", "seed", "line_offset")}
+        return recording.write(directory, script.source, entries, options=options,
+                               backend="replay", traffic=traffic,
+                               extra={"replaced": self._replaced})
 
     def inject(self, frames) -> None:
         """Play more packets (``%packetscript send``), starting now."""
@@ -156,6 +177,11 @@ class ReplayRun:
         if result.error is not None:
             c["errors"] += 1
         eth = script.eth_header if self._raw_ip else b""
+        if self._kept is not None and len(self._kept) < MAX_KEPT:
+            from packetscript_lab.recording import Entry
+            self._kept.append(Entry(eth + data, result.verdict,
+                                    eth + result.data if result.modified else None,
+                                    None if result.error is None else str(result.error), now))
         self._recent.append({
             "t": now,
             "summary": summary(eth + data),

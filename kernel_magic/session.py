@@ -23,6 +23,8 @@ GRACE = 0.2                            # let the last verdicts and stats sample 
 TRAFFIC_SLACK = 30.0                   # a traffic generator this late past --duration is stuck
 
 
+RECORD_LIMIT = 10_000     # packets a recorded live cell keeps (the latest)
+
 class Session:
     def __init__(self, shell):
         self.shell = shell
@@ -158,7 +160,8 @@ class Session:
         from kernel_magic.replay_run import ReplayRun
         frames, raw_ip = self.replay_frames(options)
         handle = ReplayRun(options.name, script, frames, raw_ip=raw_ip,
-                           pace=options.pace or "recorded")
+                           pace=options.pace or "recorded",
+                           keep=options.record is not None)
         run = Run(options.name, options, source, cell_lines, "replay", handle)
         what = f"pcap {options.pcap}" if options.pcap else \
             f"generated traffic {options.traffic or flows_mod.DEFAULT_TRAFFIC!r}"
@@ -205,7 +208,8 @@ class Session:
         try:
             handle = lab.attach(source, name=options.name, backend=backend,
                                 **options.placement(), **options.script_kwargs(),
-                                line_offset=1)
+                                line_offset=1,
+                                record=RECORD_LIMIT if options.record is not None else 0)
         except ScriptError as exc:
             raise UsageError(self.cache.describe_script_error(exc, cell_lines)) from None
         except LabError as exc:
@@ -297,6 +301,8 @@ class Session:
 
     def finish(self, run: Run, reason: str):
         """Stop ``run`` and put its figure and table where its dashboard was."""
+        if run.options.record is not None and run.active:
+            self._record(run)
         run.stop(reason)
         summary = run.summary()
         outputs, dashboard = run.outputs, run.dashboard
@@ -312,6 +318,18 @@ class Session:
         if dashboard is not None:
             dashboard.close()
         return summary
+
+    def _record(self, run: Run) -> None:
+        """Write the run's record before its handle lets the kept packets go."""
+        from packetscript_lab.recording import RecordError
+        traffic = {"pcap": run.options.pcap} if run.options.pcap else \
+            {"flows": run.options.traffic or flows_mod.DEFAULT_TRAFFIC}
+        try:
+            path = run.handle.record(run.options.record, traffic=traffic)
+            run.notes.append(f"recorded in {path}: open seen.pcapng in Wireshark; "
+                             f"packetscript replay --verify {path} replays it")
+        except (RecordError, OSError, Exception) as exc:   # the summary still comes
+            run.notes.append(f"--record {run.options.record}: not written: {exc}")
 
     def stop(self, name: str):
         run = self.runs.get(name)

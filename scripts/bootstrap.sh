@@ -23,6 +23,9 @@ esac
 #   gcc python3-dev to build NetfilterQueue;  python3-venv  for Debian's own python3
 #   chromium        the browser test (JupyterLab and Notebook 7 driven by Playwright)
 apt_packages=(iptables iproute2 util-linux libpcap0.8 libnetfilter-queue-dev gcc python3-dev python3-venv chromium)
+# For the tests only: tshark reads recorded runs back (tests/test_recording.py, docs/records.md);
+# npm brings configurable-http-proxy, the JupyterHub proxy (tests/test_hub.py).
+[ "$job" = test ] && apt_packages+=(tshark npm)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -365,7 +365,7 @@ def _batches_from_packets(packets):
 
 # ---------------------------------------------------------------------- replay
 def replay(script_or_source, packets_or_path, out=None, progress=False, keep_output=True,
-           **script_kwargs) -> ReplayResult:
+           record=None, **script_kwargs) -> ReplayResult:
     """Run a script over a pcap/pcapng file or a list of scapy packets (or frames as bytes).
 
     Returns the counts per verdict (error verdicts included), the number of packets the
@@ -374,7 +374,11 @@ def replay(script_or_source, packets_or_path, out=None, progress=False, keep_out
     wall-clock limit per packet; ``script_kwargs`` go to it: Script's options and
     ``time_limit``, ``batch_time_limit``), which is closed when the replay ends. A Script
     or Judge given is used as it is (a Script runs in this process, unwatched).
+    ``record=DIR`` also writes a record of the run (packetscript_lab.recording).
     """
+    if record is not None:
+        from packetscript_lab.recording import replay_recorded
+        return replay_recorded(script_or_source, packets_or_path, record, out, **script_kwargs)
     if isinstance(script_or_source, (Script, Judge)):
         script, own = script_or_source, None
     else:

@@ -12,8 +12,9 @@ def register(subparsers) -> None:
                               "commands (see docs/lab.md). `packetscript run --lab NAME` uses it.")
     p.add_argument("action", choices=("up", "down", "status"))
     p.add_argument("--name", default="default", help="lab name (several labs can run at once)")
-    p.add_argument("--topology", choices=("pair", "router"), default="pair",
-                   help="for `up`: pair = client-server, router = client-router-server")
+    p.add_argument("--topology", default="pair",
+                   help="for `up`: pair = client-server, router = client-router-server, or a "
+                   "description file (.json/.yaml, docs/topologies.md)")
     p.add_argument("--interval", type=float, default=0.5, help="for `up`: stats sample interval (s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

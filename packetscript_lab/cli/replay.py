@@ -68,8 +68,15 @@ def register(sub) -> None:
                                    "Ethernet, raw-IP and Linux cooked captures are read; the script "
                                    "always sees an Ethernet frame.",
                        epilog=EXIT_STATUS)
-    p.add_argument("script", metavar="SCRIPT.lua")
-    p.add_argument("input", metavar="INPUT.pcap")
+    p.add_argument("script", metavar="SCRIPT.lua", nargs="?")
+    p.add_argument("input", metavar="INPUT.pcap", nargs="?")
+    p.add_argument("--record", metavar="DIR",
+                   help="also write a record of the run into DIR (a new directory): seen.pcapng "
+                        "with each packet's verdict, changed fields and error as comments, "
+                        "left.pcapng, the script, options and versions (docs/records.md)")
+    p.add_argument("--verify", metavar="DIR",
+                   help="replay the record in DIR and report every packet whose verdict or bytes "
+                        "differ from it (exit status 1 when any differ); takes no SCRIPT or INPUT")
     p.add_argument("--out", metavar="OUT.pcap", help="write the packets that pass, as changed")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: packets, verdicts, errors, modified, pps")
@@ -86,6 +93,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from packetscript_lab.backends.replay import ReplayError, replay
 
+    if args.verify is not None or args.record is not None:
+        from packetscript_lab.cli.record import run_record
+        return run_record(args)
+    if args.script is None or args.input is None:
+        raise CliError("replay needs SCRIPT.lua and INPUT.pcap (or --verify DIR)")
     script = compile_script(args.script, time_limit=args.time_limit,
                             batch_time_limit=args.batch_time_limit, **script_kwargs(args))
     try:

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         "summary of verdicts. Example: packetscript run drop.lua --host server --chain INPUT "
         "--match '-p udp --dport 9000' --traffic 'udp client server:9000 rate=200 duration=3'")
     p.add_argument("script", help="Lua file with process_packet(p)")
-    p.add_argument("--topology", choices=("pair", "router"), default="pair")
+    p.add_argument("--topology", default="pair",
+                   help="pair, router or a description file (.json/.yaml, docs/topologies.md)")
     p.add_argument("--lab", metavar="NAME", help="use the running lab NAME instead of a new one")
     p.add_argument("--host", default="server", help="host whose hook runs the script")
     p.add_argument("--table", default="filter")
@@ -43,6 +44,11 @@ def register(subparsers) -> None:
                    "or drop (counted as queue drops)")
     p.add_argument("--queue-len", type=int, default=4096, metavar="N",
                    help="packets that may wait for a verdict (default: 4096)")
+    p.add_argument("--record", metavar="DIR",
+                   help="write a record of the run into DIR (a new directory): what the script "
+                   "saw with each packet's verdict, changed fields and error (docs/records.md)")
+    p.add_argument("--record-limit", type=int, default=10_000, metavar="N",
+                   help="with --record: keep the latest N packets (default 10000, at most 100000)")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.set_defaults(func=run)
 
@@ -111,6 +117,12 @@ def run(args) -> int:
         raise CliError(f"no such script file: {args.script}")
     source = path.read_text()
     traffic = choose_traffic(args)      # mistakes in the traffic are reported before a lab starts
+    if args.record:
+        from packetscript_lab.recording import RecordError, check_target
+        try:
+            check_target(args.record)
+        except RecordError as exc:
+            raise CliError(f"--record: {exc}") from None
     seconds = _seconds(args)
     # The run lasts at least --duration (or, with no traffic, the default) and until the
     # traffic has ended.
@@ -127,7 +139,8 @@ def run(args) -> int:
             h = lab.attach(source, host=args.host, table=args.table, chain=args.chain,
                            match=args.match, name=path.stem, lua=args.lua, profile=args.profile,
                            on_error=args.on_error, on_overload=args.on_overload,
-                           queue_len=args.queue_len)
+                           queue_len=args.queue_len,
+                           record=args.record_limit if args.record else 0)
         except flows.TrafficError as exc:
             raise CliError(f"--traffic: {exc}") from None
         except ScriptError as exc:
@@ -152,6 +165,14 @@ def run(args) -> int:
         errors = h.errors()
         recent = h.recent(5)
         output = h.output()
+        record = None
+        if args.record:
+            from packetscript_lab.recording import RecordError
+            try:
+                record = h.record(args.record, traffic={"flows": [str(f) for f in traffic],
+                                                        "results": results})
+            except (RecordError, OSError) as exc:
+                raise CliError(f"--record: {exc}") from None
         stats = h.detach()   # the final counts, after the queue has drained
     finally:
         lab.close()
@@ -160,7 +181,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({"script": str(path), "host": args.host, "table": args.table,
                           "chain": args.chain, "match": args.match, "stats": stats,
-                          "errors": errors, "output": output[-50:], "traffic": rows}))
+                          "errors": errors, "output": output[-50:], "traffic": rows,
+                          "record": str(record) if record else None}))
         return 0
     if live:
         print()
@@ -173,6 +195,8 @@ def run(args) -> int:
         print(f"  error line {e['line']}: {e['message']} (x{e['count']})")
     for line in output[-10:]:
         print(f"  print: {line}")
+    if record:
+        print(f"  recorded in {record} (seen.pcapng, left.pcapng, script.lua, record.json)")
     for r in recent:
         print(f"  {r['verdict']:<8} {r['summary']}" + (f"  changed {','.join(r['changed'])}"
                                                        if r["changed"] else ""))

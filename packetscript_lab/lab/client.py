@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import os
 import queue
 import socket
@@ -30,6 +31,7 @@ from typing import Any, Iterable
 from ..core import flows
 from . import programs
 from .protocol import Connection, LabError, decode_error
+from .description import load as load_description
 from .topology import TOPOLOGIES, Host
 
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])
@@ -98,6 +100,10 @@ class AttachedScript:
     def replace(self, source: str) -> None:
         """Compile ``source`` and swap it in between two packets (ScriptError leaves the old one)."""
         self._lab._call("replace", name=self.name, source=source)
+        if self.info.get("keep"):
+            # A record holds one script: the packets kept now were judged by two.
+            self.info["replaced"] = True
+            self.info["source"] = source
 
     def detach(self) -> dict:
         """Remove the rule, let queued packets finish, stop the worker. Returns the final stats."""
@@ -126,6 +132,28 @@ class AttachedScript:
         """Lines the script printed."""
         return self._lab._call("output", name=self.name)
 
+    def record(self, directory, traffic=None) -> "Path":
+        """Write a record (docs/records.md) of the packets kept so far: attach with
+        ``record=N`` to keep the latest N. Call before ``detach()``, which lets them go."""
+        from packetscript_lab import recording
+
+        if self.detached:
+            raise LabError(f"{self.name} is detached: record before detach()")
+        if self.info.get("backend") != "nfqueue":
+            raise LabError("only scripts attached through NFQUEUE can be recorded: the kernel "
+                           "module's rules hand no packets back")
+        if not self.info.get("keep"):
+            raise LabError(f"{self.name} keeps no packets: attach it with record=N (packets to keep)")
+        entries = [recording.Entry(before, verdict, after, error, t)
+                   for t, before, after, verdict, error in
+                   self._lab._call("recorded", name=self.name)]
+        hook = {k: self.info.get(k) for k in ("host", "table", "chain", "match", "backend")}
+        return recording.write(directory, self.info["source"], entries,
+                               options=self.info["options"], backend="nfqueue", hook=hook,
+                               topology=self._lab.description, traffic=traffic,
+                               extra={"replaced": self.info.get("replaced", False),
+                                      "stats": self.stats()})
+
 
 class Capture:
     """A capture started with ``Lab.capture(..., wait=False)``; ``packets()`` collects it."""
@@ -149,12 +177,13 @@ def _to_scapy(frames: list[bytes]) -> list:
 class Lab:
     """A private lab network in its own process; see docs/lab.md."""
 
-    def __init__(self, topology: str = "pair", sample_interval: float = 0.5, *,
+    def __init__(self, topology="pair", sample_interval: float = 0.5, *,
                  iptables: str = "iptables", start_timeout: float = 30.0,
                  _connect: str | None = None):
-        if topology not in TOPOLOGIES:
-            raise ValueError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
-        self.topology = topology
+        # A preset name, a description dict or a .json/.yaml file: checked whole here, so a
+        # bad description fails with one TopologyError before any process or namespace exists.
+        self.description = load_description(topology)
+        self.topology = self.description["name"]
         self.sample_interval = sample_interval
         self.attached: dict[str, AttachedScript] = {}
         self.events: collections.deque = collections.deque(maxlen=1000)
@@ -197,6 +226,7 @@ class Lab:
             raise LabError(explain_start_failure(log))
         self.hosts: dict[str, Host] = self._ready_msg["hosts"]
         self.topology = self._ready_msg["topology"]
+        self.description = self._ready_msg.get("description", self.description)
 
     # -- process --
 
@@ -209,7 +239,9 @@ class Lab:
         fd, path = tempfile.mkstemp(prefix="packetscript-lab-", suffix=".log")
         os.unlink(path)
         self._log_fd = fd
-        argv += ["--fd", str(child.fileno()), "--topology", self.topology,
+        topo = self.topology if self.topology in TOPOLOGIES and self.description == \
+            load_description(self.topology) else json.dumps(self.description)
+        argv += ["--fd", str(child.fileno()), "--topology", topo,
                  "--interval", str(self.sample_interval), "--iptables", iptables]
         try:
             # A session of its own: the kernel's interrupt (SIGINT to its process group) must
@@ -366,7 +398,7 @@ class Lab:
                match: str = "-p udp --dport 9000", name: str | None = None, backend: str = "nfqueue",
                lua: str = "luajit", profile: str = "lab", on_error: str = "drop",
                budget: int = 1_000_000, fix_checksums: bool = True, on_overload: str = "accept",
-               position: int | None = None, queue_len: int = 4096,
+               position: int | None = None, queue_len: int = 4096, record: int = 0,
                **script_options: Any) -> AttachedScript:
         """Compile ``source`` and attach it to ``table``/``chain`` of ``host`` for ``match``.
 
@@ -374,12 +406,21 @@ class Lab:
         is the queue's policy when the worker falls behind: "accept" (fail open) or "drop";
         ``queue_len`` is how many packets may wait for a verdict before that policy applies.
         ``position`` inserts the rule at that 1-based position instead of appending it.
+        ``record=N`` keeps the latest N packets' bytes for ``handle.record(DIR)``.
         """
         opts = dict(lua=lua, profile=profile, on_error=on_error, budget=budget,
                     fix_checksums=fix_checksums, **script_options)
+        if record:
+            # A recorded run keeps the latest `record` packets and a known random seed.
+            if opts.get("seed") is None:
+                import random
+                opts["seed"] = random.randrange(1, 2**31)
+            opts["keep"] = record
         info = self._call("attach", source=source, host=host, table=table, chain=chain,
                           match=match, name=name, backend=backend, on_overload=on_overload,
                           position=position, queue_len=queue_len, **opts)
+        if record:
+            info = {**info, "keep": opts.pop("keep"), "source": source, "options": opts}
         h = AttachedScript(self, info)
         self.attached[h.name] = h
         return h
@@ -502,6 +543,11 @@ class Lab:
 
     def interface_series(self) -> list[dict]:
         return list(self._ifaces)
+
+    def draw(self):
+        """A matplotlib figure of this lab's hosts, LANs and addresses (shows in a notebook)."""
+        from .drawing import draw
+        return draw(self.description)
 
     def status(self) -> dict:
         return self._call("status")

@@ -40,9 +40,13 @@ def connect(name: str = "default") -> Lab:
     return Lab(_connect=address(name))
 
 
-def start(name: str = "default", topology: str = "pair", sample_interval: float = 0.5,
+def start(name: str = "default", topology="pair", sample_interval: float = 0.5,
           timeout: float = 20.0) -> dict:
     """Start a detached lab named ``name``; returns its status once it answers."""
+    import json
+
+    from .description import load
+    topology = json.dumps(load(topology))   # checked whole before anything starts
     if is_running(name):
         raise LabError(f"a lab named {name!r} is already running; `packetscript lab down` ends it")
     argv = lab_command() + ["--iptables", require_program("iptables")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import queue
 import signal
@@ -116,11 +117,13 @@ def _insert_kernel_script(insert, source: str) -> None:
 
 class World:
     def __init__(self, topo: str, sample_interval: float, iptables_program: str):
-        self.topology = topo
+        from .description import load
+        self.description = load(json.loads(topo) if topo.startswith("{") else topo)
+        self.topology = self.description["name"]
         self.sample_interval = sample_interval
         self.iptables_program = iptables_program
         self.started = time.time()
-        self.hosts, self.spaces, self.ifindex = topology.build(topo)
+        self.hosts, self.spaces, self.ifindex = topology.build(self.description, iptables_program)
         self.tables = {n: ipt.IPTables(ns, iptables_program, functools.partial(self._rules_changed, n))
                        for n, ns in self.spaces.items()}
         self.attached: dict[str, Attached] = {}
@@ -287,6 +290,10 @@ class World:
                              f"not {queue_len!r}")
         if backend not in ("nfqueue", "kernel", "bare"):
             raise ValueError("backend must be 'nfqueue' or 'kernel'")
+        # keep: how many of the latest packets' bytes to keep for a recorded run (recording.py)
+        keep = options.pop("keep", 0)
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 100_000:
+            raise ValueError(f"keep must be a number of packets from 0 to 100000, not {keep!r}")
         with self.lock:
             if name is None:
                 i = 1
@@ -313,7 +320,8 @@ class World:
                 sess.send(ev)
 
             worker = QueueWorker(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
-                                 error_verdict=options.get("on_error", "drop"), max_len=queue_len)
+                                 error_verdict=options.get("on_error", "drop"), max_len=queue_len,
+                                 ring=max(200, keep))
             thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
             try:
                 worker.wait_bound()
@@ -518,7 +526,7 @@ class World:
     def status(self) -> dict:
         with self.lock:
             attached = {n: a.info() for n, a in self.attached.items() if a is not None}
-        return {"topology": self.topology, "hosts": self.hosts, "attached": attached,
+        return {"topology": self.topology, "description": self.description, "hosts": self.hosts, "attached": attached,
                 "pid": os.getpid(), "uid_in_lab": os.getuid(), "uptime": time.time() - self.started,
                 "iptables": self.iptables_program, "interfaces": self.interfaces(),
                 "sample_interval": self.sample_interval}
@@ -546,6 +554,14 @@ def _dispatch(world: World, sess: Session, cmd: str, args: dict):
     if cmd == "recent":
         worker = world.handle(args["name"]).worker
         return worker.recent.entries(args.get("limit")) if worker else []
+    if cmd == "recorded":
+        # The kept packets as the script saw them (Ethernet frames) and what it did, for a record.
+        worker = world.handle(args["name"]).worker
+        if worker is None:
+            return []
+        return [(t, eth + before, None if after is None else eth + after, verdict,
+                 None if error is None else str(error))
+                for t, before, after, verdict, error, eth in worker.recent.items()]
     if cmd == "errors":
         return world.errors(args["name"])
     if cmd == "output":
@@ -573,6 +589,7 @@ def serve_session(world: World, conn: Connection, daemon: bool) -> bool:
     with world.lock:
         world.sessions.add(sess)
     sess.send({"event": "ready", "hosts": world.hosts, "topology": world.topology,
+               "description": world.description,
                "pid": os.getpid(), "daemon": daemon})
     shutdown = threading.Event()
 

@@ -1,4 +1,5 @@
-"""The lab's fixed topologies: hosts, veth pairs, addresses, MACs and routes.
+"""Lab topologies built from descriptions (description.py): hosts, veth pairs, bridges,
+addresses, MACs, routes and default rules. The two presets:
 
 Addresses are in 10.77.0.0/16 and exist only inside the lab's namespaces. No host gets a
 default route, so nothing can leave the lab: a packet to any other address has no route.
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import shlex
+
 from pyroute2 import IPRoute
 
+from .description import PRESETS, TopologyError, all_routes, mac_of
 from .netns import NetNS
 
-TOPOLOGIES = ("pair", "router")
+TOPOLOGIES = tuple(PRESETS)   # the presets; any description (description.py) builds too
 
 
 @dataclass
@@ -47,42 +51,31 @@ class Host:
         return f"Host({self.name!r}, ip={self.ip!r}, mac={self.mac!r}, ifname={self.ifname!r})"
 
 
-# (host_a, if_a, ip_a, mac_a, host_b, if_b, ip_b, mac_b, prefix)
-_LINKS = {
-    "pair": [
-        ("client", "eth0", "10.77.0.1", "02:77:00:00:00:01",
-         "server", "eth0", "10.77.0.2", "02:77:00:00:00:02", 24),
-    ],
-    "router": [
-        ("client", "eth0", "10.77.1.1", "02:77:01:00:00:01",
-         "router", "eth0", "10.77.1.254", "02:77:01:00:00:fe", 24),
-        ("router", "eth1", "10.77.2.254", "02:77:02:00:00:fe",
-         "server", "eth0", "10.77.2.2", "02:77:02:00:00:02", 24),
-    ],
-}
-# (host, destination, gateway)
-_ROUTES = {
-    "pair": [],
-    "router": [("client", "10.77.2.0/24", "10.77.1.254"),
-               ("server", "10.77.1.0/24", "10.77.2.254")],
-}
-_FORWARDING = {"pair": (), "router": ("router",)}
+def _resolve(topology) -> dict:
+    from .description import load
+    return topology if isinstance(topology, dict) and "hosts" in topology and "forward" in topology \
+        else load(topology)
 
 
-def describe(topology: str) -> dict[str, Host]:
-    """The hosts of a topology with their addresses, without creating anything."""
-    if topology not in TOPOLOGIES:
-        raise ValueError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
+def describe(topology="pair") -> dict[str, Host]:
+    """The hosts of a topology (a preset name, a description dict or file) with their
+    addresses, without creating anything. Raises TopologyError for a bad description."""
+    desc = _resolve(topology)
     hosts: dict[str, Host] = {}
-    for ha, ia, ipa, maca, hb, ib, ipb, macb, prefix in _LINKS[topology]:
-        for h, i, ip, mac, ph, pip, pmac in ((ha, ia, ipa, maca, hb, ipb, macb),
-                                             (hb, ib, ipb, macb, ha, ipa, maca)):
-            iface = Interface(i, ip, prefix, mac, ph, pip, pmac)
-            if h not in hosts:
-                hosts[h] = Host(h, ip, mac, i)
-            hosts[h].interfaces.append(iface)
-    order = ["client", "router", "server"]
-    return {n: hosts[n] for n in order if n in hosts}
+    for name, ifaces in desc["hosts"].items():
+        for n, i in enumerate(ifaces):
+            members = desc["lans"][i["lan"]]["hosts"]
+            gw = desc["lans"][i["lan"]].get("gateway")
+            # The neighbour whose MAC synthetic Ethernet headers carry: the LAN's gateway,
+            # else the first other member (a two-host LAN: the other end of the veth).
+            peer = gw if gw and gw != name else next(h for h in members if h != name)
+            peer_ip = next(j["ip"] for j in desc["hosts"][peer] if j["lan"] == i["lan"])
+            iface = Interface(f"eth{n}", i["ip"], i["prefix"], mac_of(i["ip"]), peer, peer_ip,
+                              mac_of(peer_ip))
+            if name not in hosts:
+                hosts[name] = Host(name, i["ip"], iface.mac, iface.ifname)
+            hosts[name].interfaces.append(iface)
+    return hosts
 
 
 def _mac_bytes(mac: str) -> bytes:
@@ -103,35 +96,79 @@ def eth_headers(host: Host, egress: bool, ifindex: dict[str, int]) -> dict[int, 
     return out
 
 
-def build(topology: str) -> tuple[dict[str, Host], dict[str, NetNS], dict[str, dict[str, int]]]:
-    """Create the namespaces, links, addresses, routes and neighbours of a topology.
+# Bridges of LANs with more than two members live in namespaces of their own, held open
+# here for the life of the lab process (which is the life of the lab).
+_SWITCHES: list[NetNS] = []
+
+
+def build(topology="pair", iptables: str = "iptables"
+          ) -> tuple[dict[str, Host], dict[str, NetNS], dict[str, dict[str, int]]]:
+    """Create the namespaces, links, addresses, routes, neighbours and default rules of a
+    topology (checked whole first: a bad description raises before anything exists).
 
     Returns the hosts, their namespaces and each host's interface indexes by name.
     """
-    hosts = describe(topology)
+    desc = _resolve(topology)
+    hosts = describe(desc)
     spaces = {name: NetNS.create(name) for name in hosts}
     for ns in spaces.values():
         # No IPv6: no router solicitations or DAD packets in captures and counters.
         ns.write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
         ns.write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-    for name in _FORWARDING[topology]:
+    for name in desc["forward"]:
         spaces[name].write_sysctl("net.ipv4.ip_forward", "1")
 
-    for ha, ia, _ipa, maca, hb, ib, _ipb, macb, _p in _LINKS[topology]:
-        peer_fd = spaces[hb].fd
+    def ifname_on(host: str, lan: str) -> str:
+        return next(f"eth{n}" for n, i in enumerate(desc["hosts"][host]) if i["lan"] == lan)
 
-        def add_veth(ia=ia, maca=maca, ib=ib, macb=macb, peer_fd=peer_fd) -> None:
+    def add_veth(ns: NetNS, ia: str, maca: str | None, ib: str, macb: str | None, peer_fd: int) -> None:
+        def go() -> None:
             with IPRoute() as ipr:
-                ipr.link("add", ifname=ia, kind="veth", address=maca,
-                         peer={"ifname": ib, "address": macb, "net_ns_fd": peer_fd})
+                peer = {"ifname": ib, "net_ns_fd": peer_fd}
+                if macb:
+                    peer["address"] = macb
+                kw = {"address": maca} if maca else {}
+                ipr.link("add", ifname=ia, kind="veth", peer=peer, **kw)
+        ns.run(go)
 
-        spaces[ha].run(add_veth)
+    for lan, spec in desc["lans"].items():
+        members = list(spec["hosts"])
+        if len(members) == 2:
+            a, b = members
+            ia, ib = ifname_on(a, lan), ifname_on(b, lan)
+            add_veth(spaces[a], ia, _iface(hosts[a], ia).mac, ib, _iface(hosts[b], ib).mac,
+                     spaces[b].fd)
+            continue
+        switch = NetNS.create(f"lan-{lan}")
+        _SWITCHES.append(switch)
+        switch.write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+        switch.write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        for n, m in enumerate(members):
+            im = ifname_on(m, lan)
+            add_veth(spaces[m], im, _iface(hosts[m], im).mac, f"port{n}", None, switch.fd)
 
+        def bridge(count=len(members)) -> None:
+            with IPRoute() as ipr:
+                ipr.link("add", ifname="br0", kind="bridge")
+                br = ipr.link_lookup(ifname="br0")[0]
+                for n in range(count):
+                    port = ipr.link_lookup(ifname=f"port{n}")[0]
+                    ipr.link("set", index=port, master=br, state="up")
+                ipr.link("set", index=br, state="up")
+
+        switch.run(bridge)
+
+    routes = all_routes(desc)
     indexes: dict[str, dict[str, int]] = {}
     for name, host in hosts.items():
-        routes = [(dst, gw) for h, dst, gw in _ROUTES[topology] if h == name]
+        lan_of = {f"eth{n}": i["lan"] for n, i in enumerate(desc["hosts"][name])}
+        # Static neighbours for every other member of each LAN: no ARP in captures.
+        neighbours = {ifname: [(j["ip"], mac_of(j["ip"]))
+                               for other, js in desc["hosts"].items() if other != name
+                               for j in js if j["lan"] == lan]
+                      for ifname, lan in lan_of.items()}
 
-        def configure(host=host, routes=routes) -> dict[str, int]:
+        def configure(host=host, routes=routes[name], neighbours=neighbours) -> dict[str, int]:
             idx = {}
             with IPRoute() as ipr:
                 lo = ipr.link_lookup(ifname="lo")[0]
@@ -141,14 +178,24 @@ def build(topology: str) -> tuple[dict[str, Host], dict[str, NetNS], dict[str, d
                     idx[iface.ifname] = i
                     ipr.addr("add", index=i, address=iface.ip, prefixlen=iface.prefix)
                     ipr.link("set", index=i, state="up")
-                    ipr.neigh("add", dst=iface.peer_ip, lladdr=iface.peer_mac, ifindex=i,
-                              state="permanent")
+                    for ip, mac in neighbours[iface.ifname]:
+                        ipr.neigh("add", dst=ip, lladdr=mac, ifindex=i, state="permanent")
                 for dst, gw in routes:
                     ipr.route("add", dst=dst, gateway=gw)
             return idx
 
         indexes[name] = spaces[name].run(configure)
+    for name, rules in desc["rules"].items():
+        for rule in rules:
+            res = spaces[name].sh([iptables, "-w", *shlex.split(rule)], check=False)
+            if res.returncode != 0:
+                raise TopologyError(f"default rule of {name} {rule!r} was refused by {iptables}: "
+                                    f"{(res.stderr or res.stdout).strip()}")
     return hosts, spaces, indexes
+
+
+def _iface(host: Host, ifname: str) -> Interface:
+    return next(i for i in host.interfaces if i.ifname == ifname)
 
 
 def host_of_ip(hosts: dict[str, Host], ip: str) -> str | None:
