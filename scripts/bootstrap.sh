@@ -25,7 +25,11 @@ esac
 apt_packages=(iptables iproute2 util-linux libpcap0.8 libnetfilter-queue-dev gcc python3-dev python3-venv chromium)
 # For the tests only: tshark reads recorded runs back (tests/test_recording.py, docs/records.md);
 # npm brings configurable-http-proxy, the JupyterHub proxy (tests/test_hub.py).
-[ "$job" = test ] && apt_packages+=(tshark npm)
+# (npm only where no Node.js brings it already: Debian's npm would fight another nodejs.)
+if [ "$job" = test ]; then
+  apt_packages+=(tshark)
+  command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
+fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
