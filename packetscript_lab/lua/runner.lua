@@ -399,116 +399,83 @@ function E.run_ip(s, ts)
   return code + 4, ffi and ffi.string(buf + 14, n - 14) or ssub(table_string(n), 15)
 end
 
--- A batch (LuaJIT): blob holds the packets back to back, lens their int32 lengths, tss
--- their float64 times in ms. Returns one result byte per packet (code, + 4 if it changed,
--- + 16 if its first 14 bytes (the Ethernet header) changed, + 32 if bytes after them
--- changed, + 8 if the script failed), the blob after the scripts if any packet changed,
--- the errors as one string of "index:line:length:message" records, and the number of
--- printed lines waiting. Only strings and numbers go back: nothing the host receives
--- needs Lua memory to hand over.
+-- Frames in FFI memory, judged in place: base holds them back to back, original is a copy
+-- to compare with, L their int32 lengths, T their times in ms. One result byte per packet
+-- goes to results (code, + 4 if it changed, + 16 if its first 14 bytes (the Ethernet
+-- header) changed, + 32 if bytes after them changed, + 8 if the script failed). Returns
+-- the errors as one string of "index:line:length:message" records.
 local sformat = string.format
+local function judge_in_place(base, original, L, T, count, results)
+  local errs, i, off = {}, 0, 0
+  -- One protected call for the whole batch; a failing packet ends it, is recorded,
+  -- and the loop resumes with the next packet.
+  local function loop()
+    while i < count do
+      local n = L[i]
+      A.set_buffer(base + off)
+      A.begin(n)
+      now_ms = floor(T[i])
+      cur_p = A.packet(n)
+      arm(BUDGET)
+      ret_line = nil
+      local v = call_user()
+      if exhausted then error(budget_text, 0) end
+      local code = verdict_code(v)
+      if not code then pending = bad_verdict(v); error(pending, 0) end
+      if A.dirty() then
+        local head = n < 14 and n or 14
+        local eth = memcmp(base + off, original + off, head) ~= 0
+        local rest = memcmp(base + off + head, original + off + head, n - head) ~= 0
+        if eth or rest then
+          if FIX then A.fix_checksums(n) end
+          code = code + 4 + (eth and 16 or 0) + (rest and 32 or 0)
+        end
+      end
+      results[i] = code
+      off = off + n
+      i = i + 1
+    end
+  end
+  while true do
+    local ok, err = xpcall(loop, handler)
+    if ok then break end
+    err = as_error(err)
+    errs[#errs + 1] = sformat("%d:%d:%d:", i, err[2] or 0, #err[1]) .. err[1]
+    -- The packet's bytes are not used (the input stands): put the input back so the
+    -- frames stay unchanged where the script failed half-way.
+    ffi.copy(base + off, original + off, L[i])
+    results[i] = ON_ERROR + 8
+    off = off + L[i]
+    i = i + 1
+  end
+  return concat(errs)
+end
+
 if ffi then
+  -- A batch handed over as strings: blob the packets back to back, lens their int32
+  -- lengths, tss their float64 times in ms. Returns the result bytes, the blob after the
+  -- scripts if any packet changed, the errors and the number of printed lines waiting.
+  -- Only strings and numbers go back: nothing the host receives needs Lua memory to hand over.
   local results, rcap = nil, 0
   function E.run_batch(blob, lens, tss, count)
     local total = #blob
     ensure(total)
     ffi.copy(buf, blob, total)
     if count > rcap then rcap = count; results = ffi.new("uint8_t[?]", rcap) end
-    local L = ffi.cast("const int32_t *", ffi.cast("const char *", lens))
-    local T = ffi.cast("const double *", ffi.cast("const char *", tss))
-    local original = ffi.cast("const uint8_t *", blob)
-    local errs, any, i, off = {}, false, 0, 0
-    -- One protected call for the whole batch; a failing packet ends it, is recorded,
-    -- and the loop resumes with the next packet.
-    local function loop()
-      while i < count do
-        local n = L[i]
-        A.set_buffer(buf + off)
-        A.begin(n)
-        now_ms = floor(T[i])
-        cur_p = A.packet(n)
-        arm(BUDGET)
-        ret_line = nil
-        local v = call_user()
-        if exhausted then error(budget_text, 0) end
-        local code = verdict_code(v)
-        if not code then pending = bad_verdict(v); error(pending, 0) end
-        if A.dirty() then
-          local head = n < 14 and n or 14
-          local eth = memcmp(buf + off, original + off, head) ~= 0
-          local rest = memcmp(buf + off + head, original + off + head, n - head) ~= 0
-          if eth or rest then
-            if FIX then A.fix_checksums(n) end
-            any = true
-            code = code + 4 + (eth and 16 or 0) + (rest and 32 or 0)
-          end
-        end
-        results[i] = code
-        off = off + n
-        i = i + 1
-      end
+    local errs = judge_in_place(buf, ffi.cast("const uint8_t *", blob),
+                                ffi.cast("const int32_t *", ffi.cast("const char *", lens)),
+                                ffi.cast("const double *", ffi.cast("const char *", tss)), count, results)
+    local any = false
+    for i = 0, count - 1 do
+      if results[i] % 8 >= 4 then any = true; break end
     end
-    while true do
-      local ok, err = xpcall(loop, handler)
-      if ok then break end
-      err = as_error(err)
-      errs[#errs + 1] = sformat("%d:%d:%d:", i, err[2] or 0, #err[1]) .. err[1]
-      -- The packet's bytes are not used (the input stands): put the input back so the
-      -- blob stays aligned and unchanged where the script failed half-way.
-      ffi.copy(buf + off, original + off, L[i])
-      results[i] = ON_ERROR + 8
-      off = off + L[i]
-      i = i + 1
-    end
-    return ffi.string(results, count), any and ffi.string(buf, total) or nil, concat(errs), #OUT
+    return ffi.string(results, count), any and ffi.string(buf, total) or nil, errs, #OUT
   end
-end
 
--- Frames already in FFI memory (the capture driver, capture.lua, reads them straight from
--- the file): base holds them back to back and is judged in place, original is a copy to
--- compare with, L their int32 lengths, T their times in ms; one code byte each goes to
--- results, as run_batch. Returns the errors as run_batch does and the printed lines waiting.
-if ffi then
+  -- Frames already in FFI memory (the capture driver, capture.lua, reads them straight
+  -- from the file), judged in place. Returns the errors and the printed lines waiting.
   function E.run_frames(base, original, L, T, count, results)
-    local errs, i, off = {}, 0, 0
-    local function loop()
-      while i < count do
-        local n = L[i]
-        A.set_buffer(base + off)
-        A.begin(n)
-        now_ms = floor(T[i])
-        cur_p = A.packet(n)
-        arm(BUDGET)
-        ret_line = nil
-        local v = call_user()
-        if exhausted then error(budget_text, 0) end
-        local code = verdict_code(v)
-        if not code then pending = bad_verdict(v); error(pending, 0) end
-        if A.dirty() then
-          local head = n < 14 and n or 14
-          local eth = memcmp(base + off, original + off, head) ~= 0
-          local rest = memcmp(base + off + head, original + off + head, n - head) ~= 0
-          if eth or rest then
-            if FIX then A.fix_checksums(n) end
-            code = code + 4 + (eth and 16 or 0) + (rest and 32 or 0)
-          end
-        end
-        results[i] = code
-        off = off + n
-        i = i + 1
-      end
-    end
-    while true do
-      local ok, err = xpcall(loop, handler)
-      if ok then break end
-      err = as_error(err)
-      errs[#errs + 1] = sformat("%d:%d:%d:", i, err[2] or 0, #err[1]) .. err[1]
-      ffi.copy(base + off, original + off, L[i])
-      results[i] = ON_ERROR + 8
-      off = off + L[i]
-      i = i + 1
-    end
-    return concat(errs), #OUT
+    return judge_in_place(base, original, L, T, count, results), #OUT
   end
 end
 
