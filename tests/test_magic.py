@@ -144,6 +144,20 @@ def test_runtime_errors_are_reported_with_their_cell_line(ip):
     assert "cell line 4" in text and "return t.verdict" in text
 
 
+def test_a_wrong_return_value_is_reported_at_its_return(ip):
+    body = ("function process_packet(p)\n"
+            "  local ip = p:data(packet_eth):data(packet_ip)\n"
+            "  if ip then\n"
+            "    return nil\n"                    # cell line 5
+            "  end\n"
+            "  return NF_ACCEPT\n"
+            "end\n")
+    cap = cell(ip, "nil --duration 0.5 --no-dashboard --traffic 'udp client server count=3'", body)
+    assert summary_of(cap)["errors"] == 3
+    text = "\n".join(o.data.get("text/plain", "") for o in cap.outputs)
+    assert "cell line 5" in text and "return nil" in text and "cell line 8" not in text
+
+
 def test_on_error_accept(ip):
     body = "function process_packet(p)\n  error('no')\nend\n"
     cap = cell(ip, "--on-error accept --duration 0.3 --no-dashboard "
