@@ -6,7 +6,7 @@
   loaded and returns each packet's verdict, bytes and kernel-log errors.
 """
 from .build import Build, BuildError, build, cache_dir, kvm_available, load_build, prerequisites
-from .machine import PacketResult, VMRun, XtLuaVM
+from .machine import Case, GUEST_MAC, ROUTER_MAC, PacketResult, VMRun, XtLuaVM
 
 __all__ = ["Build", "BuildError", "build", "cache_dir", "kvm_available", "load_build",
-           "prerequisites", "PacketResult", "VMRun", "XtLuaVM"]
+           "prerequisites", "Case", "GUEST_MAC", "ROUTER_MAC", "PacketResult", "VMRun", "XtLuaVM"]

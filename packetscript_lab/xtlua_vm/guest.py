@@ -116,20 +116,8 @@ def main(job_dir):
 
     kmsg = kmsg_reader()
     topology()
-    rule = ["-t", "mangle", "-A", "PREROUTING", "-i", "r0", "-m", "comment", "--comment",
-            "psvm-lua", "-j", "LUA", "--script", job["script"]]
-    if job.get("function"):
-        rule += ["--function", job["function"]]
-    if job.get("state") is not None:
-        rule += ["--state", str(job["state"])]
-    res = router(IPT, *rule, check=False)
-    if res.returncode != 0:
-        emit({"setup_error": (res.stderr or res.stdout).strip(), "kmsg": kmsg()})
-        return
-    router(IPT, "-t", "mangle", "-A", "PREROUTING", "-i", "r0", "-m", "comment", "--comment",
-           "psvm-continue")
-    emit({"loaded": True, "kmsg": kmsg(), "uptime": float(open("/proc/uptime").read().split()[0]),
-          "meminfo": {k: v for k, v in (ln.split(":") for ln in open("/proc/meminfo"))
+    emit({"ready": True, "uptime": float(open("/proc/uptime").read().split()[0]),
+          "meminfo": {k: v.strip() for k, v in (ln.split(":") for ln in open("/proc/meminfo"))
                       if k in ("MemTotal", "MemAvailable")}})
     tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     tx.bind(("c0", 0))
@@ -138,38 +126,57 @@ def main(job_dir):
     rx.setblocking(False)
     eth = bytes.fromhex(R0.replace(":", "")) + bytes.fromhex(C0.replace(":", "")) + b"\x08\x00"
     wait = job.get("wait", 0.25)
-    for index in range(job.get("start", 0), len(job["packets"])):
-        ip = bytes.fromhex(job["packets"][index])
-        while True:          # drain
-            try:
-                rx.recv(65536)
-            except BlockingIOError:
-                break
-        before = counters()
-        emit({"sending": index})
-        tx.send(eth + ip)
-        got, deadline = None, time.monotonic() + wait
-        while got is None and time.monotonic() < deadline:
-            try:
-                frame = rx.recv(65536)
-            except BlockingIOError:
-                time.sleep(0.002)
-                continue
-            if frame[12:14] == b"\x08\x00":
-                got = frame[14:]
-        after = counters()
-        seen, cont = after[0] - before[0], after[1] - before[1]
-        if seen == 0:
-            verdict = "not-seen"
-        elif cont:
-            verdict = "continue"
-        else:
-            verdict = "accept" if got is not None else "drop"
-        logs = [ln for ln in kmsg() if "LUA" in ln or "Oops" in ln or "BUG" in ln]
-        error = next((ln for ln in logs if "failed" in ln or "must return" in ln), None)
-        emit({"index": index, "verdict": verdict, "seen": seen, "continued": cont,
-              "data": undo_forward(got).hex() if got is not None else None,
-              "error": error, "kmsg": logs})
+    first_case, first_packet = job.get("start", [0, 0])
+    for c in range(first_case, len(job["cases"])):
+        case = job["cases"][c]
+        router(IPT, "-t", "mangle", "-F", "PREROUTING")
+        rule = ["-t", "mangle", "-A", "PREROUTING", "-i", "r0", "-m", "comment", "--comment",
+                "psvm-lua", "-j", "LUA", "--script", case["script"]]
+        if case.get("function"):
+            rule += ["--function", case["function"]]
+        if case.get("state") is not None:
+            rule += ["--state", str(case["state"])]
+        kmsg()
+        res = router(IPT, *rule, check=False)
+        if res.returncode != 0:
+            emit({"case": c, "setup_error": (res.stderr or res.stdout).strip(), "kmsg": kmsg()})
+            continue
+        router(IPT, "-t", "mangle", "-A", "PREROUTING", "-i", "r0", "-m", "comment",
+               "--comment", "psvm-continue")
+        emit({"case": c, "loaded": True, "kmsg": kmsg()})
+        start = first_packet if c == first_case else 0
+        for index in range(start, len(case["packets"])):
+            ip = bytes.fromhex(case["packets"][index])
+            while True:          # drain
+                try:
+                    rx.recv(65536)
+                except BlockingIOError:
+                    break
+            before = counters()
+            emit({"case": c, "sending": index})
+            tx.send(eth + ip)
+            got, deadline = None, time.monotonic() + wait
+            while got is None and time.monotonic() < deadline:
+                try:
+                    frame = rx.recv(65536)
+                except BlockingIOError:
+                    time.sleep(0.002)
+                    continue
+                if frame[12:14] == b"\x08\x00":
+                    got = frame[14:]
+            after = counters()
+            seen, cont = after[0] - before[0], after[1] - before[1]
+            if seen == 0:
+                verdict = "not-seen"
+            elif cont:
+                verdict = "continue"
+            else:
+                verdict = "accept" if got is not None else "drop"
+            logs = [ln for ln in kmsg() if "LUA" in ln or "Oops" in ln or "BUG" in ln]
+            error = next((ln for ln in logs if "failed" in ln or "must return" in ln), None)
+            emit({"case": c, "index": index, "verdict": verdict, "seen": seen, "continued": cont,
+                  "data": undo_forward(got).hex() if got is not None else None,
+                  "error": error, "kmsg": logs})
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .build import Build, BuildError, XTABLES_LIBDIR, cache_dir, kvm_available
 
-__all__ = ["XtLuaVM", "VMRun", "PacketResult", "GUEST_MAC", "ROUTER_MAC"]
+__all__ = ["XtLuaVM", "Case", "VMRun", "PacketResult", "GUEST_MAC", "ROUTER_MAC"]
 
 GUEST_MAC, ROUTER_MAC = "02:77:00:00:00:01", "02:77:00:00:00:fe"   # c0 and r0 in guest.py
 MODULES = ("9p", "9pnet_virtio", "virtio_pci", "veth", "iptable_mangle", "iptable_filter",
@@ -40,6 +40,9 @@ KVM_PROBE_SECONDS = 10.0
 
 class _SilentKvm(Exception):
     pass
+
+
+_SILENT_KVM: list = []
 
 
 def _size(path: Path) -> int:
@@ -56,6 +59,15 @@ class PacketResult:
     data: bytes | None     # the IP packet that left the router (TTL decrement undone)
     error: str | None = None
     kmsg: list = field(default_factory=list)
+
+
+@dataclass
+class Case:
+    name: str
+    source: str
+    packets: list            # IP packets (bytes)
+    function: str | None = None
+    state_id: int | None = None
 
 
 @dataclass
@@ -173,7 +185,7 @@ class XtLuaVM:
         if accel not in (None, "kvm", "tcg"):
             raise ValueError(f"accel {accel!r}: choose kvm or tcg")
         self.forced_accel = accel is not None
-        self.accel = accel or ("kvm" if kvm_available() else "tcg")
+        self.accel = accel or ("kvm" if kvm_available() and not _SILENT_KVM else "tcg")
         self.note = "" if self.accel == "kvm" or self.forced_accel else \
             "/dev/kvm is not usable here: running under TCG emulation (slower)"
         self.boot_timeout, self.packet_timeout = boot_timeout, packet_timeout
@@ -197,75 +209,97 @@ class XtLuaVM:
 
     def run(self, source: str, packets: list[bytes], *, function: str | None = None,
             state_id: int | None = None) -> VMRun:
+        """One script over `packets` (IP packets) in the real module."""
+        return self.run_cases([Case("script", source, packets, function, state_id)])[0]
+
+    def run_cases(self, cases: list["Case"]) -> list[VMRun]:
+        """Several scripts, one after the other, in as few boots as the module allows."""
         jobs = cache_dir() / "jobs"
         jobs.mkdir(parents=True, exist_ok=True)
         job = Path(tempfile.mkdtemp(prefix="run-", dir=jobs))   # not /tmp: the guest mounts over it
         try:
-            return self._run(job, source, packets, function, state_id)
+            return self._run(job, cases)
         finally:
             if not os.environ.get("PACKETSCRIPT_VM_KEEP"):
                 shutil.rmtree(job, ignore_errors=True)
 
-    def _run(self, job, source, packets, function, state_id) -> VMRun:
-        (job / "script.lua").write_text(source)
-        results: dict[int, PacketResult] = {}
-        boots, boot_seconds, max_rss, guest_mem, load_log = 0, [], 0.0, {}, []
-        start = 0
-        while start < len(packets) or boots == 0:
-            (job / "job.json").write_text(json.dumps({
-                "script": str(job / "script.lua"), "function": function, "state": state_id,
-                "packets": [p.hex() for p in packets], "start": start}))
+    def _run(self, job: Path, cases: list["Case"]) -> list[VMRun]:
+        spec = []
+        for i, case in enumerate(cases):
+            (job / f"case{i}.lua").write_text(case.source)
+            spec.append({"name": case.name, "script": str(job / f"case{i}.lua"),
+                         "function": case.function, "state": case.state_id,
+                         "packets": [p.hex() for p in case.packets]})
+        results: dict[tuple, PacketResult] = {}
+        load_error: dict[int, str] = {}
+        load_log: dict[int, list] = {}
+        boots, boot_seconds, max_rss, guest_mem = 0, [], 0.0, {}
+        start = (0, 0)
+        while True:
+            (job / "job.json").write_text(json.dumps({"cases": spec, "start": list(start)}))
             for f in ("results.jsonl", "console.log"):
                 (job / f).unlink(missing_ok=True)
             boots += 1
             try:
-                outcome = self._boot(job, len(packets) - start)
+                outcome = self._boot(job)
             except _SilentKvm:
                 # Nested KVM (e.g. inside a Firecracker VM) can hang the guest before its
                 # first line; TCG emulation is slower but works there.
+                _SILENT_KVM.append(True)      # remembered for later VMs of this process
                 self.accel, self.note = "tcg", ("KVM guest printed nothing within "
                                                 f"{KVM_PROBE_SECONDS:.0f} s; fell back to TCG")
-                outcome = self._boot(job, len(packets) - start)
+                outcome = self._boot(job)
             boot_seconds.append(outcome["boot"])
             max_rss = max(max_rss, outcome["rss"])
             lines = outcome["lines"]
+            sending = None
             for rec in lines:
-                if "setup_error" in rec:
-                    return VMRun([], boots, boot_seconds, max_rss, guest_mem,
-                                 rec["setup_error"], rec.get("kmsg", []), self.accel, self.note)
                 if "guest_error" in rec:
                     raise RuntimeError(f"the VM's driver failed: {rec['guest_error']}\n"
                                        + outcome["console"][-2000:])
-                if rec.get("loaded"):
+                if rec.get("ready"):
                     guest_mem = rec.get("meminfo", guest_mem)
-                    load_log = rec.get("kmsg", [])
+                if "setup_error" in rec:
+                    load_error[rec["case"]] = rec["setup_error"]
+                    load_log[rec["case"]] = rec.get("kmsg", [])
+                if rec.get("loaded"):
+                    load_log[rec["case"]] = rec.get("kmsg", [])
+                if "sending" in rec:
+                    sending = (rec["case"], rec["sending"])
                 if "index" in rec:
-                    results[rec["index"]] = PacketResult(
+                    results[(rec["case"], rec["index"])] = PacketResult(
                         rec["index"], rec["verdict"],
                         bytes.fromhex(rec["data"]) if rec["data"] else None,
                         rec.get("error"), rec.get("kmsg", []))
             if outcome["finished"]:
                 break
-            sending = [r["sending"] for r in lines if "sending" in r]
-            if not sending:
-                raise RuntimeError("the VM did not start the guest driver:\n"
+            if sending is None or sending in results:
+                raise RuntimeError("the VM stopped outside a packet:\n"
                                    + outcome["console"][-3000:])
-            stuck = sending[-1]
             console = outcome["console"]
             kind = "crash" if ("Oops" in console or "BUG:" in console
                                or "Kernel panic" in console) else "hang"
-            results[stuck] = PacketResult(stuck, kind, None,
-                                          f"the VM {'crashed' if kind == 'crash' else 'hung'} "
-                                          "on this packet; restarted for the next",
-                                          [ln for ln in console.splitlines()
-                                           if "LUA" in ln or "BUG" in ln or "Oops" in ln][-8:])
-            start = stuck + 1
-        ordered = [results.get(i) or PacketResult(i, "missing", None, "no result")
-                   for i in range(len(packets))]
-        return VMRun(ordered, boots, boot_seconds, max_rss, guest_mem, None, load_log,
-                     self.accel, self.note)
+            results[sending] = PacketResult(
+                sending[1], kind, None,
+                f"the VM {'crashed' if kind == 'crash' else 'hung'} on this packet; "
+                "restarted for the next",
+                [ln for ln in console.splitlines()
+                 if "LUA" in ln or "BUG" in ln or "Oops" in ln or "RIP" in ln][-8:])
+            c, i = sending
+            start = (c, i + 1) if i + 1 < len(cases[c].packets) else (c + 1, 0)
+            if start[0] >= len(cases):
+                break
+        runs = []
+        for c, case in enumerate(cases):
+            ordered = [results.get((c, i)) or PacketResult(i, "missing", None, "no result")
+                       for i in range(len(case.packets))]
+            if c in load_error:
+                ordered = []
+            runs.append(VMRun(ordered, boots, boot_seconds, max_rss, guest_mem,
+                              load_error.get(c), load_log.get(c, []), self.accel, self.note))
+        return runs
 
-    def _boot(self, job: Path, count: int) -> dict:
+    def _boot(self, job: Path) -> dict:
         started = time.monotonic()
         proc = subprocess.Popen(self._command(job), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -288,8 +322,6 @@ class XtLuaVM:
                     break
                 if (self.accel == "kvm" and not self.forced_accel
                         and now - started > KVM_PROBE_SECONDS and not _size(console_file)):
-                    proc.kill()
-                    proc.communicate()
                     raise _SilentKvm()
                 time.sleep(0.01)
         finally:
