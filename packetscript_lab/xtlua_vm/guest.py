@@ -130,8 +130,12 @@ def main(job_dir):
     for c in range(first_case, len(job["cases"])):
         case = job["cases"][c]
         router(IPT, "-t", "mangle", "-F", "PREROUTING")
-        rule = ["-t", "mangle", "-A", "PREROUTING", "-i", "r0", "-m", "comment", "--comment",
-                "psvm-lua", "-j", "LUA", "--script", case["script"]]
+        # The counting rule goes in first and the LUA rule in front of it: with legacy
+        # iptables every later change would run the script's top level a second time.
+        router(IPT, "-t", "mangle", "-A", "PREROUTING", "-i", "r0", "-m", "comment",
+               "--comment", "psvm-continue")
+        rule = ["-t", "mangle", "-I", "PREROUTING", "1", "-i", "r0", "-m", "comment",
+                "--comment", "psvm-lua", "-j", "LUA", "--script", case["script"]]
         if case.get("function"):
             rule += ["--function", case["function"]]
         if case.get("state") is not None:
@@ -141,8 +145,6 @@ def main(job_dir):
         if res.returncode != 0:
             emit({"case": c, "setup_error": (res.stderr or res.stdout).strip(), "kmsg": kmsg()})
             continue
-        router(IPT, "-t", "mangle", "-A", "PREROUTING", "-i", "r0", "-m", "comment",
-               "--comment", "psvm-continue")
         emit({"case": c, "loaded": True, "kmsg": kmsg()})
         start = first_packet if c == first_case else 0
         for index in range(start, len(case["packets"])):
