@@ -237,8 +237,9 @@ class XtLuaVM:
         start = (0, 0)
         while True:
             (job / "job.json").write_text(json.dumps({"cases": spec, "start": list(start)}))
-            for f in ("results.jsonl", "console.log"):
-                (job / f).unlink(missing_ok=True)
+            (job / "results.jsonl").unlink(missing_ok=True)
+            if (job / "console.log").exists():     # kept per boot: the hang's kernel log
+                (job / "console.log").rename(job / f"console-{boots}.log")
             boots += 1
             try:
                 outcome = self._boot(job)
