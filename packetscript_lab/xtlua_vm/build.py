@@ -251,6 +251,7 @@ def build(patches_dir: str, *, force: bool = False, progress=print) -> Build:
     out = cache / "build" / f"{release}-{_patch_hash(pdir)}"
     record = out / "build.json"
     if record.exists() and not force:
+        shutil.copyfile(record, cache / "latest-build.json")     # the one runs will use
         return load_build(record)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
