@@ -194,7 +194,7 @@ class XtLuaVM:
         self.xtables_libdir = f"{Path(build.extension).parent}:{XTABLES_LIBDIR}"
 
     def _command(self, job: Path) -> list[str]:
-        accel = ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg"]
+        accel = ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg,tb-size=64"]
         append = (f"console=ttyS0 quiet panic=-1 oops=panic psjob={job} "
                   f"psxt={self.xtables_libdir} pspython={sys.executable} "
                   f"psguest={Path(__file__).with_name('guest.py')}")
