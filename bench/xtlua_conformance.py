@@ -8,6 +8,7 @@ through replay, faithful mode, optionally the NFQUEUE lab, and the real module
 outcome differs, with the reason. Needs root for the VM's 9p share of / (and for --nfqueue).
 """
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nfqueue", action="store_true", help="also run the NFQUEUE lab")
     ap.add_argument("--only", nargs="*", help="script names (without .lua)")
+    ap.add_argument("--json", metavar="FILE", help="also write every outcome to FILE")
     args = ap.parse_args()
     sources = {}
     for kind in ("portable", "nonportable"):
@@ -43,6 +45,11 @@ def main():
     backends = ("replay", "faithful") + (("nfqueue",) if args.nfqueue else ()) + ("xtlua-vm",)
     started = time.monotonic()
     results = compare_many(sources, packets(), backends=backends)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            name: [{b: [o.verdict, o.data.hex() if o.data else None, o.error]
+                    for b, o in row.outcomes.items()} | {"reasons": row.reasons}
+                   for row in res.rows] for name, res in results.items()}, indent=1))
     differing = 0
     for name, res in results.items():
         print(f"== {name}: {len(res.differences)} of {len(res.rows)} packet(s) differ")

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import html
 import time
+
+from packetscript_lab.script import ScriptError
 from dataclasses import dataclass, field
 
 __all__ = ["compare", "ConformanceResult", "PacketRow", "Outcome", "BACKENDS"]
@@ -215,7 +217,7 @@ def _run_vm(source, packets, options) -> list[Outcome]:
     run = XtLuaVM(load_build()).run(source, packets, function=options.get("function"),
                                     state_id=options.get("state_id"))
     if run.load_error:
-        return [Outcome("drop", None, f"rule refused: {run.load_error}")] * len(packets)
+        return [Outcome("refused", None, f"rule refused: {run.load_error}")] * len(packets)
     return [Outcome(r.verdict, r.data if r.verdict in ("accept", "continue") else None, r.error)
             for r in run.results]
 
@@ -241,6 +243,23 @@ def _changed(a: bytes, b: bytes) -> str:
     except Exception:
         fields = []
     return ", ".join(fields) or f"{sum(x != y for x, y in zip(a, b))} byte(s)"
+
+
+def _run_backend(b, results, unavailable, source, ips, eth, lab, script_options, vm_options):
+    if b == "replay":
+        results[b] = _run_replay(source, ips, eth, **script_options)
+    elif b == "faithful":
+        opts = dict(script_options, profile="kernel", faithful=True)
+        results[b] = _run_replay(source, ips, eth, **opts)
+    elif b == "xtlua-vm":
+        results[b] = _run_vm(source, ips, vm_options)
+    else:
+        try:
+            results[b] = _run_lab(lab, source, ips, b, script_options)
+        except Exception as exc:
+            if b != "kernel":
+                raise
+            unavailable[b] = str(exc)
 
 
 def compare(source: str, packets, backends=("replay", "nfqueue"), lab=None, *,
@@ -282,20 +301,11 @@ def compare(source: str, packets, backends=("replay", "nfqueue"), lab=None, *,
         results: dict[str, list[Outcome]] = {}
         unavailable: dict[str, str] = {}
         for b in backends:
-            if b == "replay":
-                results[b] = _run_replay(source, ips, eth, **script_options)
-            elif b == "faithful":
-                opts = dict(script_options, profile="kernel", faithful=True)
-                results[b] = _run_replay(source, ips, eth, **opts)
-            elif b == "xtlua-vm":
-                results[b] = _run_vm(source, ips, vm_options)
-            else:
-                try:
-                    results[b] = _run_lab(lab, source, ips, b, script_options)
-                except Exception as exc:
-                    if b != "kernel":
-                        raise
-                    unavailable[b] = str(exc)
+            try:
+                _run_backend(b, results, unavailable, source, ips, eth, lab, script_options,
+                             vm_options)
+            except ScriptError as exc:     # not installed: the packets go by untouched
+                results[b] = [Outcome("refused", None, f"script refused: {exc}")] * len(ips)
         rows = []
         for i, ip in enumerate(ips):
             row = PacketRow(i, _summary(ip), {b: results[b][i] for b in backends if b in results},
@@ -326,7 +336,7 @@ def compare_many(sources: dict, packets, backends=("replay", "faithful", "xtlua-
             [Case(n, sources[n], ips, script_options.get("function"),
                   script_options.get("state_id")) for n in names])
         for n, run in zip(names, runs):
-            vm_runs[n] = ([Outcome("drop", None, f"rule refused: {run.load_error}")] * len(ips)
+            vm_runs[n] = ([Outcome("refused", None, f"rule refused: {run.load_error}")] * len(ips)
                           if run.load_error else
                           [Outcome(r.verdict, r.data if r.verdict in ("accept", "continue")
                                    else None, r.error) for r in run.results])
