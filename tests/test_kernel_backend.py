@@ -146,11 +146,11 @@ def test_replace_swaps_the_script_in_place(netns, lua_script, tmp_path):
 def test_stand_in_refuses_what_iptables_refuses(netns, tmp_path):
     run = StandInLuaTarget(runner(netns))
     rule = KernelRule(run, tag="psl:bad", table="filter", chain="OUTPUT")
-    with pytest.raises(RuntimeError, match="cannot open script"):
+    with pytest.raises(RuntimeError, match="Cannot open script"):
         rule.insert(str(tmp_path / "missing.lua"))
     big = tmp_path / "big.lua"
     big.write_text("-- " + "x" * 40000 + "\n")
-    with pytest.raises(RuntimeError, match="larger than 32768"):
+    with pytest.raises(RuntimeError, match="size of the script is too big"):
         rule.insert(str(big))
     assert "psl:bad" not in netns.sh(["iptables", "-S", "OUTPUT"]).stdout
 

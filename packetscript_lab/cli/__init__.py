@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order they appear in --help.
-_COMMANDS = ("replay", "check", "export", "lab", "run", "demo")
+_COMMANDS = ("replay", "check", "export", "kernel", "lab", "run", "demo")
 
 
 class CliError(Exception):

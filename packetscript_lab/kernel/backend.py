@@ -158,12 +158,20 @@ class KernelRule:
         return lua, after
 
     def insert(self, script_path: str) -> None:
-        """Append the rules; the kernel runs the script's top level now (errors refuse it)."""
+        """Add the rules; the kernel runs the script's top level now (errors refuse it).
+
+        The counting rule goes in first and the LUA rule in front of it: with legacy
+        iptables every table change re-runs the top level of every LUA rule in the table, and
+        measured against the real module a script that registers a dynamic protocol cannot
+        be loaded twice, so adding the counting rule after it would fail.
+        """
         require(self.run, self.program)
         lua, after = self._rules(script_path)
-        self._ipt("-A", *lua)
+        self._ipt("-A", *after)
+        number = max(n for n, _, _ in counters(self.run, self.table, self.chain,
+                                               self._tag("continue"), self.program))
         try:
-            self._ipt("-A", *after)
+            self._ipt("-I", self.chain, str(number), *lua[1:])
         except RuntimeError:
             self._delete_generation(self.generation)
             raise
@@ -180,8 +188,8 @@ class KernelRule:
                                               self._tag("lua", old), self.program))
         self.generation += 1
         lua, after = self._rules(script_path)
+        self._ipt("-I", self.chain, str(first), *after[1:])
         self._ipt("-I", self.chain, str(first), *lua[1:])
-        self._ipt("-I", self.chain, str(first + 1), *after[1:])
         self._delete_generation(old)
         self.script_path = script_path
 

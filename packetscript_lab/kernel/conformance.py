@@ -13,6 +13,10 @@ Backends:
   handle's packet log;
 - "kernel": the same through `backend="kernel"` (xt_LUA), where the module is present. It
   yields only "passed"/"dropped", from what arrived.
+- "xtlua-vm": the real xt_LUA module in a QEMU guest (packetscript_lab.xtlua_vm; needs
+  `packetscript kernel build` first). Exact verdicts (accept/drop/continue) from the rule
+  counters, the bytes the module left, the module's error message from the kernel log, and
+  "hang"/"crash" where the module stopped the VM (which is then restarted).
 
 Packets are IPv4 packets (scapy packets, bytes, Ethernet frames or a pcap path). By default
 they are readdressed from the lab client to the lab server (checksums recomputed) so that
@@ -22,11 +26,13 @@ from __future__ import annotations
 
 import html
 import time
+
+from packetscript_lab.script import ScriptError
 from dataclasses import dataclass, field
 
 __all__ = ["compare", "ConformanceResult", "PacketRow", "Outcome", "BACKENDS"]
 
-BACKENDS = ("replay", "faithful", "nfqueue", "kernel")
+BACKENDS = ("replay", "faithful", "nfqueue", "kernel", "xtlua-vm")
 _ETHERTYPE_IP = b"\x08\x00"
 
 
@@ -38,7 +44,7 @@ class Outcome:
 
     @property
     def passed(self) -> bool:
-        return self.verdict not in ("drop", "dropped")
+        return self.verdict not in ("drop", "dropped", "hang", "crash")
 
 
 @dataclass
@@ -206,6 +212,16 @@ def _run_lab(lab, source, packets, backend, options) -> list[Outcome]:
     return out
 
 
+def _run_vm(source, packets, options) -> list[Outcome]:
+    from packetscript_lab.xtlua_vm import XtLuaVM, load_build
+    run = XtLuaVM(load_build()).run(source, packets, function=options.get("function"),
+                                    state_id=options.get("state_id"))
+    if run.load_error:
+        return [Outcome("refused", None, f"rule refused: {run.load_error}")] * len(packets)
+    return [Outcome(r.verdict, r.data if r.verdict in ("accept", "continue") else None, r.error)
+            for r in run.results]
+
+
 def _diff(row: PacketRow) -> None:
     items = list(row.outcomes.items())
     for (a, oa), (b, ob) in zip(items, items[1:]):
@@ -229,8 +245,26 @@ def _changed(a: bytes, b: bytes) -> str:
     return ", ".join(fields) or f"{sum(x != y for x, y in zip(a, b))} byte(s)"
 
 
+def _run_backend(b, results, unavailable, source, ips, eth, lab, script_options, vm_options):
+    if b == "replay":
+        results[b] = _run_replay(source, ips, eth, **script_options)
+    elif b == "faithful":
+        opts = dict(script_options, profile="kernel", faithful=True)
+        results[b] = _run_replay(source, ips, eth, **opts)
+    elif b == "xtlua-vm":
+        results[b] = _run_vm(source, ips, vm_options)
+    else:
+        try:
+            results[b] = _run_lab(lab, source, ips, b, script_options)
+        except Exception as exc:
+            if b != "kernel":
+                raise
+            unavailable[b] = str(exc)
+
+
 def compare(source: str, packets, backends=("replay", "nfqueue"), lab=None, *,
-            readdress: bool = True, **script_options) -> ConformanceResult:
+            readdress: bool = True, vm_frame: bool = False,
+            **script_options) -> ConformanceResult:
     """Run `source` over `packets` on each backend and line the outcomes up per packet.
 
     `lab` is a running Lab (pair or router topology); one is started (and closed) when a lab
@@ -243,6 +277,7 @@ def compare(source: str, packets, backends=("replay", "nfqueue"), lab=None, *,
         raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
     ips = _ip_packets(packets)
     needs_lab = any(b in ("nfqueue", "kernel") for b in backends)
+    vm_options = {k: script_options[k] for k in ("function", "state_id") if k in script_options}
     own_lab = None
     if needs_lab and lab is None:
         from packetscript_lab import Lab
@@ -259,21 +294,18 @@ def compare(source: str, packets, backends=("replay", "nfqueue"), lab=None, *,
                    + bytes.fromhex(iface.mac.replace(":", "")) + _ETHERTYPE_IP)
         elif readdress:
             ips = _readdress(ips, "10.77.0.1", "10.77.0.2")
+        if lab is None and ("xtlua-vm" in backends or vm_frame):
+            from packetscript_lab.xtlua_vm import GUEST_MAC, ROUTER_MAC
+            eth = (bytes.fromhex(ROUTER_MAC.replace(":", ""))     # the frame the VM's router gets
+                   + bytes.fromhex(GUEST_MAC.replace(":", "")) + _ETHERTYPE_IP)
         results: dict[str, list[Outcome]] = {}
         unavailable: dict[str, str] = {}
         for b in backends:
-            if b == "replay":
-                results[b] = _run_replay(source, ips, eth, **script_options)
-            elif b == "faithful":
-                opts = dict(script_options, profile="kernel", faithful=True)
-                results[b] = _run_replay(source, ips, eth, **opts)
-            else:
-                try:
-                    results[b] = _run_lab(lab, source, ips, b, script_options)
-                except Exception as exc:
-                    if b != "kernel":
-                        raise
-                    unavailable[b] = str(exc)
+            try:
+                _run_backend(b, results, unavailable, source, ips, eth, lab, script_options,
+                             vm_options)
+            except ScriptError as exc:     # not installed: the packets go by untouched
+                results[b] = [Outcome("refused", None, f"script refused: {exc}")] * len(ips)
         rows = []
         for i, ip in enumerate(ips):
             row = PacketRow(i, _summary(ip), {b: results[b][i] for b in backends if b in results},
@@ -284,3 +316,43 @@ def compare(source: str, packets, backends=("replay", "nfqueue"), lab=None, *,
     finally:
         if own_lab is not None:
             own_lab.close()
+
+
+def compare_many(sources: dict, packets, backends=("replay", "faithful", "xtlua-vm"), lab=None,
+                 *, readdress: bool = True, **script_options) -> dict:
+    """`compare` for several scripts at once: {name: ConformanceResult}.
+
+    The "xtlua-vm" backend runs all scripts in one VM (restarted only where the module hangs
+    or crashes it); the other backends run per script as in `compare`.
+    """
+    ips = _ip_packets(packets)
+    if readdress:
+        ips = _readdress(ips, "10.77.0.1", "10.77.0.2")
+    vm_runs = {}
+    if "xtlua-vm" in backends:
+        from packetscript_lab.xtlua_vm import Case, XtLuaVM, load_build
+        names = list(sources)
+        runs = XtLuaVM(load_build()).run_cases(
+            [Case(n, sources[n], ips, script_options.get("function"),
+                  script_options.get("state_id")) for n in names])
+        for n, run in zip(names, runs):
+            vm_runs[n] = ([Outcome("refused", None, f"rule refused: {run.load_error}")] * len(ips)
+                          if run.load_error else
+                          [Outcome(r.verdict, r.data if r.verdict in ("accept", "continue")
+                                   else None, r.error) for r in run.results])
+    others = tuple(b for b in backends if b != "xtlua-vm")
+    out = {}
+    for name, source in sources.items():
+        res = compare(source, ips, backends=others, lab=lab, readdress=False,
+                      vm_frame="xtlua-vm" in backends, **script_options) if others else None
+        rows = []
+        for i, ip in enumerate(ips):
+            outcomes = {b: res.rows[i].outcomes[b] for b in others if b in res.rows[i].outcomes}
+            if name in vm_runs:
+                outcomes["xtlua-vm"] = vm_runs[name][i]
+            row = PacketRow(i, _summary(ip), outcomes, ip)
+            _diff(row)
+            rows.append(row)
+        out[name] = ConformanceResult(tuple(backends), rows,
+                                      dict(res.unavailable) if res else {})
+    return out

@@ -9,7 +9,8 @@ namespace) and changes exactly three things:
 - a rule with `-j LUA --script FILE [--function N] [--state I]` is added with real iptables
   as a target-less rule carrying the comment `LUA --script FILE ...`: it counts packets and
   lets them go on, i.e. it behaves like a loaded script that always returns XT_CONTINUE.
-  As iptables does, the stand-in refuses a missing script file or one over 32768 bytes.
+  As libxt_LUA does, the stand-in refuses a missing script file, one over 32768 bytes and a
+  --state outside 0..8, with libxt_LUA's own messages.
 
 Everything else (the namespace, iptables, the counters, deleting rules) is real.
 """
@@ -21,10 +22,17 @@ import subprocess
 from .backend import TARGETS_FILE
 from .rules import MAX_SCRIPT_SIZE
 
+# Texts below are libxt_LUA's own (OpenWrt's 200/201 patches, checked against the built
+# extension in docs/kernel.md "Measured against the real module").
 HELP = """LUA target options:
-  --script <file>       Lua script to load
-  --function <name>     function called per packet (default process_packet)
-  --state <id>          Lua state id 0..8 (default 0)
+  --script SCRIPT      Process packet with the Lua script given by SCRIPT
+                                                                       
+  --state ID           Process packet within the Lua state given by ID.
+                       Omitting --state infers the ID 0, which can be
+                       refered to the 'global' state.
+                                                                       
+  --function FUNCTION  Name of the function that processes the Lua packet
+
 """
 
 
@@ -50,12 +58,17 @@ class StandInLuaTarget:
         opts = dict(zip(options[::2], options[1::2]))
         path = opts.get("--script")
         error = None
-        if path is None:
+        state = opts.get("--state")
+        if path is None and state is None and "--function" not in opts:
             error = "LUA: --script parameter required"
-        elif not os.path.isfile(path):
-            error = f"LUA: cannot open script file {path}"
+        elif path is not None and len(path) > 256:
+            error = "LUA: Maximum script length is 256"
+        elif path is None or not os.path.isfile(path):
+            error = f"LUA: Cannot open script {path}"
         elif os.path.getsize(path) > MAX_SCRIPT_SIZE:
-            error = f"LUA: script file {path} is larger than {MAX_SCRIPT_SIZE} bytes"
+            error = "LUA: The size of the script is too big"
+        elif state is not None and not (state.isdigit() and 0 <= int(state) <= 8):
+            error = f"LUA: Invalid --state {state}"
         if error:
             return subprocess.CompletedProcess(head, 2, "", error + "\n")
         self.scripts.append(path)
