@@ -154,7 +154,7 @@ class Script:
         if on_error not in ON_ERROR:
             raise ValueError(f"unknown on_error {on_error!r}: choose 'drop' or 'accept'")
         if not isinstance(budget, int) or budget < 0:
-            raise ValueError("budget must be a whole number of instructions (0 for no limit)")
+            raise ValueError("budget must be a whole number of steps (0 for no limit)")
         if faithful and profile != "kernel":
             raise ValueError("faithful=True imitates the kernel module: use it with profile='kernel'")
         self.source, self.name, self.lua, self.profile = source, name, lua, profile
