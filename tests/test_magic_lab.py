@@ -13,6 +13,7 @@ import pytest
 from IPython.utils.capture import capture_output
 
 import kernel_magic
+from labutil import wait_until
 from test_magic import ACCEPT_ALL, DROP_UDP, get_shell, summary_of
 
 pytestmark = pytest.mark.lab
@@ -81,12 +82,12 @@ def test_live_rerun_replaces_without_losing_packets(ip):
     with capture_output():
         ip.run_cell_magic("packetscript", f"swap {traffic}", ACCEPT_ALL)
     run = kernel_magic.get_session().runs["swap"]
-    time.sleep(0.8)
+    wait_until(lambda: run.handle.stats()["seen"] >= 20, what="the first script to judge packets")
     with capture_output() as cap:
         ip.run_cell_magic("packetscript", f"swap {traffic}", DROP_UDP)
     assert "replaced in place" in cap.stdout
     run.wait_traffic(timeout=15)
-    time.sleep(0.5)
+    wait_until(lambda: run.handle.stats()["seen"] >= 300, what="every packet to be judged")
     with capture_output() as cap:
         ip.run_line_magic("packetscript", "stop swap")
     s = summary_of(cap)
