@@ -142,6 +142,14 @@ class Session:
         self._show(run, outputs)
         return run
 
+    def _show(self, run: Run, outputs: CellOutputs | None) -> None:
+        """Show the run; ■ pressed while it appears ends it here, with its summary, as
+        it would a moment later from the wait loop."""
+        try:
+            self._show_outputs(run, outputs)
+        except KeyboardInterrupt:
+            self.finish(run, "interrupted")
+
     def report_portability(self, source: str, options: RunOptions, cell_lines) -> None:
         """Say which cell lines would not work in the kernel module (computed once per hash)."""
         from packetscript_lab.kernel.checker import check_source
@@ -214,9 +222,13 @@ class Session:
             raise UsageError(self.cache.describe_script_error(exc, cell_lines)) from None
         except LabError as exc:
             raise UsageError(f"cannot attach {options.name!r} on {backend}: {exc}") from None
-        run = Run(options.name, options, source, cell_lines, backend, handle)
-        if flows:
-            run.drive_flows(lab, flows, options.duration or flows_mod.DEFAULT_SECONDS)
+        try:
+            run = Run(options.name, options, source, cell_lines, backend, handle)
+            if flows:
+                run.drive_flows(lab, flows, options.duration or flows_mod.DEFAULT_SECONDS)
+        except BaseException:       # interrupted before the cell holds the run: none lingers
+            handle.detach()
+            raise
         return run
 
     def _replace(self, run: Run, options, source, cell_lines, script, outputs) -> Run:
@@ -238,7 +250,7 @@ class Session:
         self._show(run, outputs)
         return run
 
-    def _show(self, run: Run, outputs: CellOutputs | None) -> None:
+    def _show_outputs(self, run: Run, outputs: CellOutputs | None) -> None:
         """Turn the cell's status line into the dashboard (or a line saying how it ends)."""
         run.outputs = outputs
         run.dashboard = None

@@ -95,26 +95,37 @@ VICTIM = "%%packetscript victim --duration 30 --traffic 'udp client server:9000 
          "function process_packet(p)\n  return NF_DROP\nend"
 
 
-def test_interrupt_ends_the_run_and_keeps_the_lab(kernel):
+def dashboard_shown(msg) -> bool:
+    """The cell's dashboard is on the page (a widget view displayed): the run is starting."""
+    data = msg["content"].get("data", {})
+    return msg["msg_type"] in ("display_data", "update_display_data") and \
+        "application/vnd.jupyter.widget-view+json" in data
+
+
+def updated_after_shown():
+    """The dashboard is shown, then updated: the run is under way."""
+    shown = []
+
+    def check(msg) -> bool:
+        if dashboard_shown(msg):
+            shown.append(msg)
+        return bool(shown) and msg["msg_type"] == "comm_msg" and \
+            msg["content"].get("data", {}).get("method") == "update"
+    return check
+
+
+@pytest.mark.parametrize("moment", ["as the dashboard appears", "while it runs"])
+def test_interrupt_ends_the_run_and_keeps_the_lab(kernel, moment):
     kernel.run(OTHER)
     lab_pid = kernel.value("kernel_magic.get_session().lab.lab_pid")
     wrapper_pid = kernel.value("kernel_magic.get_session().lab.pid")
     kernel_pid = kernel.value("os.getpid()")
     assert pid_alive(lab_pid)
 
-    # The blocking cell: interrupt once its dashboard is being updated from the wait loop.
+    # The blocking cell, interrupted as it starts or once it is being updated: either way
+    # the run ends now with its summary, and the cell does not fail.
     msg_id = kernel.submit(VICTIM)
-    shown = []
-
-    def ticking(msg):
-        # The dashboard is on the page (a widget view shown), then the wait loop updates it.
-        data = msg["content"].get("data", {})
-        if msg["msg_type"] in ("display_data", "update_display_data") and \
-                "application/vnd.jupyter.widget-view+json" in data:
-            shown.append("dashboard")
-        return (msg["msg_type"] == "comm_msg" and "dashboard" in shown
-                and data.get("method") == "update")
-
+    ticking = dashboard_shown if moment == "as the dashboard appears" else updated_after_shown()
     status, _ = kernel.outputs(msg_id, timeout=60, until=ticking)
     assert status == "running"
     interrupted_at = time.monotonic()
