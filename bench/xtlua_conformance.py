@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from packetscript_lab.kernel.conformance import compare_many
+from packetscript_lab.conformance import compare_many
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "lua_corpus"
 

@@ -164,7 +164,7 @@ class ReplayRun:
             self.played_all.set()
 
     def _run_one(self, now: float, data: bytes) -> None:
-        from packetscript_lab.fields import changed_fields, field_changes, summary
+        from packetscript_lab.core.fields import changed_fields, field_changes, summary
 
         script = self._script
         result = script.run_ip(data, ts=now) if self._raw_ip else script.run(data, ts=now)

@@ -152,7 +152,7 @@ class Session:
 
     def report_portability(self, source: str, options: RunOptions, cell_lines) -> None:
         """Say which cell lines would not work in the kernel module (computed once per hash)."""
-        from packetscript_lab.kernel.checker import check_source
+        from packetscript_lab.xtlua.checker import check_source
         findings = self.cache.findings(
             source, options, lambda src: check_source(src, "kernel", name=options.name).findings)
         if not findings:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from packetscript_lab.script import (DEFAULT_ETH_HEADER, MAX_OUTPUT_LINES, ON_ERROR, RunResult,
                                      Script, ScriptError, _ErrorLog)
-from packetscript_lab.verdicts import BY_CODE
+from packetscript_lab.core.results import BY_CODE
 
 # Message kinds. Every message is a 5-byte header (kind, payload length) and the payload.
 READY, COMPILE, BATCH, OK, FAILED = b"R", b"C", b"B", b"O", b"F"

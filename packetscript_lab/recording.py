@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packetscript_lab import verdicts as _verdicts
+from packetscript_lab.core import results as _verdicts
 
 RECORD_FORMAT = 1
 SEEN, LEFT, SCRIPT, META = "seen.pcapng", "left.pcapng", "script.lua", "record.json"
@@ -148,7 +148,7 @@ def write(directory, source: str, entries: list[Entry], *, options: dict, backen
           hook: dict | None = None, topology=None, traffic=None, summary: dict | None = None,
           extra: dict | None = None) -> Path:
     """Write a record of ``entries`` into ``directory`` (created; must be empty or new)."""
-    from packetscript_lab.fields import changed_fields
+    from packetscript_lab.core.fields import changed_fields
 
     d = check_target(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -320,7 +320,7 @@ def verify(directory) -> Verification:
             what.append(f"verdict {e.verdict}, recorded {rec['verdict']}")
         after = e.after if e.after is not None else e.frame
         if sha256(after) != rec["sha256_after"]:
-            from packetscript_lab.fields import changed_fields
+            from packetscript_lab.core.fields import changed_fields
             changed = changed_fields(e.frame, after) if e.after is not None else []
             what.append("bytes differ from the recorded output"
                         + (f" (now changed: {', '.join(changed)}; recorded: "

@@ -14,7 +14,7 @@ from importlib import resources
 
 
 from packetscript_lab.core import protocols
-from packetscript_lab.verdicts import BY_CODE
+from packetscript_lab.core.results import BY_CODE
 
 RUNTIMES = {"luajit": "lupa.luajit21", "5.1": "lupa.lua51", "5.4": "lupa.lua54"}
 PROFILES = ("lab", "kernel")
@@ -171,7 +171,7 @@ class Script:
         self._broken: str | None = None
         code, prelude = source, None
         if faithful:
-            from packetscript_lab.kernel import faithful as kernel_faithful
+            from packetscript_lab.xtlua import faithful as kernel_faithful
             try:
                 code = kernel_faithful.transform(source)
             except kernel_faithful.FaithfulError as exc:

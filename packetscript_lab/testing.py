@@ -26,7 +26,7 @@ import itertools
 import struct
 import time
 
-from packetscript_lab import verdicts as _verdicts
+from packetscript_lab.core import results as _verdicts
 
 __all__ = ["ExerciseFailure", "Submission", "cell", "submission", "udp", "tcp", "ping",
            "verdicts_of", "expect_verdicts", "expect_changes", "expect_delivery"]
@@ -325,7 +325,7 @@ def expect_changes(sub: Submission, packet: Packet, fields: dict, verdict: str =
                 problems.append(f"{packet}: {field} is {got} after your script, expected {want}"
                                 + (" (your script left it unchanged)" if got == before else ""))
         if o.after is not None:
-            from packetscript_lab.fields import changed_fields
+            from packetscript_lab.core.fields import changed_fields
             named = {_FIELD_ALIASES.get(f, f) for f in fields}
             names = {"ip.saddr": "ip.src", "ip.daddr": "ip.dst"}
             extra = [c for c in changed_fields(o.before, o.after)

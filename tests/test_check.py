@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from packetscript_lab.kernel.checker import check_file, check_source
-from packetscript_lab.kernel.rules import RULES
+from packetscript_lab.xtlua.checker import check_file, check_source
+from packetscript_lab.xtlua.rules import RULES
 
 CORPUS = Path(__file__).parent / "lua_corpus"
 PORTABLE = sorted((CORPUS / "portable").glob("*.lua"))

@@ -3,7 +3,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from packetscript_lab.kernel.conformance import compare
+from packetscript_lab.conformance import compare
 
 SCRIPT = """function process_packet(p)
   local ip = p:data(packet_eth):data(packet_ip)

@@ -12,7 +12,7 @@ from engine_util import (RUNTIMES, assert_checksums_valid, expected, hexs, lua_v
                          script_for, tcp_frame, udp_frame)
 from packetscript_lab import Script
 from packetscript_lab.examples import dnat
-from packetscript_lab.fields import changed_fields, summary
+from packetscript_lab.core.fields import changed_fields, summary
 
 # ------------------------------------------------------------------ reference examples
 DNAT = dnat("10.77.2.2")  # the reference's dnat.lua, on a lab address

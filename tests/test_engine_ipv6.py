@@ -12,7 +12,7 @@ from scapy.utils import wrpcap
 
 from engine_util import RUNTIMES, udp_frame
 from packetscript_lab import Script, replay
-from packetscript_lab.fields import changed_fields, field_changes, summary
+from packetscript_lab.core.fields import changed_fields, field_changes, summary
 
 pytestmark = pytest.mark.parametrize("lua", RUNTIMES)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from packetscript_lab.kernel.export import NotExportable, export_script
+from packetscript_lab.xtlua.export import NotExportable, export_script
 
 CORPUS = Path(__file__).parent / "lua_corpus"
 DNAT = (CORPUS / "nonportable" / "dnat_blog.lua").read_text()

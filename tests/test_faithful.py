@@ -1,7 +1,7 @@
 """Faithful mode: the kernel's integer arithmetic, checked on the real Lua runtimes."""
 import pytest
 
-from packetscript_lab.kernel.faithful import FAITHFUL_PRELUDE, FaithfulError, transform
+from packetscript_lab.xtlua.faithful import FAITHFUL_PRELUDE, FaithfulError, transform
 
 RUNTIMES = ("luajit", "5.1", "5.4")
 

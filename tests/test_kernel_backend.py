@@ -1,7 +1,7 @@
 """Kernel backend: detection, the install route, and LUA rules in a real namespace.
 
 xt_LUA cannot be loaded on these machines, so the attach tests use the documented stand-in
-(packetscript_lab.kernel.standin): detection sees `LUA` and a `-j LUA --script` rule becomes a
+(packetscript_lab.xtlua.standin): detection sees `LUA` and a `-j LUA --script` rule becomes a
 real, counting, target-less iptables rule. The namespace, iptables and counters are real;
 nothing is added to the host's own namespace.
 """
@@ -12,9 +12,9 @@ import subprocess
 import pytest
 
 from packetscript_lab.examples import dnat
-from packetscript_lab.kernel import backend
-from packetscript_lab.kernel.backend import KernelModuleMissing, KernelRule, detect, rule_args
-from packetscript_lab.kernel.standin import StandInLuaTarget
+from packetscript_lab.xtlua import backend
+from packetscript_lab.xtlua.backend import KernelModuleMissing, KernelRule, detect, rule_args
+from packetscript_lab.xtlua.standin import StandInLuaTarget
 
 pytestmark = pytest.mark.lab
 

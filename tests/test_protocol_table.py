@@ -7,8 +7,8 @@ import pytest
 from engine_util import RUNTIMES, udp_frame
 from packetscript_lab import Script
 from packetscript_lab.core.protocols import BY_NAME, PROTOCOLS
-from packetscript_lab.fields import changed_fields
-from packetscript_lab.kernel.checker import FIELDS
+from packetscript_lab.core.fields import changed_fields
+from packetscript_lab.xtlua.checker import FIELDS
 
 
 @pytest.mark.parametrize("lua", RUNTIMES)

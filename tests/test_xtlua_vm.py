@@ -14,7 +14,7 @@ import sys
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 
-from packetscript_lab.xtlua_vm import prerequisites
+from packetscript_lab.xtlua.vm import prerequisites
 
 PATCHES = os.environ.get("PACKETSCRIPT_XTLUA_PATCHES")
 
@@ -52,7 +52,7 @@ ACCEPT = "function process_packet(p) return NF_ACCEPT end"
 def vm_runs():
     if not PATCHES:
         pytest.fail("set PACKETSCRIPT_XTLUA_PATCHES to OpenWrt's net/xtables-addons/patches")
-    from packetscript_lab.xtlua_vm import Case, XtLuaVM, build
+    from packetscript_lab.xtlua.vm import Case, XtLuaVM, build
     b = build(PATCHES, progress=lambda m: None)
     packets = [_udp(64, 0), _udp(7, 1),
                bytes(IP(src="10.77.0.1", dst="10.77.0.2", id=0x5009) / ICMP())]
@@ -84,7 +84,7 @@ def test_real_module_drops_when_the_entry_function_is_missing(vm_runs):
 def test_faithful_mode_agrees_with_the_real_module_on_a_portable_script():
     from pathlib import Path
 
-    from packetscript_lab.kernel.conformance import compare_many
+    from packetscript_lab.conformance import compare_many
     src = (Path(__file__).parent / "lua_corpus/portable/ttl_with_checksum.lua").read_text()
     res = compare_many({"ttl": src}, [_udp(5, 0), _udp(64, 1)],
                        backends=("faithful", "xtlua-vm"))["ttl"]

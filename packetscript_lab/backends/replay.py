@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packetscript_lab import verdicts
+from packetscript_lab.core import results as verdicts
 from packetscript_lab.backends import capture
 from packetscript_lab.judge import Judge
 from packetscript_lab.script import DEFAULT_ETH_HEADER, Script

@@ -47,7 +47,7 @@ def describe(error, path: str) -> str:
 
 
 def run(args) -> int:
-    from packetscript_lab.kernel.checker import check_source
+    from packetscript_lab.xtlua.checker import check_source
 
     source = read_script(args.script)
     error = compile_error(source, args.script, args.lua, args.function)

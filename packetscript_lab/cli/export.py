@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from packetscript_lab.kernel.export import NotExportable, export_script
+    from packetscript_lab.xtlua.export import NotExportable, export_script
 
     source = read_script(args.script)
     error = compile_error(source, args.script, args.lua, args.function or "process_packet")

@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def run_build(args) -> int:
-    from packetscript_lab.xtlua_vm import BuildError, build, kvm_available, prerequisites
+    from packetscript_lab.xtlua.vm import BuildError, build, kvm_available, prerequisites
 
     missing = prerequisites(args.patches)
     if missing:
@@ -54,9 +54,9 @@ def run_build(args) -> int:
 
 def run_vm(args) -> int:
     from packetscript_lab.cli.replay import read_script
-    from packetscript_lab.fields import changed_fields
-    from packetscript_lab.kernel.conformance import _ip_packets
-    from packetscript_lab.xtlua_vm import BuildError, XtLuaVM, load_build
+    from packetscript_lab.core.fields import changed_fields
+    from packetscript_lab.conformance import _ip_packets
+    from packetscript_lab.xtlua.vm import BuildError, XtLuaVM, load_build
 
     source = read_script(args.script)
     try:

@@ -6,4 +6,7 @@
   layer finds the next), read by the Lua engine, field names and summaries, and the checker.
 - :mod:`packetscript_lab.core.netutil`: the Internet checksum, pseudo-headers, MAC and
   address bytes.
+- :mod:`packetscript_lab.core.results`: verdict names and codes.
+- :mod:`packetscript_lab.core.fields`: which header fields a script changed, and one-line
+  frame summaries, read from the protocol table.
 """

@@ -4,7 +4,7 @@ Each protocol has its id and name (the script's global), its fields (bit offset,
 length, how the value reads and writes), which field is its payload, and how it finds the
 next layer (a selector field and the values that name the next protocol). The Lua engine
 builds its protocol buffers from this table (``packet.lua``, through the configuration
-``script.py`` hands it); the field names and summaries of :mod:`packetscript_lab.fields`,
+``script.py`` hands it); the field names and summaries of :mod:`packetscript_lab.core.fields`,
 the frame layout, and the portability check read it too. Adding a field or a protocol is
 one entry here (plus a kind or a locator in ``packet.lua`` if it needs new behaviour).
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from netfilterqueue import NetfilterQueue
 
-from packetscript_lab.verdicts import BY_CODE
+from packetscript_lab.core.results import BY_CODE
 
 from .stats import Counters, Recent
 

@@ -80,7 +80,7 @@ class Attached:
         self.options, self.session, self.backend = options, session, backend
         self.past_errors: list[dict] = []
         self.internal_errors: list[dict] = []
-        self.kernel_rule = None   # packetscript_lab.kernel.backend.KernelRule (kernel backend)
+        self.kernel_rule = None   # packetscript_lab.xtlua.backend.KernelRule (kernel backend)
         self.kernel_past: dict = {}  # counts of the rules that earlier replace() calls removed
         self.tally = Tally()         # the kernel's counters of its rule and queue, kept cumulative
         self.judge_past = dict.fromkeys(JUDGE_COUNTS, 0)  # wall-clock counts of replaced scripts
@@ -354,14 +354,14 @@ class World:
             return self.spaces[host].sh(argv, check=False)
 
         if os.environ.get("PACKETSCRIPT_XT_LUA_STANDIN") == "1":
-            from packetscript_lab.kernel.standin import StandInLuaTarget
+            from packetscript_lab.xtlua.standin import StandInLuaTarget
 
             return StandInLuaTarget(run)
         return run
 
     def _attach_kernel(self, sess, source, host, table, chain, match, name, options) -> dict:
-        # Detection, the install route and the rules live in packetscript_lab.kernel.backend.
-        from packetscript_lab.kernel import backend as kernel_backend
+        # Detection, the install route and the rules live in packetscript_lab.xtlua.backend.
+        from packetscript_lab.xtlua import backend as kernel_backend
 
         run = self._kernel_runner(host)
         try:

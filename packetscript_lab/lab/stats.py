@@ -50,7 +50,7 @@ class Recent:
         return out[-self.size:]
 
     def entries(self, limit: int | None = None) -> list[dict]:
-        from packetscript_lab.fields import changed_fields, field_changes, summary
+        from packetscript_lab.core.fields import changed_fields, field_changes, summary
 
         items = self.items()
         if limit is not None:

@@ -13,7 +13,7 @@ Backends:
   handle's packet log;
 - "kernel": the same through `backend="kernel"` (xt_LUA), where the module is present. It
   yields only "passed"/"dropped", from what arrived.
-- "xtlua-vm": the real xt_LUA module in a QEMU guest (packetscript_lab.xtlua_vm; needs
+- "xtlua-vm": the real xt_LUA module in a QEMU guest (packetscript_lab.xtlua.vm; needs
   `packetscript kernel build` first). Exact verdicts (accept/drop/continue) from the rule
   counters, the bytes the module left, the module's error message from the kernel log, and
   "hang"/"crash" where the module stopped the VM (which is then restarted).
@@ -151,7 +151,7 @@ def _readdress(packets: list[bytes], src: str, dst: str) -> list[bytes]:
 
 
 def _summary(ip: bytes) -> str:
-    from packetscript_lab.fields import summary
+    from packetscript_lab.core.fields import summary
     try:
         return summary(b"\x00" * 12 + _ETHERTYPE_IP + ip)
     except Exception:          # a summary is a courtesy; a malformed packet still compares
@@ -213,7 +213,7 @@ def _run_lab(lab, source, packets, backend, options) -> list[Outcome]:
 
 
 def _run_vm(source, packets, options) -> list[Outcome]:
-    from packetscript_lab.xtlua_vm import XtLuaVM, load_build
+    from packetscript_lab.xtlua.vm import XtLuaVM, load_build
     run = XtLuaVM(load_build()).run(source, packets, function=options.get("function"),
                                     state_id=options.get("state_id"))
     if run.load_error:
@@ -236,7 +236,7 @@ def _diff(row: PacketRow) -> None:
 
 
 def _changed(a: bytes, b: bytes) -> str:
-    from packetscript_lab.fields import changed_fields
+    from packetscript_lab.core.fields import changed_fields
     eth = b"\x00" * 12 + _ETHERTYPE_IP
     try:
         fields = changed_fields(eth + a, eth + b)
@@ -295,7 +295,7 @@ def compare(source: str, packets, backends=("replay", "nfqueue"), lab=None, *,
         elif readdress:
             ips = _readdress(ips, "10.77.0.1", "10.77.0.2")
         if lab is None and ("xtlua-vm" in backends or vm_frame):
-            from packetscript_lab.xtlua_vm import GUEST_MAC, ROUTER_MAC
+            from packetscript_lab.xtlua.vm import GUEST_MAC, ROUTER_MAC
             eth = (bytes.fromhex(ROUTER_MAC.replace(":", ""))     # the frame the VM's router gets
                    + bytes.fromhex(GUEST_MAC.replace(":", "")) + _ETHERTYPE_IP)
         results: dict[str, list[Outcome]] = {}
@@ -330,7 +330,7 @@ def compare_many(sources: dict, packets, backends=("replay", "faithful", "xtlua-
         ips = _readdress(ips, "10.77.0.1", "10.77.0.2")
     vm_runs = {}
     if "xtlua-vm" in backends:
-        from packetscript_lab.xtlua_vm import Case, XtLuaVM, load_build
+        from packetscript_lab.xtlua.vm import Case, XtLuaVM, load_build
         names = list(sources)
         runs = XtLuaVM(load_build()).run_cases(
             [Case(n, sources[n], ips, script_options.get("function"),

@@ -4,16 +4,18 @@
 - faithful: `transform(source)`, the kernel's integer arithmetic for Script(faithful=True);
 - export: `export_script(...)`, the commands that deploy a script (iptables, OpenWrt);
 - backend: detection of the module and `-j LUA` rules for Lab.attach(backend="kernel");
-- conformance: `compare(source, packets)`, the same packets through several backends.
+- vm: the real module built from its patches and run in a QEMU guest.
+
+Comparing backends is :mod:`packetscript_lab.conformance`, a layer above this one.
 """
 from __future__ import annotations
 
 import importlib
 
-__all__ = ["check_source", "Report", "Finding", "transform", "export_script", "compare"]
+__all__ = ["check_source", "Report", "Finding", "transform", "export_script"]
 
 _HOMES = {"check_source": "checker", "Report": "checker", "Finding": "checker",
-          "transform": "faithful", "export_script": "export", "compare": "conformance"}
+          "transform": "faithful", "export_script": "export", }
 
 
 def __getattr__(name):

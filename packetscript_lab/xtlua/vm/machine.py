@@ -10,7 +10,7 @@ If the module hangs or crashes the guest, the run is cut at a deadline, the pack
 recorded as `hang` (or `crash` when the console shows an oops), and a new VM continues with
 the next packet.
 
-    vm = XtLuaVM(build)                    # build = packetscript_lab.xtlua_vm.build.load_build()
+    vm = XtLuaVM(build)                    # build = packetscript_lab.xtlua.vm.build.load_build()
     run = vm.run(source, ip_packets)       # -> VMRun (per-packet results, boot seconds, memory)
 """
 from __future__ import annotations
