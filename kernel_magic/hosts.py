@@ -6,9 +6,10 @@ They come from the lab's own topology table, so a script that tests
 from __future__ import annotations
 
 
-def replay_hosts(topology: str) -> dict:
+def replay_hosts(topology: str, ipv6: bool = False) -> dict:
+    """Hosts of ``topology``; ``ipv6=True`` gives them their dual-stack IPv6 addresses too."""
     from packetscript_lab.lab.topology import describe
-    return describe(topology)
+    return describe(topology, ipv6=ipv6)
 
 
 def link_macs(src, dst) -> tuple[str, str]:

@@ -13,7 +13,9 @@ from packetscript_lab.core import flows as flows_mod
 
 LINE_HELP = """Manage the PacketScript lab and the running scripts.
 
-  %packetscript up [--topology pair|router|FILE]   build the private lab network
+  %packetscript up [--topology pair|router|FILE] [--ipv6]
+                                              build the private lab network
+                                              (--ipv6: dual-stack, fd77::/16 addresses too)
   %packetscript down                          stop every live script, remove the lab
   %packetscript status                        the lab's hosts and state
   %packetscript list                          scripts, backends and counters
@@ -113,17 +115,19 @@ class PacketScriptMagics(Magics):
     # --- line commands -----------------------------------------------------------------
     def _cmd_up(self, args):
         topology = None
-        if args[:1] == ["--topology"] and len(args) == 2:
-            topology = args[1]
-        elif args:
-            raise UsageError("usage: %packetscript up [--topology pair|router|FILE.json]")
+        ipv6 = "--ipv6" in args
+        rest = [a for a in args if a != "--ipv6"]
+        if rest[:1] == ["--topology"] and len(rest) == 2:
+            topology = rest[1]
+        elif rest or args.count("--ipv6") > 1:
+            raise UsageError("usage: %packetscript up [--topology pair|router|FILE.json] [--ipv6]")
         if topology is not None:
             from packetscript_lab.lab.description import TopologyError, load
             try:
                 load(topology)      # a bad description: one clear error, nothing built
             except TopologyError as exc:
                 raise UsageError(str(exc)) from None
-        lab = self.session.ensure_lab(topology)
+        lab = self.session.ensure_lab(topology, True if ipv6 else None)
         title = "lab is up" if lab is not None else \
             f"replay backend: generated traffic uses the {self.session.topology} topology's hosts"
         self._print_hosts(self.session.hosts(), title)
@@ -213,7 +217,8 @@ class PacketScriptMagics(Magics):
     def _print_hosts(hosts: dict, title: str) -> None:
         print(title)
         for name, h in hosts.items():
-            print(f"  {name:<8} {getattr(h, 'ip', '?'):<15} {getattr(h, 'mac', '')}")
+            ip6 = f"  {h.ip6}" if getattr(h, "ip6", None) else ""
+            print(f"  {name:<8} {getattr(h, 'ip', '?'):<15} {getattr(h, 'mac', '')}{ip6}")
 
 
 def _no_args(command, args):

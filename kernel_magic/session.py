@@ -30,19 +30,25 @@ class Session:
         self.shell = shell
         self.lab = None
         self.topology = "pair"
+        self.ipv6 = False          # dual-stack (%packetscript up --ipv6)
         self.lab_unavailable: str | None = None
         self.runs: dict[str, Run] = {}
         self.cache = CellCache()
         self.pump = Pump(self)
 
     # --- the lab ------------------------------------------------------------------------
-    def ensure_lab(self, topology: str | None = None):
+    def ensure_lab(self, topology: str | None = None, ipv6: bool | None = None):
         """The running Lab, or None (after saying once why) when none can be built here."""
         if topology is not None and self.lab is not None and topology != self.topology:
             raise UsageError(f"the lab is up with topology {self.topology!r}; "
                              "run %packetscript down first")
+        if ipv6 is not None and self.lab is not None and ipv6 != self.ipv6:
+            raise UsageError(f"the lab is up {'dual-stack' if self.ipv6 else 'IPv4 only'}; "
+                             "run %packetscript down first")
         if topology is not None:
             self.topology = topology
+        if ipv6 is not None:
+            self.ipv6 = ipv6
         if self.lab is not None and getattr(self.lab, "closed", False):
             # the lab process ended (crashed or killed): its scripts went with it
             for run in list(self.runs.values()):
@@ -64,7 +70,7 @@ class Session:
                 reason = f"the lab package cannot be imported ({exc})"
             else:
                 try:
-                    lab = Lab(topology=self.topology)
+                    lab = Lab(topology=self.topology, ipv6=self.ipv6)
                     self.lab = lab.__enter__() or lab
                 except LabError as exc:
                     reason = str(exc).rstrip(".")
@@ -89,7 +95,7 @@ class Session:
         if self.lab is not None:
             return dict(self.lab.hosts)
         from kernel_magic.hosts import replay_hosts
-        return replay_hosts(self.topology)
+        return replay_hosts(self.topology, self.ipv6)
 
     def choose_backend(self, options: RunOptions, outputs: CellOutputs | None = None) -> str:
         if options.backend == "replay":
@@ -198,7 +204,7 @@ class Session:
                 return build_packets(flows, hosts, seconds), False
             except flows_mod.TrafficError as exc:
                 raise UsageError(f"--traffic: {exc}") from None
-        return self.cache.memo(("traffic", spec, seconds, self.topology), build)
+        return self.cache.memo(("traffic", spec, seconds, self.topology, self.ipv6), build)
 
     def _start_live(self, options, source, cell_lines, backend) -> Run:
         from packetscript_lab import LabError, ScriptError

@@ -24,9 +24,14 @@ def build_packets(flows: list[Flow], hosts: dict, seconds: float) -> list[tuple[
         if is_address(flow.dst):
             # an address nobody owns: the frame as it leaves the source towards its first hop
             dst = _Addr(flow.dst, src.interfaces[0].peer_mac if getattr(src, "interfaces", None)
-                        else "02:00:00:00:00:02")
+                        else "02:00:00:00:00:02", ip6=flow.dst)
         else:
             dst = hosts[flow.dst]
+        if flow.ip == 6:
+            for host in (src, dst):
+                if getattr(host, "ip6", None) is None:
+                    raise TrafficError(f"{flow}: {getattr(host, 'name', host.ip)} has no IPv6 "
+                                       "address; start the lab dual-stack (%packetscript up --ipv6)")
         out.extend(_flow_packets(flow, src, dst, seconds))
     out.sort(key=lambda pair: pair[0])
     return out
@@ -54,6 +59,7 @@ class _Addr:
     ip: str
     mac: str
     interfaces: tuple = ()
+    ip6: str | None = None
 
 
 def _flow_packets(flow: Flow, src, dst, seconds: float):
@@ -61,22 +67,27 @@ def _flow_packets(flow: Flow, src, dst, seconds: float):
     from kernel_magic.hosts import link_macs
 
     smac, dmac = link_macs(src, dst)
+    sip, dip = (src.ip6, dst.ip6) if flow.ip == 6 else (src.ip, dst.ip)
 
     def l2(proto, l4, ident):
-        return frames.frame(smac, dmac, src.ip, dst.ip, proto, l4, ident=ident)
+        if flow.ip == 6:
+            return frames.frame6(smac, dmac, sip, dip, 58 if proto == 1 else proto, l4)
+        return frames.frame(smac, dmac, sip, dip, proto, l4, ident=ident)
 
     if flow.kind == "udp":
         gap = 1.0 / flow.rate
         for i in range(flow.packet_count(seconds)):
             payload = f"seq={i:08d} ".encode().ljust(flow.payload_size(), b".")
             sport = flow.sport or 40000 + i % 1000
-            seg = frames.udp(src.ip, dst.ip, sport, flow.port, payload)
+            seg = frames.udp(sip, dip, sport, flow.port, payload)
             yield i * gap, l2(17, seg, i)
     elif flow.kind == "ping":
         gap = 1.0 / flow.rate
         payload = b"packetscript-lab".ljust(flow.payload_size(), b".")[:flow.payload_size()]
         for i in range(flow.packet_count(seconds)):
-            yield i * gap, l2(1, frames.icmp_echo(0x5053, i & 0xFFFF, payload), i)
+            echo = frames.icmp6_echo(sip, dip, 0x5053, i & 0xFFFF, payload) if flow.ip == 6 \
+                else frames.icmp_echo(0x5053, i & 0xFFFF, payload)
+            yield i * gap, l2(1, echo, i)
     else:  # tcp: what the server sees of short client connections
         payload = flow.tcp_payload()
         f = frames.TCP_FLAGS
@@ -87,7 +98,7 @@ def _flow_packets(flow: Flow, src, dst, seconds: float):
                                    (f["P"] | f["A"], payload, seq + 1),
                                    (f["F"] | f["A"], b"", seq + 1 + len(payload))):
                 ack = 0 if flags == f["S"] else 5000
-                yield t, l2(6, frames.tcp(src.ip, dst.ip, sport, flow.port, s, ack, flags, data),
+                yield t, l2(6, frames.tcp(sip, dip, sport, flow.port, s, ack, flags, data),
                             ident)
                 t += 0.01
                 ident += 1

@@ -16,6 +16,8 @@ def register(subparsers) -> None:
                    help="for `up`: pair = client-server, router = client-router-server, or a "
                    "description file (.json/.yaml, docs/topologies.md)")
     p.add_argument("--interval", type=float, default=0.5, help="for `up`: stats sample interval (s)")
+    p.add_argument("--ipv6", action="store_true",
+                   help="for `up`: a dual-stack lab (IPv6 addresses in fd77::/16 too)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -26,12 +28,14 @@ def _hosts_text(status: dict) -> str:
         for i in h.interfaces:
             lines.append(f"  {h.name:<7} {i.ifname:<5} {i.ip + '/' + str(i.prefix):<15} {i.mac}"
                          f"  -> {i.peer_host} {i.peer_ip}")
+            if getattr(i, "ip6", None):
+                lines.append(f"  {'':<7} {'':<5} {i.ip6 + '/64':<15}  -> {i.peer_host} {i.peer_ip6}")
     return "\n".join(lines)
 
 
 def _jsonable(status: dict) -> dict:
     out = dict(status)
-    out["hosts"] = {n: {"ip": h.ip, "mac": h.mac, "ifname": h.ifname,
+    out["hosts"] = {n: {"ip": h.ip, "ip6": h.ip6, "mac": h.mac, "ifname": h.ifname,
                         "interfaces": [vars(i) for i in h.interfaces]}
                     for n, h in status["hosts"].items()}
     return out
@@ -42,7 +46,7 @@ def run(args) -> int:
 
     try:
         if args.action == "up":
-            status = daemon.start(args.name, args.topology, args.interval)
+            status = daemon.start(args.name, args.topology, args.interval, ipv6=args.ipv6)
             if args.json:
                 print(json.dumps(_jsonable(status)))
             else:

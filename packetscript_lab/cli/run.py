@@ -21,6 +21,11 @@ def register(subparsers) -> None:
     p.add_argument("--topology", default="pair",
                    help="pair, router or a description file (.json/.yaml, docs/topologies.md)")
     p.add_argument("--lab", metavar="NAME", help="use the running lab NAME instead of a new one")
+    p.add_argument("--ipv6", action="store_true",
+                   help="a dual-stack lab (IPv6 addresses in fd77::/16 too); the script then "
+                   "sees IPv6 packets its --match takes as well")
+    p.add_argument("--ip", type=int, choices=(4, 6),
+                   help="attach to this IP version only (default: every version the lab has)")
     p.add_argument("--host", default="server", help="host whose hook runs the script")
     p.add_argument("--table", default="filter")
     p.add_argument("--chain", default="INPUT")
@@ -129,9 +134,12 @@ def run(args) -> int:
     watch = args.duration if args.duration is not None else (0.0 if traffic else seconds)
     live = not args.json and sys.stdout.isatty()
     try:
-        lab = daemon.connect(args.lab) if args.lab else Lab(args.topology)
+        lab = daemon.connect(args.lab) if args.lab else Lab(args.topology, ipv6=args.ipv6)
     except LabError as exc:
         raise CliError(str(exc)) from None
+    if args.ipv6 and not lab.description.get("ipv6"):
+        lab.close()
+        raise CliError(f"lab {args.lab!r} is IPv4 only: start it with `packetscript lab up --ipv6`")
     results: list[dict] = []
     try:
         try:
@@ -139,7 +147,7 @@ def run(args) -> int:
             h = lab.attach(source, host=args.host, table=args.table, chain=args.chain,
                            match=args.match, name=path.stem, lua=args.lua, profile=args.profile,
                            on_error=args.on_error, on_overload=args.on_overload,
-                           queue_len=args.queue_len,
+                           queue_len=args.queue_len, ip=args.ip,
                            record=args.record_limit if args.record else 0)
         except flows.TrafficError as exc:
             raise CliError(f"--traffic: {exc}") from None

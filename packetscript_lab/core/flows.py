@@ -2,14 +2,16 @@
 
 Grammar (flows separated by ``;``; docs/lab.md#traffic-language shows it to users)::
 
-    udp  SRC DST[:PORT] [rate=PPS] [count=N | duration=S] [size=BYTES] [sport=PORT] [to=HOST]
-    ping SRC DST        [rate=PPS] [count=N | duration=S] [size=BYTES]
-    tcp  SRC DST[:PORT] [connections=N] [size=BYTES] [to=HOST]
+    udp  SRC DST[:PORT] [rate=PPS] [count=N | duration=S] [size=BYTES] [sport=PORT] [to=HOST] [ip=4|6]
+    ping SRC DST        [rate=PPS] [count=N | duration=S] [size=BYTES] [ip=4|6]
+    tcp  SRC DST[:PORT] [connections=N] [size=BYTES] [to=HOST] [ip=4|6]
     pcap FILE           [from=HOST] [rate=PPS]
 
 SRC and DST are lab host names. DST may also be a lab address (inside 10.77.0.0/16, e.g. one a
-DNAT script rewrites); ``to=HOST`` then names the host that listens. A udp or ping flow without
-``count=``/``duration=`` lasts the run's length. Nothing outside the lab can be addressed.
+DNAT script rewrites, or in a dual-stack lab inside fd77::/16, written ``[fd77:0:2::100]:9000``
+with a port); ``to=HOST`` then names the host that listens. ``ip=6`` sends over IPv6 between the
+hosts' IPv6 addresses (a dual-stack lab). A udp or ping flow without ``count=``/``duration=``
+lasts the run's length. Nothing outside the lab can be addressed.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import threading
 DEFAULT_TRAFFIC = "udp client server:9000 rate=100"   # what the default rule (udp 9000) matches
 DEFAULT_SECONDS = 5.0          # length of a flow without count=/duration= when the run has none
 LAB_NET = ipaddress.ip_network("10.77.0.0/16")        # the lab's addresses (lab/topology.py)
+LAB_NET6 = ipaddress.ip_network("fd77::/16")          # a dual-stack lab's IPv6 addresses
 MAX_RATE = 20000.0             # packets/s the lab's generators keep up with
 MAX_PACKETS = 1_000_000        # per flow: load stays bounded
 DOCS = "docs/lab.md#traffic-language"
@@ -31,9 +34,9 @@ KINDS = ("udp", "tcp", "ping", "pcap")
 _PORT = {"udp": 9000, "tcp": 7000}
 _RATE = {"udp": 100.0, "ping": 5.0}
 _SIZE = {"udp": 64, "ping": 56, "tcp": 32}          # payload bytes, as the lab's generators send
-_KEYS = {"udp": ("rate", "count", "duration", "size", "sport", "to"),
-         "ping": ("rate", "count", "duration", "size"),
-         "tcp": ("connections", "size", "to"),
+_KEYS = {"udp": ("rate", "count", "duration", "size", "sport", "to", "ip"),
+         "ping": ("rate", "count", "duration", "size", "ip"),
+         "tcp": ("connections", "size", "to", "ip"),
          "pcap": ("from", "rate")}
 # key: (type, lowest, highest)
 _LIMITS = {"rate": (float, 0.0, MAX_RATE), "count": (int, 1, MAX_PACKETS),
@@ -60,12 +63,14 @@ class Flow:
     sport: int | None = None
     receiver: str | None = None     # host that listens when dst is an address
     path: str | None = None         # pcap file
+    ip: int = 4                     # IP version (6: between the hosts' IPv6 addresses)
 
     def __str__(self) -> str:
         if self.kind == "pcap":
             return f"pcap {os.path.basename(self.path)} from {self.src}"
-        dst = f"{self.dst}:{self.port}" if self.port else self.dst
-        return f"{self.kind} {self.src} → {dst}"
+        host = f"[{self.dst}]" if ":" in self.dst and self.port else self.dst
+        dst = f"{host}:{self.port}" if self.port else host
+        return f"{self.kind} {self.src} → {dst}" + (" ip=6" if self.ip == 6 else "")
 
     def packet_count(self, seconds: float) -> int:
         """How many packets a udp or ping flow sends when the run lasts ``seconds``."""
@@ -128,10 +133,14 @@ def parse_flow(words: list[str]) -> Flow:
         raise TrafficError(f"{' '.join(words)!r}: give count= or duration=, not both")
     if kind == "udp" and keys.get("size", 8) < 8:
         raise TrafficError("udp size must be at least 8 bytes (the datagram's sequence number)")
+    ip = keys.get("ip", 6 if ":" in dst else 4)
+    if is_address(dst) and ip != ipaddress.ip_address(dst).version:
+        raise TrafficError(f"{dst} is an IPv{ipaddress.ip_address(dst).version} address: "
+                           f"drop ip={ip} or address the host by name")
     return Flow(kind=kind, src=_host(src), dst=dst, port=port, rate=rate,
                 count=keys.get("count"), duration=keys.get("duration"), size=keys.get("size"),
                 connections=keys.get("connections", 3), sport=keys.get("sport"),
-                receiver=_host(keys["to"]) if "to" in keys else None)
+                receiver=_host(keys["to"]) if "to" in keys else None, ip=ip)
 
 
 def _parse_pcap(words: list[str]) -> Flow:
@@ -144,16 +153,26 @@ def _parse_pcap(words: list[str]) -> Flow:
 
 
 def _destination(kind: str, text: str) -> tuple[str, int | None]:
-    dst, colon, port_text = text.partition(":")
+    if text.startswith("["):              # [IPv6 address]:port
+        dst, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise TrafficError(f"{text!r}: write an IPv6 address with a port as [ADDRESS]:PORT")
+        colon, port_text = rest[:1], rest[1:]
+    elif text.count(":") > 1:             # an IPv6 address without a port
+        dst, colon, port_text = text, "", ""
+    else:
+        dst, colon, port_text = text.partition(":")
     port = _PORT.get(kind)
     if colon:
         if kind == "ping":
             raise TrafficError(f"{text!r}: ping has no port (write 'ping SRC {dst}')")
         port = _number("port", port_text, (int, 1, 65535))
     if is_address(dst):
-        if ipaddress.ip_address(dst) not in LAB_NET:
+        net = LAB_NET if ipaddress.ip_address(dst).version == 4 else LAB_NET6
+        if ipaddress.ip_address(dst) not in net:
             raise TrafficError(f"{dst} is not a lab address: traffic stays inside the lab "
-                               f"({LAB_NET})")
+                               f"({LAB_NET}, and {LAB_NET6} in a dual-stack lab)")
+        dst = str(ipaddress.ip_address(dst))
     else:
         _host(dst)
     return dst, port
@@ -170,6 +189,11 @@ def _keys(kind: str, words: list[str]) -> dict:
                                f"(as key=value, see {DOCS})")
         if key in keys:
             raise TrafficError(f"{key}= is given twice")
+        if key == "ip":
+            if value not in ("4", "6"):
+                raise TrafficError(f"ip={value}: the IP version is 4 or 6")
+            keys[key] = int(value)
+            continue
         keys[key] = value if key in ("to", "from") else _number(key, value, _LIMITS[key])
     return keys
 
@@ -196,8 +220,9 @@ def _host(name: str) -> str:
 
 
 def is_address(text: str) -> bool:
+    """An IPv4 or IPv6 address (not a host name)."""
     try:
-        ipaddress.IPv4Address(text)
+        ipaddress.ip_address(text)
         return True
     except ValueError:
         return False
@@ -257,7 +282,7 @@ def check_hosts(flows: list[Flow], hosts) -> None:
                                f"(hosts: {', '.join(hosts)})")
         if flow.kind in ("udp", "tcp"):
             # flows run at the same time: two listeners on one port would share its packets
-            where = (flow.kind, flow.receiver or flow.dst, flow.port)
+            where = (flow.kind, flow.receiver or flow.dst, flow.port, flow.ip)
             if where in listeners:
                 raise TrafficError(f"two {flow.kind} flows to {where[1]} port {flow.port} at "
                                    "the same time; give each its own port (e.g. "
@@ -279,13 +304,13 @@ def run_flow(lab, flow: Flow, seconds: float) -> dict:
         n = flow.packet_count(seconds)
         return lab.udp_stream(flow.src, flow.dst, port=flow.port, rate=flow.rate,
                               duration=n / flow.rate, count=n, size=flow.payload_size(),
-                              receiver=flow.receiver, sport=flow.sport or 0)
+                              receiver=flow.receiver, sport=flow.sport or 0, ip=flow.ip)
     if flow.kind == "ping":
         return lab.ping(flow.src, flow.dst, count=flow.packet_count(seconds),
-                        interval=1.0 / flow.rate, size=flow.payload_size())
+                        interval=1.0 / flow.rate, size=flow.payload_size(), ip=flow.ip)
     if flow.kind == "tcp":
         return lab.tcp_echo(flow.src, flow.dst, port=flow.port, connections=flow.connections,
-                            receiver=flow.receiver, payload=flow.tcp_payload())
+                            receiver=flow.receiver, payload=flow.tcp_payload(), ip=flow.ip)
     sent = lab.replay_pcap(flow.src, flow.path, interval=1.0 / flow.rate if flow.rate else 0.0)
     return {"sent": sent}
 

@@ -169,6 +169,7 @@ class Capture:
 
 def _to_scapy(frames: list[bytes]) -> list:
     import scapy.layers.inet  # noqa: F401  (binds IP/TCP/UDP/ICMP under Ether)
+    import scapy.layers.inet6  # noqa: F401  (and IPv6/ICMPv6)
     from scapy.layers.l2 import Ether
 
     return [Ether(f) for f in frames]
@@ -178,11 +179,16 @@ class Lab:
     """A private lab network in its own process; see docs/lab.md."""
 
     def __init__(self, topology="pair", sample_interval: float = 0.5, *,
-                 iptables: str = "iptables", start_timeout: float = 30.0,
+                 ipv6: bool = False, iptables: str = "iptables", start_timeout: float = 30.0,
                  _connect: str | None = None):
         # A preset name, a description dict or a .json/.yaml file: checked whole here, so a
         # bad description fails with one TopologyError before any process or namespace exists.
+        # ipv6=True makes it dual-stack (as "ipv6": true in the description does).
+        if not isinstance(ipv6, bool):
+            raise LabError(f"ipv6 must be True (a dual-stack lab) or False, not {ipv6!r}")
         self.description = load_description(topology)
+        if ipv6:
+            self.description = load_description({**self.description, "ipv6": True})
         self.topology = self.description["name"]
         self.sample_interval = sample_interval
         self.attached: dict[str, AttachedScript] = {}
@@ -399,7 +405,7 @@ class Lab:
                lua: str = "luajit", profile: str = "lab", on_error: str = "drop",
                budget: int = 1_000_000, fix_checksums: bool = True, on_overload: str = "accept",
                position: int | None = None, queue_len: int = 4096, record: int = 0,
-               **script_options: Any) -> AttachedScript:
+               ip: int | None = None, **script_options: Any) -> AttachedScript:
         """Compile ``source`` and attach it to ``table``/``chain`` of ``host`` for ``match``.
 
         Raises ScriptError for compile errors, LabError for a bad hook or rule. ``on_overload``
@@ -407,6 +413,8 @@ class Lab:
         ``queue_len`` is how many packets may wait for a verdict before that policy applies.
         ``position`` inserts the rule at that 1-based position instead of appending it.
         ``record=N`` keeps the latest N packets' bytes for ``handle.record(DIR)``.
+        ``ip`` is the IP version whose packets the rule takes: 4 or 6, or None for every
+        version the lab has (IPv4, and IPv6 in a dual-stack lab, through the same queue).
         """
         opts = dict(lua=lua, profile=profile, on_error=on_error, budget=budget,
                     fix_checksums=fix_checksums, **script_options)
@@ -418,7 +426,7 @@ class Lab:
             opts["keep"] = record
         info = self._call("attach", source=source, host=host, table=table, chain=chain,
                           match=match, name=name, backend=backend, on_overload=on_overload,
-                          position=position, queue_len=queue_len, **opts)
+                          position=position, queue_len=queue_len, ip=ip, **opts)
         if record:
             info = {**info, "keep": opts.pop("keep"), "source": source, "options": opts}
         h = AttachedScript(self, info)
@@ -447,15 +455,20 @@ class Lab:
                 packets = [packets]
         for p in packets:
             if isinstance(p, (bytes, bytearray)):
-                out.append(("l3" if p[0] >> 4 == 4 else "l2", bytes(p)))
+                out.append(("l3" if p[0] >> 4 in (4, 6) else "l2", bytes(p)))
                 continue
             from scapy.layers.inet import IP
+            from scapy.layers.inet6 import IPv6
             from scapy.layers.l2 import Ether
 
             p = p.copy()
             # Fill in lab addresses so scapy never resolves anything on the notebook's host.
             if p.haslayer(IP) and "src" not in p[IP].fields:
                 p[IP].src = h.ip
+            if p.haslayer(IPv6) and "src" not in p[IPv6].fields:
+                if h.ip6 is None:
+                    raise LabError(f"{host} has no IPv6 address: start the lab with ipv6=True")
+                p[IPv6].src = h.ip6
             if isinstance(p, Ether):
                 if "dst" not in p.fields:
                     p.dst = iface.peer_mac
@@ -474,29 +487,33 @@ class Lab:
         return self._call("send", host=host, frames=self._frames(host, packets), iface=iface,
                           interval=interval)
 
+    # The generators take ``ip=6`` to reach a host by its IPv6 address (dual-stack labs); a
+    # ``dst`` written as an address goes by that address's version.
+
     def ping(self, src: str, dst: str, count: int = 3, interval: float = 0.2,
-             timeout: float = 1.0, size: int = 56) -> dict:
+             timeout: float = 1.0, size: int = 56, ip: int = 4) -> dict:
         return self._call("ping", src=src, dst=dst, count=count, interval=interval,
-                          timeout=timeout, size=size)
+                          timeout=timeout, size=size, ip=ip)
 
     def udp_stream(self, src: str, dst: str, port: int = 9000, rate: float = 100.0,
                    duration: float = 2.0, size: int = 64, count: int | None = None,
-                   receiver: str | None = None, sport: int = 0) -> dict:
+                   receiver: str | None = None, sport: int = 0, ip: int = 4) -> dict:
         """Numbered datagrams at ``rate``/s for ``duration`` s; ``receiver`` is the host that
         listens (default: the owner of ``dst``, which must then be a lab address)."""
         return self._call("udp_stream", src=src, dst=dst, port=port, rate=rate,
-                          duration=duration, size=size, count=count, receiver=receiver, sport=sport)
+                          duration=duration, size=size, count=count, receiver=receiver, sport=sport,
+                          ip=ip)
 
     def udp_blast(self, src: str, dst: str, port: int = 9000, count: int = 20000,
-                  size: int = 64) -> dict:
+                  size: int = 64, ip: int = 4) -> dict:
         """Send ``count`` datagrams as fast as a separate sender process can (load tests)."""
-        return self._call("udp_blast", src=src, dst=dst, port=port, count=count, size=size)
+        return self._call("udp_blast", src=src, dst=dst, port=port, count=count, size=size, ip=ip)
 
     def tcp_echo(self, src: str, dst: str, port: int = 7000, connections: int = 3,
                  payload: bytes = b"hello packetscript", receiver: str | None = None,
-                 timeout: float = 2.0) -> dict:
+                 timeout: float = 2.0, ip: int = 4) -> dict:
         return self._call("tcp_echo", src=src, dst=dst, port=port, connections=connections,
-                          payload=payload, receiver=receiver, timeout=timeout)
+                          payload=payload, receiver=receiver, timeout=timeout, ip=ip)
 
     def traffic(self, spec: str, seconds: float | None = None) -> list[dict]:
         """Run the flows of ``spec`` (the traffic language, docs/lab.md#traffic-language) at the
@@ -536,6 +553,16 @@ class Lab:
 
     def iptables_save(self, host: str) -> str:
         return self._call("iptables_save", host=host)
+
+    def ip6tables(self, host: str, args: str | list[str]) -> str:
+        """Run ip6tables with ``args`` inside a host of a dual-stack lab."""
+        import shlex
+
+        argv = shlex.split(args) if isinstance(args, str) else list(args)
+        return self._call("ip6tables", host=host, args=argv)
+
+    def ip6tables_save(self, host: str) -> str:
+        return self._call("ip6tables_save", host=host)
 
     def interfaces(self) -> dict:
         """Per host and interface: rx/tx packets, bytes, errors and drops."""

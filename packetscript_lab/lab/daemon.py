@@ -41,12 +41,14 @@ def connect(name: str = "default") -> Lab:
 
 
 def start(name: str = "default", topology="pair", sample_interval: float = 0.5,
-          timeout: float = 20.0) -> dict:
-    """Start a detached lab named ``name``; returns its status once it answers."""
+          timeout: float = 20.0, ipv6: bool = False) -> dict:
+    """Start a detached lab named ``name`` (dual-stack with ``ipv6``); returns its status
+    once it answers."""
     import json
 
     from .description import load
-    topology = json.dumps(load(topology))   # checked whole before anything starts
+    desc = load(topology)                   # checked whole before anything starts
+    topology = json.dumps(load({**desc, "ipv6": True}) if ipv6 else desc)
     if is_running(name):
         raise LabError(f"a lab named {name!r} is already running; `packetscript lab down` ends it")
     argv = lab_command() + ["--iptables", require_program("iptables")]

@@ -11,12 +11,19 @@ A description is a JSON-compatible dict (or a .json / .yaml file holding one)::
      "routes": {"alice": [{"to": "10.77.99.0/24", "via": "10.77.10.254"}]},   # optional, extra
      "forward": ["fw"],                          # optional: gateways always forward
      "rules": {"fw": ["-P FORWARD DROP",         # optional: iptables arguments, applied in order
-                      "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]}}
+                      "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]},
+     "ipv6": true,                               # optional: dual-stack (IPv6 addresses too)
+     "rules6": {"fw": ["-P FORWARD DROP"]}}      # optional, with ipv6: ip6tables arguments
 
 A LAN of two hosts is one veth pair; a LAN of more is a bridge in a namespace of its own with
 one veth per member. A LAN's ``gateway`` forwards, and every other member gets a route to each
 other subnet of the lab through it. Addresses, routes and rules stay inside 10.77.0.0/16: no host
 gets a default route, so nothing can leave the lab. ``pair`` and ``router`` are two presets.
+
+With ``"ipv6": true`` the lab is dual-stack: every LAN also gets an IPv6 /64 inside fd77::/16,
+read off its IPv4 subnet (``10.77.A.B/n`` -> ``fd77:0:A:B::/64``, the numbers written as they
+are), and each host the address whose last group is its address number written the same way
+(``10.77.1.254`` -> ``fd77:0:1::254``). Gateways forward IPv6 too and routes are made for both.
 
 ``validate`` collects every problem and raises one ``TopologyError`` listing them all, so a
 teacher fixes a description in one go and nothing is half built.
@@ -33,11 +40,12 @@ import shlex
 from .protocol import LabError
 
 LAB_NET = ipaddress.ip_network("10.77.0.0/16")
+LAB_NET6 = ipaddress.ip_network("fd77::/16")
 MAX_HOSTS = 12
 MAX_INTERFACES = 8           # per host: eth0 .. eth7
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,14}$")
 _RULE_START = ("-A", "-I", "-P", "-N", "-t")
-_KEYS = {"name", "lans", "routes", "forward", "rules", "notes"}
+_KEYS = {"name", "lans", "routes", "forward", "rules", "notes", "ipv6", "rules6"}
 _LAN_KEYS = {"subnet", "hosts", "gateway"}
 
 PRESETS: dict[str, dict] = {
@@ -97,16 +105,39 @@ def load(source) -> dict:
                         f"not {type(source).__name__}")
 
 
-def _net(text, where: str, problems: list[str]):
+def _net(text, where: str, problems: list[str], ipv6: bool = False):
     try:
         net = ipaddress.ip_network(str(text), strict=True)
     except ValueError as exc:
         problems.append(f"{where}: {text!r} is not a network ({exc})")
         return None
+    if net.version == 6 and ipv6:
+        if not net.subnet_of(LAB_NET6):
+            problems.append(f"{where}: {net} is outside the lab's IPv6 addresses {LAB_NET6}")
+            return None
+        return net
     if net.version != 4 or not net.subnet_of(LAB_NET):
-        problems.append(f"{where}: {net} is outside the lab's addresses 10.77.0.0/16")
+        extra = "" if ipv6 or net.version == 4 else " (IPv6 routes need \"ipv6\": true)"
+        problems.append(f"{where}: {net} is outside the lab's addresses 10.77.0.0/16{extra}")
         return None
     return net
+
+
+def _hex_of_decimal(n: int) -> int:
+    """12 -> 0x12: an IPv6 group that reads like the IPv4 number it stands for."""
+    return int(str(n), 16)
+
+
+def subnet6_of(net4) -> ipaddress.IPv6Network:
+    """The /64 a dual-stack LAN gets for its IPv4 subnet: 10.77.A.B/n -> fd77:0:A:B::/64."""
+    a, b = ipaddress.ip_network(net4).network_address.packed[2:]
+    return ipaddress.IPv6Network(((0xFD77 << 112) | (_hex_of_decimal(a) << 80)
+                                  | (_hex_of_decimal(b) << 64), 64))
+
+
+def ip6_of(net4, num: int) -> str:
+    """A host's IPv6 address on a dual-stack LAN: number 254 on 10.77.1.0/24 -> fd77:0:1::254."""
+    return str(subnet6_of(net4).network_address + _hex_of_decimal(num))
 
 
 def validate(desc: dict) -> dict:
@@ -125,6 +156,12 @@ def validate(desc: dict) -> dict:
     name = d.get("name", "custom")
     if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]{1,40}$", name):
         problems.append(f"name {name!r} must be 1-40 letters, digits, '.', '_' or '-'")
+    ipv6 = d.get("ipv6", False)
+    if not isinstance(ipv6, bool):
+        problems.append(f"'ipv6' must be true (a dual-stack lab) or false, not {ipv6!r}")
+        ipv6 = False
+    if "rules6" in d and not ipv6:
+        problems.append("'rules6' (ip6tables rules) needs \"ipv6\": true")
     lans = d.get("lans")
     if not isinstance(lans, dict) or not lans:
         raise TopologyError("the description needs 'lans': a mapping of LAN name -> "
@@ -169,7 +206,10 @@ def validate(desc: dict) -> dict:
                 problems.append(f"{where}: {host} and {used[ip]} both have address {ip}")
                 continue
             used[ip] = host
-            hosts.setdefault(host, []).append({"lan": lan, "ip": ip, "prefix": net.prefixlen})
+            iface = {"lan": lan, "ip": ip, "prefix": net.prefixlen}
+            if ipv6:
+                iface.update(ip6=ip6_of(net, num), prefix6=64)
+            hosts.setdefault(host, []).append(iface)
         gw = spec.get("gateway")
         if gw is not None and gw not in members:
             problems.append(f"{where}: gateway {gw!r} is not one of its hosts ({', '.join(members)})")
@@ -202,34 +242,22 @@ def validate(desc: dict) -> dict:
             if not isinstance(r, dict) or set(r) != {"to", "via"}:
                 problems.append(f"routes of {host}: each route is {{'to': subnet, 'via': address}}, got {r!r}")
                 continue
-            _net(r["to"], f"routes of {host}", problems)
+            to = _net(r["to"], f"routes of {host}", problems, ipv6)
             try:
                 via = ipaddress.ip_address(str(r["via"]))
             except ValueError:
                 problems.append(f"routes of {host}: via {r['via']!r} is not an address")
                 continue
-            if not any(via in nets[i["lan"]] for i in hosts[host] if i["lan"] in nets):
+            if to is not None and to.version != via.version:
+                problems.append(f"routes of {host}: {to} via {via} mixes IPv4 and IPv6")
+                continue
+            on = [nets[i["lan"]] if via.version == 4 else subnet6_of(nets[i["lan"]])
+                  for i in hosts[host] if i["lan"] in nets]
+            if not any(via in net for net in on):
                 problems.append(f"routes of {host}: via {via} is not on any of {host}'s LANs")
 
-    rules = d.get("rules", {})
-    if not isinstance(rules, dict):
-        problems.append("'rules' must map a host to a list of iptables argument strings")
-        rules = {}
-    for host, lst in rules.items():
-        if host not in hosts:
-            problems.append(f"rules: no host {host!r} in the lab")
-            continue
-        if not isinstance(lst, list) or not all(isinstance(r, str) for r in lst):
-            problems.append(f"rules of {host}: a list of strings such as '-A FORWARD -j DROP'")
-            continue
-        for r in lst:
-            try:
-                argv = shlex.split(r)
-            except ValueError as exc:
-                problems.append(f"rules of {host}: {r!r} cannot be split ({exc})")
-                continue
-            if not argv or argv[0] not in _RULE_START:
-                problems.append(f"rules of {host}: {r!r} must start with one of {', '.join(_RULE_START)}")
+    rules = _rules(d, "rules", hosts, problems)
+    rules6 = _rules(d, "rules6", hosts, problems)
 
     if problems:
         raise TopologyError("the topology description has problems (nothing was built):\n  - "
@@ -237,15 +265,46 @@ def validate(desc: dict) -> dict:
 
     out = {"name": name, "lans": lans, "routes": routes, "forward": forward, "rules": rules,
            "hosts": hosts}
+    if ipv6:
+        out.update(ipv6=True, rules6=rules6)
     if "notes" in d:
         out["notes"] = d["notes"]
     return out
 
 
-def all_routes(desc: dict) -> dict[str, list[tuple[str, str]]]:
-    """Each host's routes: through its LAN's gateway to every subnet it is not on, then the
-    description's own routes."""
-    nets = {lan: spec["subnet"] for lan, spec in desc["lans"].items()}
+def _rules(d: dict, key: str, hosts: dict, problems: list[str]) -> dict:
+    """The ``rules`` (iptables) or ``rules6`` (ip6tables) of a description, checked."""
+    rules = d.get(key, {})
+    if not isinstance(rules, dict):
+        problems.append(f"'{key}' must map a host to a list of {_PROGRAM[key]} argument strings")
+        return {}
+    for host, lst in rules.items():
+        if host not in hosts:
+            problems.append(f"{key}: no host {host!r} in the lab")
+            continue
+        if not isinstance(lst, list) or not all(isinstance(r, str) for r in lst):
+            problems.append(f"{key} of {host}: a list of strings such as '-A FORWARD -j DROP'")
+            continue
+        for r in lst:
+            try:
+                argv = shlex.split(r)
+            except ValueError as exc:
+                problems.append(f"{key} of {host}: {r!r} cannot be split ({exc})")
+                continue
+            if not argv or argv[0] not in _RULE_START:
+                problems.append(f"{key} of {host}: {r!r} must start with one of {', '.join(_RULE_START)}")
+    return rules
+
+
+_PROGRAM = {"rules": "iptables", "rules6": "ip6tables"}
+
+
+def all_routes(desc: dict, version: int = 4) -> dict[str, list[tuple[str, str]]]:
+    """Each host's routes of one IP version: through its LAN's gateway to every subnet it is
+    not on, then the description's own routes."""
+    key = "ip" if version == 4 else "ip6"
+    nets = {lan: spec["subnet"] if version == 4 else str(subnet6_of(spec["subnet"]))
+            for lan, spec in desc["lans"].items()}
     out: dict[str, list[tuple[str, str]]] = {h: [] for h in desc["hosts"]}
     for host, ifaces in desc["hosts"].items():
         mine = {i["lan"] for i in ifaces}
@@ -253,12 +312,14 @@ def all_routes(desc: dict) -> dict[str, list[tuple[str, str]]]:
             gw = desc["lans"][i["lan"]].get("gateway")
             if gw is None or gw == host:
                 continue
-            gw_ip = next(g["ip"] for g in desc["hosts"][gw] if g["lan"] == i["lan"])
+            gw_ip = next(g[key] for g in desc["hosts"][gw] if g["lan"] == i["lan"])
             for lan, subnet in nets.items():
                 if lan not in mine and all(subnet != d for d, _ in out[host]):
                     out[host].append((subnet, gw_ip))
         for r in desc["routes"].get(host, []):
-            out[host].append((str(ipaddress.ip_network(r["to"])), str(r["via"])))
+            to = ipaddress.ip_network(r["to"])
+            if to.version == version:
+                out[host].append((str(to), str(r["via"])))
     return out
 
 

@@ -11,6 +11,7 @@ accepting, and the worker gives NF_ACCEPT, sparing the kernel a second traversal
 """
 from __future__ import annotations
 
+import os
 import shlex
 
 from .netns import NetNS
@@ -35,6 +36,30 @@ def check_hook(table: str, chain: str) -> None:
     if chain not in TABLES[table]:
         raise RuleError(f"table {table!r} has no built-in chain {chain!r}; "
                         f"it has {', '.join(TABLES[table])}")
+
+
+def ip6tables_program(iptables: str) -> str:
+    """The ip6tables of the same family as ``iptables`` (iptables-legacy -> ip6tables-legacy),
+    for the IPv6 rules of a dual-stack lab."""
+    head, name = os.path.split(iptables)
+    program = os.path.join(head, name.replace("iptables", "ip6tables", 1))
+    if head and not os.path.exists(program):
+        raise LabError(f"a dual-stack lab needs {program} next to {iptables} for its IPv6 "
+                       "rules: install ip6tables (Debian/Ubuntu: the iptables package)")
+    return program
+
+
+def ip_versions(ip, dual_stack: bool) -> tuple[int, ...]:
+    """The IP versions a script's rule is added for: ``ip`` 4 or 6, or None for every
+    version the lab has (4, and 6 in a dual-stack lab)."""
+    if ip is None:
+        return (4, 6) if dual_stack else (4,)
+    if ip not in (4, 6) or isinstance(ip, bool):
+        raise RuleError(f"ip must be 4, 6 or None (every IP version the lab has), not {ip!r}")
+    if ip == 6 and not dual_stack:
+        raise RuleError("this lab is IPv4 only: start it dual-stack (Lab(..., ipv6=True), "
+                        "--ipv6) to attach to IPv6 traffic")
+    return (ip,)
 
 
 def mark_bit(queue_num: int) -> int:

@@ -189,8 +189,12 @@ class QueueWorker:
         c = self.counters
         script = self.script  # read once: a swap takes effect between batches
         eth_of, default = self.eth_by_ifindex, self._eth
+        # The synthetic header's EtherType follows the IP version of each packet (a
+        # dual-stack lab queues both to one worker).
         eths = [eth_of.get(idx, default) for _, _, idx in batch]
         datas = [data for _, data, _ in batch]
+        eths = [eth[:12] + b"\x86\xdd" if data and data[0] >> 4 == 6 else eth
+                for eth, data in zip(eths, datas)]
         frames = [eth + data for eth, data in zip(eths, datas)]
         now = time.monotonic() * 1000
         codes, blob, errors = script.run_many(frames, [now] * len(frames))

@@ -78,6 +78,7 @@ class Attached:
         self.name, self.host, self.table, self.chain, self.match = name, host, table, chain, match
         self.rule, self.queue_num, self.worker, self.thread = rule, queue_num, worker, thread
         self.options, self.session, self.backend = options, session, backend
+        self.versions: tuple[int, ...] = (4,)   # IP versions with a queue rule (4 and/or 6)
         self.past_errors: list[dict] = []
         self.internal_errors: list[dict] = []
         self.kernel_rule = None   # packetscript_lab.xtlua.backend.KernelRule (kernel backend)
@@ -95,6 +96,7 @@ class Attached:
     def info(self) -> dict:
         return {"name": self.name, "host": self.host, "table": self.table, "chain": self.chain,
                 "match": self.match, "queue": self.queue_num, "backend": self.backend,
+                "ip": list(self.versions),
                 "mark": ipt.mark_bit(self.queue_num) if self.queue_num is not None else None}
 
 
@@ -122,10 +124,17 @@ class World:
         self.topology = self.description["name"]
         self.sample_interval = sample_interval
         self.iptables_program = iptables_program
+        self.ipv6 = bool(self.description.get("ipv6"))
+        ip6 = ipt.ip6tables_program(iptables_program) if self.ipv6 else None
         self.started = time.time()
-        self.hosts, self.spaces, self.ifindex = topology.build(self.description, iptables_program)
+        self.hosts, self.spaces, self.ifindex = topology.build(self.description, iptables_program, ip6)
         self.tables = {n: ipt.IPTables(ns, iptables_program, functools.partial(self._rules_changed, n))
                        for n, ns in self.spaces.items()}
+        # A dual-stack lab's IPv6 rules: {IP version: {host: IPTables}}.
+        self.tables_of = {4: self.tables}
+        if ip6:
+            self.tables_of[6] = {n: ipt.IPTables(ns, ip6, functools.partial(self._rules_changed, n))
+                                 for n, ns in self.spaces.items()}
         self.attached: dict[str, Attached] = {}
         self.free_queues = list(range(MAX_QUEUES))
         self.lock = threading.Lock()
@@ -165,8 +174,8 @@ class World:
         if done:
             for a in mine:
                 try:
-                    a.worker.continue_accepts = self.tables[host].ends_with_queue(
-                        a.table, a.chain, a.queue_num)
+                    a.worker.continue_accepts = all(self.tables_of[v][host].ends_with_queue(
+                        a.table, a.chain, a.queue_num) for v in a.versions)
                 except LabError:
                     pass                 # reading failed: stay with NF_REPEAT
 
@@ -193,7 +202,7 @@ class World:
         """The host's rules with their counters, or None when they cannot be read now
         (the last counts read are then kept)."""
         try:
-            return parse_rule_counters(self.tables[host].save_counters())
+            return {v: parse_rule_counters(t[host].save_counters()) for v, t in self.tables_of.items()}
         except (OSError, LabError, ValueError):
             return None
 
@@ -219,9 +228,10 @@ class World:
         if queues is None:
             queues = self._kernel_stats(a.host)[0]
         tally = a.tally
-        matched = None if rules is None else queue_rule_packets(
-            rules, a.table, a.chain, a.queue_num, ipt.mark_bit(a.queue_num))
-        rule_packets = tally.total("rule_packets", matched)
+        # One queue for both IP versions: its rule counters add up (each kept on its own).
+        rule_packets = sum(tally.total(f"rule_packets{v}", None if rules is None else queue_rule_packets(
+            rules.get(v, {}), a.table, a.chain, a.queue_num, ipt.mark_bit(a.queue_num)))
+            for v in a.versions)
         q = queues.get(a.queue_num)   # None while no listener is bound: keep the last counts
         kept = {k: tally.total(k, None if q is None else q[k])
                 for k in ("queue_dropped", "user_dropped", "id_sequence")}
@@ -280,9 +290,13 @@ class World:
     def attach(self, sess: Session, source: str | None, host: str, table: str = "filter",
                chain: str = "INPUT", match: str = "", name: str | None = None,
                backend: str = "nfqueue", on_overload: str = "accept", position: int | None = None,
-               queue_len: int = 4096, **options) -> dict:
+               queue_len: int = 4096, ip: int | None = None, **options) -> dict:
         self.host(host)
         ipt.check_hook(table, chain)
+        versions = ipt.ip_versions(ip, self.ipv6 and backend != "kernel")
+        if backend == "kernel" and ip == 6:
+            raise LabError("the xt_LUA module handles IPv4 only: attach IPv6 scripts through "
+                           "NFQUEUE (backend='nfqueue')")
         if on_overload not in ("accept", "drop"):
             raise ValueError("on_overload must be 'accept' (fail open) or 'drop'")
         if not isinstance(queue_len, int) or isinstance(queue_len, bool) or not 1 <= queue_len <= 65536:
@@ -323,11 +337,16 @@ class World:
                                  error_verdict=options.get("on_error", "drop"), max_len=queue_len,
                                  ring=max(200, keep))
             thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
+            added = []
             try:
                 worker.wait_bound()
                 rule = ipt.queue_rule(chain, match, qnum, bit)
-                self.tables[host].add(table, rule, position)
+                for v in versions:      # the same rule and queue for each IP version
+                    self.tables_of[v][host].add(table, rule, position)
+                    added.append(v)
             except BaseException:
+                for v in added:
+                    self.tables_of[v][host].delete(table, rule)
                 worker.stop()
                 thread.join(2)
                 with self.lock:
@@ -335,6 +354,7 @@ class World:
                 raise
             a = Attached(name, host, table, chain, match, rule, qnum, worker, thread, options, sess,
                          backend)
+            a.versions = versions
             with self.lock:
                 self.attached[name] = a
             self._rules_changed(host, True)
@@ -423,7 +443,8 @@ class World:
                 finally:
                     self._rules_changed(a.host, True)
             else:
-                self.tables[a.host].delete(a.table, a.rule)
+                for v in a.versions:
+                    self.tables_of[v][a.host].delete(a.table, a.rule)
         finally:
             if a.worker is not None:
                 a.worker.drain()
@@ -478,26 +499,26 @@ class World:
     def send(self, host: str, frames: list, iface: str | None = None, interval: float = 0.0) -> int:
         return traffic.send_frames(self.spaces[host], self.iface_of(host, iface), frames, interval)
 
-    def ping(self, src: str, dst: str, **kw) -> dict:
+    def ping(self, src: str, dst: str, ip: int = 4, **kw) -> dict:
         self.host(src)
-        return traffic.ping(self.spaces[src], topology.resolve(self.hosts, dst), **kw)
+        return traffic.ping(self.spaces[src], topology.resolve(self.hosts, dst, ip), **kw)
 
-    def udp_stream(self, src: str, dst: str, receiver: str | None = None, **kw) -> dict:
+    def udp_stream(self, src: str, dst: str, receiver: str | None = None, ip: int = 4, **kw) -> dict:
         self.host(src)
-        addr = topology.resolve(self.hosts, dst)
+        addr = topology.resolve(self.hosts, dst, ip)
         rx = receiver or self.host_by_addr(dst)
         self.host(rx)
         return traffic.udp_stream(self.spaces[src], self.spaces[rx], addr, **kw)
 
-    def tcp_echo(self, src: str, dst: str, receiver: str | None = None, **kw) -> dict:
+    def tcp_echo(self, src: str, dst: str, receiver: str | None = None, ip: int = 4, **kw) -> dict:
         self.host(src)
-        addr = topology.resolve(self.hosts, dst)
+        addr = topology.resolve(self.hosts, dst, ip)
         rx = receiver or self.host_by_addr(dst)
         return traffic.tcp_echo(self.spaces[src], self.spaces[rx], addr, **kw)
 
-    def udp_blast(self, src: str, dst: str, **kw) -> dict:
+    def udp_blast(self, src: str, dst: str, ip: int = 4, **kw) -> dict:
         self.host(src)
-        return traffic.udp_blast(self.spaces[src], topology.resolve(self.hosts, dst), **kw)
+        return traffic.udp_blast(self.spaces[src], topology.resolve(self.hosts, dst, ip), **kw)
 
     def replay_pcap(self, host: str, path: str, iface: str | None = None, interval: float = 0.0,
                     rewrite_macs: bool = True) -> int:
@@ -528,7 +549,7 @@ class World:
             attached = {n: a.info() for n, a in self.attached.items() if a is not None}
         return {"topology": self.topology, "description": self.description, "hosts": self.hosts, "attached": attached,
                 "pid": os.getpid(), "uid_in_lab": os.getuid(), "uptime": time.time() - self.started,
-                "iptables": self.iptables_program, "interfaces": self.interfaces(),
+                "iptables": self.iptables_program, "interfaces": self.interfaces(), "ipv6": self.ipv6,
                 "sample_interval": self.sample_interval}
 
     def end_session(self, sess: Session) -> None:
@@ -572,6 +593,12 @@ def _dispatch(world: World, sess: Session, cmd: str, args: dict):
     if cmd == "iptables_save":
         world.host(args["host"])
         return world.tables[args["host"]].save()
+    if cmd in ("ip6tables", "ip6tables_save"):
+        world.host(args["host"])
+        if 6 not in world.tables_of:
+            raise LabError("this lab is IPv4 only: it has no ip6tables rules (start it with ipv6=True)")
+        t = world.tables_of[6][args["host"]]
+        return t.run(args["args"]) if cmd == "ip6tables" else t.save()
     if cmd == "interfaces":
         return world.interfaces()
     if cmd == "status":

@@ -24,23 +24,46 @@ PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 
 
+def family(addr: str) -> int:
+    """The socket family of a lab address: IPv6 ones have colons."""
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def _any(addr: str) -> str:
+    return "::" if ":" in addr else "0.0.0.0"
+
+
+def _listener(addr: str, kind: int) -> socket.socket:
+    """A socket to listen on for traffic to ``addr``; an IPv6 one takes only IPv6, so an
+    IPv4 and an IPv6 flow to one port each reach their own."""
+    s = socket.socket(family(addr), kind)
+    if ":" in addr:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return s
+
+
 # -- sending --------------------------------------------------------------------------
 
 def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interval: float = 0.0) -> int:
-    """Send ("l2", ethernet frame) on ``ifname`` or ("l3", IPv4 packet) through routing."""
+    """Send ("l2", ethernet frame) on ``ifname`` or ("l3", IPv4 or IPv6 packet) through
+    routing (IPPROTO_RAW sockets take the packet's own IP header, of either version)."""
+    v6 = any(kind == "l3" and data[:1] and data[0] >> 4 == 6 for kind, data in frames)
 
     def open_socks():
         l2 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         l2.bind((ifname, 0))
         l3 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        return l2, l3
+        l3v6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW) if v6 else None
+        return l2, l3, l3v6
 
-    l2, l3 = ns.run(open_socks)
+    l2, l3, l3v6 = ns.run(open_socks)
     sent = 0
     try:
         for kind, data in frames:
             if kind == "l2":
                 l2.send(data)
+            elif data[0] >> 4 == 6:
+                l3v6.sendto(data, (socket.inet_ntop(socket.AF_INET6, data[24:40]), 0))
             else:
                 dst = socket.inet_ntoa(data[16:20])
                 l3.sendto(data, (dst, 0))
@@ -48,15 +71,22 @@ def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interva
             if interval:
                 time.sleep(interval)
     finally:
-        l2.close()
-        l3.close()
+        for s in (l2, l3, l3v6):
+            if s is not None:
+                s.close()
     return sent
 
 
 def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: float = 1.0,
          size: int = 56) -> dict:
-    """ICMP echo from a host over a raw socket; RTTs in milliseconds of the answered ones."""
-    sock = ns.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+    """ICMP echo (ICMPv6 to an IPv6 address) from a host over a raw socket; RTTs in
+    milliseconds of the answered ones."""
+    v6 = ":" in dst
+    # ICMPv6 raw sockets: the kernel fills in the checksum (it covers a pseudo-header) and
+    # hands back the message without the IPv6 header.
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    request, reply = (128, 129) if v6 else (8, 0)
+    sock = ns.run(lambda: socket.socket(family(dst), socket.SOCK_RAW, proto))
     ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
     pending: dict[int, float] = {}
     rtts: list[float] = []
@@ -70,8 +100,9 @@ def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: fl
         while True:
             now = time.monotonic()
             if seq < count and now >= next_send:
-                hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-                pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + payload), ident, seq) + payload
+                hdr = struct.pack("!BBHHH", request, 0, 0, ident, seq)
+                pkt = struct.pack("!BBHHH", request, 0, 0 if v6 else checksum(hdr + payload),
+                                  ident, seq) + payload
                 pending[seq] = time.monotonic()
                 sock.sendto(pkt, (dst, 0))
                 seq += 1
@@ -90,12 +121,12 @@ def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: fl
                 except BlockingIOError:
                     break
                 t = time.monotonic()
-                ihl = (data[0] & 0x0F) * 4
+                ihl = 0 if v6 else (data[0] & 0x0F) * 4
                 icmp = data[ihl:ihl + 8]
                 if len(icmp) < 8:
                     continue
                 typ, _code, _ck, rid, rseq = struct.unpack("!BBHHH", icmp)
-                if typ == 0 and rid == ident and rseq in pending:
+                if typ == reply and rid == ident and rseq in pending:
                     rtts.append((t - pending.pop(rseq)) * 1000.0)
         lost = sorted(pending)
     finally:
@@ -118,16 +149,16 @@ def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: floa
     size = max(size, 8)
 
     def open_rx():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = _listener(dst, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.bind(("0.0.0.0", port))
+        s.bind((_any(dst), port))
         return s
 
     def open_tx():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(family(dst), socket.SOCK_DGRAM)
         if sport:
-            s.bind(("0.0.0.0", sport))
+            s.bind((_any(dst), sport))
         return s
 
     rx = dst_ns.run(open_rx)
@@ -190,9 +221,9 @@ def tcp_echo(src: NetNS, dst_ns: NetNS, dst: str, port: int = 7000, connections:
     """Run a small echo server on the destination host and make ``connections`` round trips."""
 
     def open_srv():
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = _listener(dst, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
+        s.bind((_any(dst), port))
         s.listen(16)
         return s
 
@@ -221,7 +252,7 @@ def tcp_echo(src: NetNS, dst_ns: NetNS, dst: str, port: int = 7000, connections:
         for _ in range(connections):
             t0 = time.monotonic()
             try:
-                c = src.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                c = src.run(lambda: socket.socket(family(dst), socket.SOCK_STREAM))
                 with c:
                     c.settimeout(timeout)
                     c.connect((dst, port))
@@ -335,7 +366,7 @@ _KEEP: list = []
 _BLAST = """
 import socket, struct, sys, time
 dst, port, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
 pad = bytes(max(size - 8, 0)); pack = struct.Struct("!Q").pack; send = s.sendto; a = (dst, port)
 t = time.monotonic(); err = 0
 for i in range(count):
