@@ -168,6 +168,12 @@ def test_script_drops_exactly_the_ipv6_udp_it_picks(pair6):
     final = h.detach()
     assert_accounted(final, 90)
     assert "NFQUEUE" not in lab.ip6tables_save("server")
+    # A match with IPv4 addresses cannot be an ip6tables rule: the error says what to do,
+    # and nothing is left behind.
+    with pytest.raises(LabError, match=r"(?s)not found.*attach with ip=4 or ip=6"):
+        lab.attach(DROP_V6_9000, match="-p udp -d 10.77.0.2")
+    assert "NFQUEUE" not in lab.iptables_save("server") + lab.ip6tables_save("server")
+    assert lab.attach(DROP_V6_9000, match="-p udp -d 10.77.0.2", ip=4).info["ip"] == [4]
 
 
 def test_rewritten_hop_limit_daddr_and_payload_reach_the_server(router6):
@@ -305,3 +311,34 @@ def test_cli_run_ipv6(tmp_path):
     assert [(r["sent"], r["received"]) for r in out["traffic"]] == [(30, 0), (10, 10)]
     s = out["stats"]
     assert (s["seen"], s["dropped"], s["rule_packets"]) == (40, 30, 40)
+
+
+# ------------------------------------------------------------------ notebook magic
+MAGIC_TRAFFIC = "udp client server:9000 ip=6 count=20 rate=100; udp client server:9000 count=10 rate=100"
+
+
+@pytest.mark.parametrize("backend", ["nfqueue", "replay"])
+def test_magic_up_ipv6_runs_ipv6_flows(monkeypatch, backend):
+    """`%packetscript up --ipv6`, then a cell over IPv4 and IPv6 flows: live through NFQUEUE,
+    and on the replay backend over the same flows made into frames."""
+    import kernel_magic
+    from IPython.utils.capture import capture_output
+    from test_magic import get_shell
+
+    if backend == "replay":
+        monkeypatch.setenv("PACKETSCRIPT_BACKEND", "replay")
+    else:
+        require_lab()
+        monkeypatch.delenv("PACKETSCRIPT_BACKEND", raising=False)
+    shell = get_shell()
+    kernel_magic.load_ipython_extension(shell)
+    try:
+        with capture_output() as cap:
+            shell.run_line_magic("packetscript", "up --ipv6")
+        assert "fd77::2" in cap.stdout
+        s = kernel_magic.run(DROP_V6_9000, "drop6", duration=1.0, display=False,
+                             traffic=MAGIC_TRAFFIC, match="-p udp")
+        assert s.backend == backend
+        assert (s.count("seen"), s.count("dropped"), s.count("accepted")) == (30, 20, 10)
+    finally:
+        kernel_magic.unload_ipython_extension(shell)

@@ -293,10 +293,11 @@ class World:
                queue_len: int = 4096, ip: int | None = None, **options) -> dict:
         self.host(host)
         ipt.check_hook(table, chain)
-        versions = ipt.ip_versions(ip, self.ipv6 and backend != "kernel")
         if backend == "kernel" and ip == 6:
             raise LabError("the xt_LUA module handles IPv4 only: attach IPv6 scripts through "
                            "NFQUEUE (backend='nfqueue')")
+        # xt_LUA rules are iptables rules: the kernel backend sees IPv4 only.
+        versions = ipt.ip_versions(ip, self.ipv6 and backend != "kernel")
         if on_overload not in ("accept", "drop"):
             raise ValueError("on_overload must be 'accept' (fail open) or 'drop'")
         if not isinstance(queue_len, int) or isinstance(queue_len, bool) or not 1 <= queue_len <= 65536:
@@ -342,7 +343,7 @@ class World:
                 worker.wait_bound()
                 rule = ipt.queue_rule(chain, match, qnum, bit)
                 for v in versions:      # the same rule and queue for each IP version
-                    self.tables_of[v][host].add(table, rule, position)
+                    self._add_rule(v, host, table, rule, position, len(versions) > 1)
                     added.append(v)
             except BaseException:
                 for v in added:
@@ -365,6 +366,17 @@ class World:
                 if self.attached.get(name) is None:
                     self.attached.pop(name, None)
             raise
+
+    def _add_rule(self, version: int, host: str, table: str, rule: list[str],
+                  position: int | None, both: bool) -> None:
+        try:
+            self.tables_of[version][host].add(table, rule, position)
+        except ipt.RuleError as exc:
+            if not both:
+                raise
+            raise ipt.RuleError(f"{exc}\nIn a dual-stack lab the rule is added for IPv4 and IPv6: "
+                                "attach with ip=4 or ip=6 for one version only (a match that "
+                                "names addresses needs the version of its addresses)") from None
 
     def _kernel_runner(self, host: str):
         """Runs programs in the host's namespace for the kernel backend. Tests set
