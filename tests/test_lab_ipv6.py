@@ -342,3 +342,32 @@ def test_magic_up_ipv6_runs_ipv6_flows(monkeypatch, backend):
         assert (s.count("seen"), s.count("dropped"), s.count("accepted")) == (30, 20, 10)
     finally:
         kernel_magic.unload_ipython_extension(shell)
+
+
+def test_cli_lab_up_ipv6_and_run_against_it(tmp_path):
+    require_lab()
+    name = f"v6test{os.getpid()}"
+    script = tmp_path / "drop6.lua"
+    script.write_text(DROP_V6_9000)
+    up = cli("lab", "up", "--name", name, "--topology", "router", "--ipv6", "--json")
+    try:
+        assert up.returncode == 0, up.stderr
+        hosts = json.loads(up.stdout)["hosts"]
+        assert (hosts["server"]["ip6"], hosts["router"]["interfaces"][1]["ip6"]) == \
+            ("fd77:0:2::2", "fd77:0:2::254")
+        res = cli("run", str(script), "--lab", name, "--ipv6", "--ip", "6", "--match", "-p udp",
+                  "--traffic", "ping client server ip=6 count=2 rate=20; "
+                               "udp client server:9000 ip=6 count=15 rate=300", "--json")
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert [r["received"] for r in out["traffic"]] == [2, 0]
+        assert (out["stats"]["seen"], out["stats"]["dropped"]) == (15, 15)
+    finally:
+        assert cli("lab", "down", "--name", name).returncode == 0
+    plain = cli("lab", "up", "--name", name, "--json")
+    try:
+        res = cli("run", str(script), "--lab", name, "--ipv6", "--no-traffic", "--duration", "0.1")
+        assert res.returncode == 2 and "is IPv4 only: start it with `packetscript lab up --ipv6`" \
+            in res.stderr
+    finally:
+        assert plain.returncode == 0 and cli("lab", "down", "--name", name).returncode == 0
