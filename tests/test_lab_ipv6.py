@@ -97,6 +97,8 @@ def test_dual_stack_pair_pings_over_ipv6_at_once(pair6):
     assert lab.ping("client", "server", count=3, interval=0.01)["received"] == 3   # IPv4 still
     assert lab.tcp_echo("client", "server", ip=6, connections=2)["ok"] == 2
     assert "NFQUEUE" not in lab.ip6tables_save("server")
+    with pytest.raises(LabError, match="xt_LUA module handles IPv4 only"):
+        lab.attach(DROP_V6_9000, backend="kernel", ip=6)
 
 
 def test_dual_stack_router_forwards_ipv6(router6):
