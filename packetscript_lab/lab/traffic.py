@@ -26,8 +26,10 @@ SO_ATTACH_FILTER = 26
 
 # -- sending --------------------------------------------------------------------------
 
-def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interval: float = 0.0) -> int:
-    """Send ("l2", ethernet frame) on ``ifname`` or ("l3", IPv4 packet) through routing."""
+def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interval: float = 0.0,
+                budget=None) -> int:
+    """Send ("l2", ethernet frame) on ``ifname`` or ("l3", IPv4 packet) through routing.
+    ``budget`` (limits.PacketBudget), when the lab's packet rate is limited, paces every sender."""
 
     def open_socks():
         l2 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -39,6 +41,8 @@ def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interva
     sent = 0
     try:
         for kind, data in frames:
+            if budget:
+                budget.take()
             if kind == "l2":
                 l2.send(data)
             else:
@@ -54,7 +58,7 @@ def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interva
 
 
 def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: float = 1.0,
-         size: int = 56) -> dict:
+         size: int = 56, budget=None) -> dict:
     """ICMP echo from a host over a raw socket; RTTs in milliseconds of the answered ones."""
     sock = ns.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
     ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
@@ -72,6 +76,8 @@ def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: fl
             if seq < count and now >= next_send:
                 hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
                 pkt = struct.pack("!BBHHH", 8, 0, checksum(hdr + payload), ident, seq) + payload
+                if budget:
+                    budget.take()
                 pending[seq] = time.monotonic()
                 sock.sendto(pkt, (dst, 0))
                 seq += 1
@@ -107,7 +113,7 @@ def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: fl
 
 def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: float = 100.0,
                duration: float = 2.0, size: int = 64, count: int | None = None,
-               grace: float = 0.5, sport: int = 0) -> dict:
+               grace: float = 0.5, sport: int = 0, budget=None) -> dict:
     """Send ``count`` (default rate*duration) numbered datagrams at ``rate``/s and count arrivals.
 
     The receiver listens on ``port`` on every address of the receiving host, so a stream to
@@ -164,6 +170,8 @@ def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: floa
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            if budget:
+                budget.take()
             try:
                 tx.sendto(struct.pack("!Q", i) + pad, (dst, port))
                 sent += 1
@@ -185,8 +193,13 @@ def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: floa
 
 # -- TCP echo ------------------------------------------------------------------------------
 
+# What one short echo connection puts on the wire, both ways (handshake, data, echo, acks,
+# close), counted against a lab's packet-rate limit.
+TCP_PACKETS_PER_ECHO = 10
+
+
 def tcp_echo(src: NetNS, dst_ns: NetNS, dst: str, port: int = 7000, connections: int = 3,
-             payload: bytes = b"hello packetscript", timeout: float = 2.0) -> dict:
+             payload: bytes = b"hello packetscript", timeout: float = 2.0, budget=None) -> dict:
     """Run a small echo server on the destination host and make ``connections`` round trips."""
 
     def open_srv():
@@ -219,6 +232,8 @@ def tcp_echo(src: NetNS, dst_ns: NetNS, dst: str, port: int = 7000, connections:
     results = []
     try:
         for _ in range(connections):
+            if budget:
+                budget.take(TCP_PACKETS_PER_ECHO)
             t0 = time.monotonic()
             try:
                 c = src.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
@@ -348,15 +363,35 @@ print(time.monotonic() - t, err)
 
 
 def udp_blast(src: NetNS, dst: str, port: int = 9000, count: int = 20000, size: int = 64,
-              timeout: float = 60.0) -> dict:
+              timeout: float = 60.0, budget=None) -> dict:
     """Send ``count`` datagrams as fast as possible from a separate process in ``src``.
 
     A separate process keeps the sender off the lab process's interpreter lock, so it
-    does not slow the queue workers it is measuring.
+    does not slow the queue workers it is measuring. Under a packet-rate limit (``budget``)
+    the datagrams go from here instead, paced by the lab's bucket.
     """
     import sys
+
+    if budget:
+        return _paced_blast(src, dst, port, int(count), int(size), budget)
 
     res = src.sh([sys.executable, "-c", _BLAST, dst, str(port), str(int(count)), str(int(size))],
                  timeout=timeout)
     elapsed, errors = res.stdout.split()
     return {"sent": int(count) - int(errors), "send_errors": int(errors), "elapsed": float(elapsed)}
+
+
+def _paced_blast(src: NetNS, dst: str, port: int, count: int, size: int, budget) -> dict:
+    sock = src.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    pad, errors, t = bytes(max(size - 8, 0)), 0, time.monotonic()
+    try:
+        for i in range(count):
+            budget.take()
+            try:
+                sock.sendto(struct.pack("!Q", i) + pad, (dst, port))
+            except OSError:
+                errors += 1
+    finally:
+        sock.close()
+    return {"sent": count - errors, "send_errors": errors, "elapsed": time.monotonic() - t,
+            "limited_to": budget.rate}
