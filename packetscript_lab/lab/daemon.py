@@ -54,8 +54,14 @@ def start(name: str = "default", topology="pair", sample_interval: float = 0.5,
     slot, extra = limits.for_new_lab()   # the course's limits; the lab process keeps the slot
     argv += extra
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address(name))
-    listener.listen(8)
+    try:
+        listener.bind(address(name))
+        listener.listen(8)
+    except OSError:
+        listener.close()
+        if slot is not None:
+            os.close(slot)
+        raise
     fd, log_path = tempfile.mkstemp(prefix="packetscript-lab-up-", suffix=".log")
     argv += ["--listen-fd", str(listener.fileno()), "--topology", topology,
              "--interval", str(sample_interval)]
