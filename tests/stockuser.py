@@ -21,17 +21,17 @@ STUDENT = "psl-student"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def student() -> pwd.struct_passwd:
+def student(name: str = STUDENT) -> pwd.struct_passwd:
     """The ordinary account the tests run as (created on first use when we are root)."""
     if os.geteuid() != 0:
         return pwd.getpwuid(os.getuid())
     try:
-        return pwd.getpwnam(STUDENT)
+        return pwd.getpwnam(name)
     except KeyError:
         subprocess.run([programs.find("useradd"), "--create-home", "--shell", "/bin/sh",
-                        "--comment", "PacketScript Lab test student", STUDENT],
+                        "--comment", "PacketScript Lab test student", name],
                        check=True, capture_output=True, text=True)
-        return pwd.getpwnam(STUDENT)
+        return pwd.getpwnam(name)
 
 
 def stock_env(account: pwd.struct_passwd) -> dict[str, str]:
@@ -58,13 +58,13 @@ def _root_only_dirs() -> list[str]:
     return sorted(tops)
 
 
-def command(argv: list[str], stage: Path) -> list[str]:
+def command(argv: list[str], stage: Path, name: str = STUDENT) -> list[str]:
     """``argv`` run as the student. When the interpreter or the checkout lives under /root,
     a private mount namespace (this command only) shows just those directories through a
     tmpfs over /root; the host's mounts are not changed."""
     if os.geteuid() != 0:
         return argv
-    account = student()
+    account = student(name)
     drop = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
             "--clear-groups", "--", *argv]
     tops = _root_only_dirs()
@@ -82,8 +82,11 @@ def command(argv: list[str], stage: Path) -> list[str]:
             "sh", "-c", script, "sh", *drop]
 
 
-def run(argv: list[str], stage: Path, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    """Run ``argv`` as the student with a stock environment, from the student's home."""
-    account = student()
-    return subprocess.run(command(argv, stage), capture_output=True, text=True, timeout=timeout,
-                          env=stock_env(account), cwd=account.pw_dir, **kw)
+def run(argv: list[str], stage: Path, timeout: float = 120, name: str = STUDENT,
+        env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run ``argv`` as the student ``name`` with a stock environment (plus ``env``), from
+    the student's home."""
+    account = student(name)
+    return subprocess.run(command(argv, stage, name), capture_output=True, text=True,
+                          timeout=timeout, env={**stock_env(account), **(env or {})},
+                          cwd=account.pw_dir, **kw)

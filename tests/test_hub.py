@@ -179,7 +179,7 @@ def test_three_students_run_live_cells_at_once_through_the_hub(tmp_path):
     hubdir.mkdir()
     env = dict(os.environ, PSL_HUB_USERS=",".join(STUDENTS), PSL_HUB_ADMIN_TOKEN=token,
                PSL_HUB_PORT=str(port), PSL_HUB_DIR=str(hubdir), PSL_HUB_AUTH="dummy",
-               PSL_HUB_DUMMY_PASSWORD=secrets.token_hex(8))
+               PSL_HUB_DUMMY_PASSWORD=secrets.token_hex(8), PSL_HUB_MAX_LABS="3")
     env["PATH"] = f"{Path(proxy).parent}{os.pathsep}{env['PATH']}"
     env.pop("PACKETSCRIPT_BACKEND", None)
     log = open(tmp_path / "hub.log", "w")
@@ -218,7 +218,8 @@ def test_three_students_run_live_cells_at_once_through_the_hub(tmp_path):
 
         def student(name):
             cells = [
-                "import os, pwd; print('user', pwd.getpwuid(os.getuid()).pw_name)",
+                "import os, pwd; print('user', pwd.getpwuid(os.getuid()).pw_name)\n"
+                "from packetscript_lab.lab import limits; print('max_labs', limits.current().max_labs)",
                 "%load_ext kernel_magic",
                 f'%%packetscript halve --duration 3 --no-dashboard '
                 f'--traffic "udp client server:9000 count={counts[name]} rate=50"\n' + DROP_EVERY_OTHER,
@@ -237,6 +238,7 @@ def test_three_students_run_live_cells_at_once_through_the_hub(tmp_path):
         for acct, name in zip(accounts, STUDENTS):
             text = "\n".join(results[name])
             assert f"user {acct.pw_name}" in text
+            assert "max_labs 3" in text                 # the hub's limit reached the student
             m = re.search(r"packetscript 'halve' on (\w+), [\d.]+ s: (.*)", text)
             assert m, text
             stats = dict((k, int(v)) for k, v in re.findall(r"(\w+) (\d+)", m.group(2)))

@@ -11,6 +11,10 @@
 #   PSL_HUB_PORT           the hub's port on 127.0.0.1 (default 8000); put TLS in front for a class
 #   PSL_HUB_DIR            where the hub keeps its database and cookie secret (default: here)
 #   PSL_HUB_AUTH           "pam" (default) or "dummy" (tests only: any password, listed users)
+#   PSL_HUB_MAX_LABS       labs one student may run at once (PACKETSCRIPT_MAX_LABS in their servers)
+#   PSL_HUB_MAX_PPS        packets a second one lab's traffic may send (PACKETSCRIPT_MAX_PPS)
+# A student can change their own environment: for limits they cannot raise, write them to
+# /etc/packetscript-lab/limits.json as root (docs/classroom.md, "Limits").
 import os
 import sys
 
@@ -42,6 +46,10 @@ else:
 c.JupyterHub.spawner_class = "localprocess"
 c.Spawner.cmd = [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
 c.Spawner.environment = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+for hub_name, lab_name in (("PSL_HUB_MAX_LABS", "PACKETSCRIPT_MAX_LABS"),
+                           ("PSL_HUB_MAX_PPS", "PACKETSCRIPT_MAX_PPS")):
+    if os.environ.get(hub_name):
+        c.Spawner.environment[lab_name] = os.environ[hub_name]
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60
 c.LocalProcessSpawner.shell_cmd = []

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..core import flows
-from . import programs
+from . import limits, programs
 from .protocol import Connection, LabError, decode_error
 from .description import load as load_description
 from .topology import TOPOLOGIES, Host
@@ -250,15 +250,24 @@ class Lab:
         argv += ["--fd", str(child.fileno()), "--topology", topo,
                  "--interval", str(self.sample_interval), "--iptables", iptables]
         try:
+            # The course's limits (limits.py): the lab process keeps this account's slot.
+            slot, extra = limits.for_new_lab()
+        except LabError:
+            child.close()
+            parent.close()
+            raise
+        try:
             # A session of its own: the kernel's interrupt (SIGINT to its process group) must
             # not reach the lab. It still ends with us: it exits when this socket closes.
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                          pass_fds=(child.fileno(),), env=child_env(),
-                                          close_fds=True, start_new_session=True)
+            self._proc = subprocess.Popen(argv + extra, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                          pass_fds=(child.fileno(),) + ((slot,) if slot is not None else ()),
+                                          env=child_env(), close_fds=True, start_new_session=True)
         except OSError as exc:
             raise LabError(f"cannot start the lab process: {exc}. {REPLAY_HINT}") from None
         finally:
             child.close()
+            if slot is not None:
+                os.close(slot)
         self._conn = Connection(parent)
 
     def log(self) -> str:

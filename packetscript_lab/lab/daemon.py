@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import limits
 from .client import Lab, child_env, explain_start_failure, lab_command, require_program
 from .protocol import LabError
 
@@ -52,19 +53,29 @@ def start(name: str = "default", topology="pair", sample_interval: float = 0.5,
     if is_running(name):
         raise LabError(f"a lab named {name!r} is already running; `packetscript lab down` ends it")
     argv = lab_command() + ["--iptables", require_program("iptables")]
+    slot, extra = limits.for_new_lab()   # the course's limits; the lab process keeps the slot
+    argv += extra
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address(name))
-    listener.listen(8)
+    try:
+        listener.bind(address(name))
+        listener.listen(8)
+    except OSError:
+        listener.close()
+        if slot is not None:
+            os.close(slot)
+        raise
     fd, log_path = tempfile.mkstemp(prefix="packetscript-lab-up-", suffix=".log")
     argv += ["--listen-fd", str(listener.fileno()), "--topology", topology,
              "--interval", str(sample_interval)]
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                pass_fds=(listener.fileno(),), env=child_env(),
-                                start_new_session=True)  # not killed with this terminal
+                                pass_fds=(listener.fileno(),) + ((slot,) if slot is not None else ()),
+                                env=child_env(), start_new_session=True)  # not killed with this terminal
     finally:
         os.close(fd)
         listener.close()  # the lab process holds it now
+        if slot is not None:
+            os.close(slot)
     try:
         end = time.monotonic() + timeout
         while time.monotonic() < end:

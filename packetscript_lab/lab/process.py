@@ -118,8 +118,9 @@ def _insert_kernel_script(insert, source: str) -> None:
 
 
 class World:
-    def __init__(self, topo: str, sample_interval: float, iptables_program: str):
+    def __init__(self, topo: str, sample_interval: float, iptables_program: str, budget=None):
         from .description import load
+        self.budget = budget   # limits.PacketBudget when the course limits packets per second
         self.description = load(json.loads(topo) if topo.startswith("{") else topo)
         self.topology = self.description["name"]
         self.sample_interval = sample_interval
@@ -508,29 +509,42 @@ class World:
             raise LabError(f"host {host!r} has no interface {iface!r}")
         return iface
 
+    def _paced(self, rate: float, what: str):
+        """The lab's packet budget (None when unlimited), after refusing a rate above it."""
+        if self.budget is not None:
+            self.budget.check_rate(rate, what)
+        return self.budget
+
     def send(self, host: str, frames: list, iface: str | None = None, interval: float = 0.0) -> int:
-        return traffic.send_frames(self.spaces[host], self.iface_of(host, iface), frames, interval)
+        budget = self._paced(1 / interval if interval else 0, f"send(interval={interval})")
+        return traffic.send_frames(self.spaces[host], self.iface_of(host, iface), frames, interval,
+                                   budget=budget)
 
     def ping(self, src: str, dst: str, ip: int = 4, **kw) -> dict:
         self.host(src)
-        return traffic.ping(self.spaces[src], topology.resolve(self.hosts, dst, ip), **kw)
+        interval = kw.get("interval", 0.2)
+        budget = self._paced(1 / interval if interval else float("inf"), f"ping(interval={interval})")
+        return traffic.ping(self.spaces[src], topology.resolve(self.hosts, dst, ip), budget=budget, **kw)
 
     def udp_stream(self, src: str, dst: str, receiver: str | None = None, ip: int = 4, **kw) -> dict:
         self.host(src)
         addr = topology.resolve(self.hosts, dst, ip)
         rx = receiver or self.host_by_addr(dst)
         self.host(rx)
-        return traffic.udp_stream(self.spaces[src], self.spaces[rx], addr, **kw)
+        budget = self._paced(kw.get("rate", 100.0) or float("inf"),
+                             f"a UDP stream (rate={kw.get('rate', 100.0)})")
+        return traffic.udp_stream(self.spaces[src], self.spaces[rx], addr, budget=budget, **kw)
 
     def tcp_echo(self, src: str, dst: str, receiver: str | None = None, ip: int = 4, **kw) -> dict:
         self.host(src)
         addr = topology.resolve(self.hosts, dst, ip)
         rx = receiver or self.host_by_addr(dst)
-        return traffic.tcp_echo(self.spaces[src], self.spaces[rx], addr, **kw)
+        return traffic.tcp_echo(self.spaces[src], self.spaces[rx], addr, budget=self.budget, **kw)
 
     def udp_blast(self, src: str, dst: str, ip: int = 4, **kw) -> dict:
         self.host(src)
-        return traffic.udp_blast(self.spaces[src], topology.resolve(self.hosts, dst, ip), **kw)
+        return traffic.udp_blast(self.spaces[src], topology.resolve(self.hosts, dst, ip),
+                                 budget=self.budget, **kw)
 
     def replay_pcap(self, host: str, path: str, iface: str | None = None, interval: float = 0.0,
                     rewrite_macs: bool = True) -> int:
@@ -538,7 +552,8 @@ class World:
         i = next(i for i in self.hosts[host].interfaces if i.ifname == ifname)
         frames = traffic.read_pcap(path, topology._mac_bytes(i.mac), topology._mac_bytes(i.peer_mac),
                                    rewrite_macs)
-        return traffic.send_frames(self.spaces[host], ifname, frames, interval)
+        budget = self._paced(1 / interval if interval else 0, f"replay_pcap(interval={interval})")
+        return traffic.send_frames(self.spaces[host], ifname, frames, interval, budget=budget)
 
     def capture_start(self, host: str, bpf: str | None = None, iface: str | None = None) -> int:
         h = self.host(host)
@@ -562,7 +577,8 @@ class World:
         return {"topology": self.topology, "description": self.description, "hosts": self.hosts, "attached": attached,
                 "pid": os.getpid(), "uid_in_lab": os.getuid(), "uptime": time.time() - self.started,
                 "iptables": self.iptables_program, "interfaces": self.interfaces(), "ipv6": self.ipv6,
-                "sample_interval": self.sample_interval}
+                "sample_interval": self.sample_interval,
+                "max_pps": self.budget.rate if self.budget is not None else 0}
 
     def end_session(self, sess: Session) -> None:
         for name in list(sess.handles):
@@ -674,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topology", default="pair")
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--iptables", default="iptables")
+    p.add_argument("--max-pps", type=int, default=0, help="packets/s the traffic commands may send")
+    p.add_argument("--limits-source", default="the limits")
     a = p.parse_args(argv)
 
     # Nothing may write to the client through stdout; stray output goes to the log.
@@ -687,7 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     from packetscript_lab.judge import keep_process_ready
     keep_process_ready()   # replace() then costs a compile, not a Python start-up
     try:
-        world = World(a.topology, a.interval, a.iptables)
+        from .limits import PacketBudget
+        budget = PacketBudget(a.max_pps, source=a.limits_source) if a.max_pps else None
+        world = World(a.topology, a.interval, a.iptables, budget)
     except BaseException as exc:
         traceback.print_exc()
         msg = {"event": "fatal", "error": encode_error(exc)}

@@ -44,9 +44,11 @@ def _listener(addr: str, kind: int) -> socket.socket:
 
 # -- sending --------------------------------------------------------------------------
 
-def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interval: float = 0.0) -> int:
+def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interval: float = 0.0,
+                budget=None) -> int:
     """Send ("l2", ethernet frame) on ``ifname`` or ("l3", IPv4 or IPv6 packet) through
-    routing (IPPROTO_RAW sockets take the packet's own IP header, of either version)."""
+    routing (IPPROTO_RAW sockets take the packet's own IP header, of either version).
+    ``budget`` (limits.PacketBudget), when the lab's packet rate is limited, paces every sender."""
     v6 = any(kind == "l3" and data[:1] and data[0] >> 4 == 6 for kind, data in frames)
 
     def open_socks():
@@ -60,6 +62,8 @@ def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interva
     sent = 0
     try:
         for kind, data in frames:
+            if budget:
+                budget.take()
             if kind == "l2":
                 l2.send(data)
             elif data[0] >> 4 == 6:
@@ -78,7 +82,7 @@ def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interva
 
 
 def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: float = 1.0,
-         size: int = 56) -> dict:
+         size: int = 56, budget=None) -> dict:
     """ICMP echo (ICMPv6 to an IPv6 address) from a host over a raw socket; RTTs in
     milliseconds of the answered ones."""
     v6 = ":" in dst
@@ -103,6 +107,8 @@ def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: fl
                 hdr = struct.pack("!BBHHH", request, 0, 0, ident, seq)
                 pkt = struct.pack("!BBHHH", request, 0, 0 if v6 else checksum(hdr + payload),
                                   ident, seq) + payload
+                if budget:
+                    budget.take()
                 pending[seq] = time.monotonic()
                 sock.sendto(pkt, (dst, 0))
                 seq += 1
@@ -138,7 +144,7 @@ def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: fl
 
 def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: float = 100.0,
                duration: float = 2.0, size: int = 64, count: int | None = None,
-               grace: float = 0.5, sport: int = 0) -> dict:
+               grace: float = 0.5, sport: int = 0, budget=None) -> dict:
     """Send ``count`` (default rate*duration) numbered datagrams at ``rate``/s and count arrivals.
 
     The receiver listens on ``port`` on every address of the receiving host, so a stream to
@@ -195,6 +201,8 @@ def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: floa
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            if budget:
+                budget.take()
             try:
                 tx.sendto(struct.pack("!Q", i) + pad, (dst, port))
                 sent += 1
@@ -216,8 +224,13 @@ def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: floa
 
 # -- TCP echo ------------------------------------------------------------------------------
 
+# What one short echo connection puts on the wire, both ways (handshake, data, echo, acks,
+# close), counted against a lab's packet-rate limit.
+TCP_PACKETS_PER_ECHO = 10
+
+
 def tcp_echo(src: NetNS, dst_ns: NetNS, dst: str, port: int = 7000, connections: int = 3,
-             payload: bytes = b"hello packetscript", timeout: float = 2.0) -> dict:
+             payload: bytes = b"hello packetscript", timeout: float = 2.0, budget=None) -> dict:
     """Run a small echo server on the destination host and make ``connections`` round trips."""
 
     def open_srv():
@@ -250,6 +263,8 @@ def tcp_echo(src: NetNS, dst_ns: NetNS, dst: str, port: int = 7000, connections:
     results = []
     try:
         for _ in range(connections):
+            if budget:
+                budget.take(TCP_PACKETS_PER_ECHO)
             t0 = time.monotonic()
             try:
                 c = src.run(lambda: socket.socket(family(dst), socket.SOCK_STREAM))
@@ -379,15 +394,35 @@ print(time.monotonic() - t, err)
 
 
 def udp_blast(src: NetNS, dst: str, port: int = 9000, count: int = 20000, size: int = 64,
-              timeout: float = 60.0) -> dict:
+              timeout: float = 60.0, budget=None) -> dict:
     """Send ``count`` datagrams as fast as possible from a separate process in ``src``.
 
     A separate process keeps the sender off the lab process's interpreter lock, so it
-    does not slow the queue workers it is measuring.
+    does not slow the queue workers it is measuring. Under a packet-rate limit (``budget``)
+    the datagrams go from here instead, paced by the lab's bucket.
     """
     import sys
+
+    if budget:
+        return _paced_blast(src, dst, port, int(count), int(size), budget)
 
     res = src.sh([sys.executable, "-c", _BLAST, dst, str(port), str(int(count)), str(int(size))],
                  timeout=timeout)
     elapsed, errors = res.stdout.split()
     return {"sent": int(count) - int(errors), "send_errors": int(errors), "elapsed": float(elapsed)}
+
+
+def _paced_blast(src: NetNS, dst: str, port: int, count: int, size: int, budget) -> dict:
+    sock = src.run(lambda: socket.socket(family(dst), socket.SOCK_DGRAM))
+    pad, errors, t = bytes(max(size - 8, 0)), 0, time.monotonic()
+    try:
+        for i in range(count):
+            budget.take()
+            try:
+                sock.sendto(struct.pack("!Q", i) + pad, (dst, port))
+            except OSError:
+                errors += 1
+    finally:
+        sock.close()
+    return {"sent": count - errors, "send_errors": errors, "elapsed": time.monotonic() - t,
+            "limited_to": budget.rate}
