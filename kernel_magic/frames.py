@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from packetscript_lab.core.netutil import checksum, mac_bytes, pseudo_header
+from packetscript_lab.core.netutil import checksum, eth_header, pseudo_header
 
 
 def frame(smac: str, dmac: str, src: str, dst: str, proto: int, l4: bytes,
@@ -18,7 +18,7 @@ def frame(smac: str, dmac: str, src: str, dst: str, proto: int, l4: bytes,
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident & 0xFFFF, 0x4000, ttl,
                       proto, 0, s, d)
     hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
-    return mac_bytes(dmac) + mac_bytes(smac) + b"\x08\x00" + hdr + l4
+    return eth_header(dmac, smac) + hdr + l4
 
 
 def udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:

@@ -27,6 +27,7 @@ import struct
 import time
 
 from packetscript_lab.core import results as _verdicts
+from packetscript_lab.core.netutil import eth_header
 
 __all__ = ["ExerciseFailure", "Submission", "cell", "submission", "udp", "tcp", "ping",
            "verdicts_of", "expect_verdicts", "expect_changes", "expect_delivery"]
@@ -119,8 +120,7 @@ class Packet:
             smac, dmac = src.interfaces[0].mac, src.interfaces[0].peer_mac
         else:
             smac, dmac = "02:77:00:00:00:01", "02:77:00:00:00:02"
-        return bytes.fromhex(dmac.replace(":", "")) + bytes.fromhex(smac.replace(":", "")) \
-            + b"\x08\x00" + self.ip
+        return eth_header(dmac, smac) + self.ip
 
     def __str__(self) -> str:
         return self.text
@@ -228,8 +228,7 @@ def _live_outcomes(sub: Submission, packets: list[Packet]) -> list[Outcome]:
                 raise ValueError(f"{p}: live packets are sent by a lab host; its source is none")
             seen = h.stats()["seen"]
             src = lab.hosts[p.src_host].interfaces[0]
-            frame = bytes.fromhex(src.peer_mac.replace(":", "")) + \
-                bytes.fromhex(src.mac.replace(":", "")) + b"\x08\x00" + p.ip
+            frame = eth_header(src.peer_mac, src.mac) + p.ip
             lab.send(p.src_host, [frame])
             deadline = time.monotonic() + 1.0      # a packet the hook never sees: None
             while time.monotonic() < deadline and h.stats()["seen"] == seen:

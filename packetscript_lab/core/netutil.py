@@ -1,8 +1,11 @@
-"""Checksums and address helpers, once for every part that builds or reads frames."""
+"""Checksums, EtherTypes and address helpers, once for every part that builds or reads frames."""
 from __future__ import annotations
 
 import ipaddress
 import struct
+
+#: EtherTypes of the network layers the lab carries.
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 
 
 def checksum(data: bytes) -> int:
@@ -37,3 +40,10 @@ def pseudo_header(src: str, dst: str, proto: int, length: int) -> bytes:
     if len(s) == 16:
         return s + d + struct.pack("!IxxxB", length, proto)
     return s + d + struct.pack("!BBH", 0, proto, length)
+
+
+def eth_header(dst_mac: str | bytes, src_mac: str | bytes, ethertype: int = ETH_P_IP) -> bytes:
+    """A 14-byte Ethernet header; MACs as text (``02:00:00:00:00:01``) or 6 bytes."""
+    def six(mac):
+        return mac_bytes(mac) if isinstance(mac, str) else bytes(mac)
+    return six(dst_mac) + six(src_mac) + struct.pack("!H", ethertype)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from netfilterqueue import NetfilterQueue
 
-from packetscript_lab.core.results import BY_CODE
+from packetscript_lab.core.results import BODY_CHANGED, BY_CODE, ETH_CHANGED, VERDICT
 
 from .stats import Counters, Recent
 
@@ -205,11 +205,11 @@ class QueueWorker:
         mark_bit, offset, continue_accepts = self.mark_bit, 0, self.continue_accepts
         for i, ((pkt, data, _), code) in enumerate(zip(batch, codes)):
             n = len(data) + 14
-            if code & 32:
+            if code & BODY_CHANGED:
                 outs[i] = new = blob[offset + 14:offset + n]
                 pkt.set_payload(new)
             offset += n
-            v = code & 3
+            v = code & VERDICT
             if v == 1 or (v == 2 and continue_accepts):
                 pkt.accept()
             elif v == 0:
@@ -218,7 +218,7 @@ class QueueWorker:
                 pkt.set_mark(pkt.get_mark() | mark_bit)
                 pkt.repeat()
 
-        verdicts = [code & 3 for code in codes]
+        verdicts = [code & VERDICT for code in codes]
         c.seen += len(batch)
         c.bytes += sum(map(len, datas))
         c.modified += len(outs) - outs.count(None)
@@ -226,7 +226,7 @@ class QueueWorker:
         c.accepted += verdicts.count(1)
         c.continued += verdicts.count(2)
         c.errors += len(errors)
-        c.eth_modified += sum(1 for code in codes if code & 16)
+        c.eth_modified += sum(1 for code in codes if code & ETH_CHANGED)
         self.recent.add_batch(t, datas, outs, [BY_CODE[v] for v in verdicts], errors, eths)
         for error in errors.values():
             if self._errors_reported < 20:

@@ -8,7 +8,13 @@
 -- on where a killed one stopped. Anything unusual in the file (a cut record, an undeclared
 -- interface, a block this driver does not read) ends a batch with a reason; the Python
 -- reader then names the exact problem.
-local E, DEFAULT_ETH = ...
+--
+-- The facts come from Python (core/pcap.py, core/results.py) as configuration: cfg.eth and
+-- cfg.eth6 the synthetic Ethernet headers for IPv4 and IPv6, cfg.link_types the link-type
+-- table (code -> {kind = "ethernet"|"raw"|"cooked", header, proto_at}), cfg.max_record
+-- libpcap's largest packet, cfg.max_header the longest link header, cfg.verdict the
+-- verdict bits of a result code.
+local E, cfg = ...
 local ffi = require("ffi")
 local bit = require("bit")
 
@@ -27,20 +33,18 @@ local C = ffi.C
 local u8p, u16p, u32p = ffi.typeof("const uint8_t *"), ffi.typeof("const uint16_t *"), ffi.typeof("const uint32_t *")
 local MAP_FAILED = ffi.cast("void *", -1)
 
-local MAX_RECORD = 262144          -- libpcap's largest packet
+local MAX_RECORD = cfg.max_record
+local VERDICT = cfg.verdict
 local WINDOW = 32 * 1024 * 1024    -- bytes of the file mapped at a time (open() may change it)
 local PAGE = 4096
 local WORK = 8 * 1024 * 1024       -- bytes of frames per batch at most
 local MAXN = 16384                 -- packets per batch at most
 
-local ETHERNET, RAW, SLL, SLL2 = 1, 101, 113, 276
-local RAW_TYPES = { [12] = true, [14] = true, [101] = true, [228] = true }
-
 local M = {}
 local fd, outfd, size = -1, -1, 0
 local map, map_off, map_len = nil, 0, 0
 local format, nano = nil, false     -- "pcap" or "pcapng"; pcap's ns timestamps
-local linktype, frame_kind = nil, nil
+local linktype, frame_kind, cooked_hdr, proto_at = nil, nil, 0, 0
 local ifaces = {}                   -- pcapng: {linktype, units per second} per interface
 
 -- Buffers from malloc, not from the Lua heap: they must not count against max_memory.
@@ -57,10 +61,12 @@ local L = alloc("int32_t *", MAXN, 4)
 local T = alloc("double *", MAXN, 8)
 local SEC = alloc("uint32_t *", MAXN, 4)
 local USEC = alloc("uint32_t *", MAXN, 4)
-local HDR = alloc("uint8_t *", 20 * MAXN, 1)   -- cooked headers, put back on output
+local MAXHDR = cfg.max_header                  -- the longest cooked header in the table
+local HDR = alloc("uint8_t *", MAXHDR * MAXN, 1)   -- cooked headers, put back on output
 local R = alloc("uint8_t *", MAXN, 1)
-local ETH = ffi.new("uint8_t[14]")
-ffi.copy(ETH, DEFAULT_ETH, 14)
+local ETH, ETH6 = ffi.new("uint8_t[14]"), ffi.new("uint8_t[14]")
+ffi.copy(ETH, cfg.eth, 14)
+ffi.copy(ETH6, cfg.eth6, 14)
 
 local function unmap()
   if map ~= nil then C.munmap(ffi.cast("void *", map), map_len); map = nil end
@@ -84,13 +90,6 @@ end
 
 local function u32(p, at) return ffi.cast(u32p, p + at)[0] end
 local function u16(p, at) return ffi.cast(u16p, p + at)[0] end
-
-local function kind_of(lt)
-  if lt == ETHERNET then return "eth" end
-  if RAW_TYPES[lt] then return "raw" end
-  if lt == SLL then return "sll" end
-  if lt == SLL2 then return "sll2" end
-end
 
 -- pcapng: an Interface Description Block's link type and timestamp units per second.
 local function read_idb(p, blen)
@@ -157,8 +156,9 @@ function M.open(path, out_path, resume_at, window)
   else
     return nil, "not a little-endian pcap or pcapng file"
   end
-  frame_kind = kind_of(linktype)
-  if not frame_kind then return nil, "link type " .. tostring(linktype) end
+  local lt = cfg.link_types[linktype]
+  if not lt then return nil, "link type " .. tostring(linktype) end
+  frame_kind, cooked_hdr, proto_at = lt.kind, lt.header, lt.proto_at
   if format == "pcapng" and resume_at and resume_at > 0 then
     local why = scan_blocks(0, resume_at)
     if why then return nil, why end
@@ -179,18 +179,17 @@ end
 
 -- Puts record i (captured bytes at p, caplen) into the work buffer as an Ethernet frame.
 local function frame_in(i, p, caplen, wpos)
-  if frame_kind == "eth" then
+  if frame_kind == "ethernet" then
     ffi.copy(work + wpos, p, caplen)
     return caplen
   elseif frame_kind == "raw" then
-    ffi.copy(work + wpos, ETH, 14)
+    ffi.copy(work + wpos, bit.rshift(p[0], 4) == 6 and ETH6 or ETH, 14)
     ffi.copy(work + wpos + 14, p, caplen)
     return caplen + 14
   end
-  local hdr, proto_at = 16, 14
-  if frame_kind == "sll2" then hdr, proto_at = 20, 0 end
+  local hdr = cooked_hdr
   if caplen < hdr then return nil end
-  ffi.copy(HDR + 20 * i, p, hdr)
+  ffi.copy(HDR + MAXHDR * i, p, hdr)
   ffi.copy(work + wpos, ETH, 12)
   ffi.copy(work + wpos + 12, p + proto_at, 2)
   ffi.copy(work + wpos + 14, p + hdr, caplen - hdr)
@@ -288,14 +287,13 @@ function M.run(off, maxn, out_off, forced)
   end
   if outfd >= 0 and n > 0 then
     local o, w = 0, 0
-    local hdr, kind = 0, frame_kind
-    if kind == "sll" then hdr = 16 elseif kind == "sll2" then hdr = 20 end
+    local hdr, kind = cooked_hdr, frame_kind
     for i = 0, n - 1 do
       local flen = L[i]
-      if bit.band(R[i], 3) ~= 0 then
+      if bit.band(R[i], VERDICT) ~= 0 then
         local rec = ffi.cast("uint32_t *", outb + o)
         local plen
-        if kind == "eth" then
+        if kind == "ethernet" then
           plen = flen
           ffi.copy(outb + o + 16, work + w, flen)
         elseif kind == "raw" then
@@ -303,7 +301,7 @@ function M.run(off, maxn, out_off, forced)
           ffi.copy(outb + o + 16, work + w + 14, plen)
         else
           plen = hdr + flen - 14
-          ffi.copy(outb + o + 16, HDR + 20 * i, hdr)
+          ffi.copy(outb + o + 16, HDR + MAXHDR * i, hdr)
           ffi.copy(outb + o + 16 + hdr, work + w + 14, flen - 14)
         end
         rec[0], rec[1], rec[2], rec[3] = SEC[i], USEC[i], plen, plen
