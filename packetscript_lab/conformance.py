@@ -122,8 +122,10 @@ class ConformanceResult:
 
 def _ip_packets(packets) -> list[bytes]:
     if isinstance(packets, str):
-        from scapy.utils import rdpcap
-        packets = rdpcap(packets)
+        from packetscript_lab.core import pcap
+        linktype, batches = pcap.read(packets)
+        to_eth, _ = pcap.framer(linktype)
+        packets = [to_eth(d) if to_eth else d for frames, _times in batches for d in frames]
     out = []
     for p in packets:
         raw = bytes(p)

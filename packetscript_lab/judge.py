@@ -33,6 +33,7 @@ from pathlib import Path
 from packetscript_lab.script import (DEFAULT_ETH_HEADER, MAX_OUTPUT_LINES, ON_ERROR, RunResult,
                                      Script, ScriptError, _ErrorLog)
 from packetscript_lab.core import results
+from packetscript_lab.core.netutil import checked_eth_header
 
 # Message kinds. Every message is a 5-byte header (kind, payload length) and the payload.
 READY, COMPILE, BATCH, OK, FAILED = b"R", b"C", b"B", b"O", b"F"
@@ -393,9 +394,7 @@ class Judge:
 
     @eth_header.setter
     def eth_header(self, header: bytes) -> None:
-        if len(header) != 14:
-            raise ValueError("an Ethernet header is 14 bytes: destination MAC, source MAC, type")
-        self._eth_header = bytes(header)
+        self._eth_header = checked_eth_header(header)
 
     def run(self, frame: bytes, ts: float | None = None) -> RunResult:
         ms = (time.monotonic() if ts is None else ts) * 1000

@@ -102,14 +102,15 @@ def _batch(script: Script, payload: bytes, output: _Output) -> bytes:
 
 
 def _capture_config(lua, eth: bytes):
-    """capture.lua's configuration: the link-type table, the synthetic Ethernet headers
-    and the verdict bits, from core (the driver keeps no copy of them)."""
+    """capture.lua's configuration: the link-type table, the file formats' numbers, the
+    synthetic Ethernet headers and the verdict bits, from core (the driver keeps no copy)."""
     links = {code: lua.table_from({b"kind": lt["kind"].encode(), b"header": lt["header"],
                                    b"proto_at": lt["proto_at"]})
              for code, lt in pcap.lua_link_types().items()}
     return lua.table_from({
         b"eth": pcap.eth_for_ip(b"\x45", eth), b"eth6": pcap.eth_for_ip(b"\x60", eth),
         b"link_types": lua.table_from(links), b"max_record": pcap.MAX_RECORD,
+        b"format": lua.table_from({k.encode(): v for k, v in pcap.lua_format().items()}),
         b"max_header": max(lt.header for lt in pcap.LINK_TYPES.values()),
         b"verdict": results.VERDICT})
 

@@ -14,6 +14,7 @@ from importlib import resources
 
 
 from packetscript_lab.core import protocols, results
+from packetscript_lab.core.netutil import checked_eth_header
 from packetscript_lab.core.pcap import DEFAULT_ETH_HEADER
 from packetscript_lab.core.results import BY_CODE, CHANGED, FAILED, ETH_CHANGED, BODY_CHANGED, PRINTED
 
@@ -252,9 +253,7 @@ class Script:
 
     @eth_header.setter
     def eth_header(self, header: bytes) -> None:
-        if len(header) != 14:
-            raise ValueError("an Ethernet header is 14 bytes: destination MAC, source MAC, type")
-        self._eth_header = bytes(header)
+        self._eth_header = checked_eth_header(header)
         self._enter(self._engine.set_eth, self._eth_header)
 
     def judge_ip(self, packet: bytes, ts: float | None = None) -> tuple[int, bytes | None]:

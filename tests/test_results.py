@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from packetscript_lab import Judge, Script

@@ -1,8 +1,9 @@
 """The replay backend: run a script over a pcap/pcapng file or a list of packets.
 
 No privileges needed. Packets cross into Lua in batches (one call per few thousand
-packets on LuaJIT), and scapy's dissection stays out of the hot path: files are read with
-its raw reader, and only frames as bytes are handled here.
+packets on LuaJIT), and scapy's dissection stays out of the hot path: files are read by
+core.pcap (or, on LuaJIT, by the script's own process: backends/capture.py), and only frames
+as bytes are handled here.
 """
 from __future__ import annotations
 

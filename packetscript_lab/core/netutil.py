@@ -6,6 +6,8 @@ import struct
 
 #: EtherTypes of the network layers the lab carries.
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+#: Bytes of an Ethernet header: destination MAC, source MAC, EtherType.
+ETH_HLEN = 14
 
 
 def checksum(data: bytes) -> int:
@@ -40,6 +42,14 @@ def pseudo_header(src: str, dst: str, proto: int, length: int) -> bytes:
     if len(s) == 16:
         return s + d + struct.pack("!IxxxB", length, proto)
     return s + d + struct.pack("!BBH", 0, proto, length)
+
+
+def checked_eth_header(header: bytes) -> bytes:
+    """``header`` as bytes if it is an Ethernet header's length; a clear error if not."""
+    if len(header) != ETH_HLEN:
+        raise ValueError(f"an Ethernet header is {ETH_HLEN} bytes: destination MAC, source MAC, "
+                         f"type (not {len(header)})")
+    return bytes(header)
 
 
 def eth_header(dst_mac: str | bytes, src_mac: str | bytes, ethertype: int = ETH_P_IP) -> bytes:

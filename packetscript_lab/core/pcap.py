@@ -111,6 +111,17 @@ _PCAP_HEADER = struct.Struct("<IHHiIII")
 _RECORD = struct.Struct("<IIII")
 PCAP_MAGIC_US, PCAP_MAGIC_NS = 0xA1B2C3D4, 0xA1B23C4D
 PCAP_HEADER_SIZE = _PCAP_HEADER.size
+# pcapng: block types (section header, interface description, enhanced, simple and obsolete
+# packet blocks), the section's byte-order magic, option codes.
+SHB, IDB, EPB, SPB, OPB, BYTE_ORDER_MAGIC = 0x0A0D0D0A, 1, 6, 3, 2, 0x1A2B3C4D
+OPT_END, OPT_COMMENT, OPT_SHB_USERAPPL, OPT_IF_TSRESOL = 0, 1, 4, 9
+
+
+def lua_format() -> dict:
+    """The formats' numbers as the LuaJIT driver's configuration."""
+    return {"magic_us": PCAP_MAGIC_US, "magic_ns": PCAP_MAGIC_NS, "shb": SHB, "idb": IDB,
+            "epb": EPB, "spb": SPB, "opb": OPB, "bom": BYTE_ORDER_MAGIC, "opt_end": OPT_END,
+            "opt_tsresol": OPT_IF_TSRESOL}
 
 
 def pcap_header(linktype: int, nano: bool = False) -> bytes:
@@ -151,18 +162,19 @@ def write_pcapng(path, packets, linktype: int = ETHERNET, nano: bool = False) ->
     link(linktype)
     digits = 9 if nano else 6
     with open(path, "wb") as f:
-        shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _option(4, b"packetscript_lab") \
-            + _option(0, b"")
-        f.write(_block(0x0A0D0D0A, shb))
-        f.write(_block(1, struct.pack("<HHI", linktype, 0, 0) + _option(9, bytes([digits]))
-                       + _option(0, b"")))
+        shb = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) \
+            + _option(OPT_SHB_USERAPPL, b"packetscript_lab") + _option(OPT_END, b"")
+        f.write(_block(SHB, shb))
+        f.write(_block(IDB, struct.pack("<HHI", linktype, 0, 0)
+                       + _option(OPT_IF_TSRESOL, bytes([digits])) + _option(OPT_END, b"")))
         for data, seconds, comment in packets:
             t = round(seconds * 10**digits)
             body = struct.pack("<IIIII", 0, t >> 32, t & 0xFFFFFFFF, len(data), len(data)) + data
             body += b"\0" * (-len(body) % 4)
             if comment is not None:
-                body += _option(1, comment.encode("utf-8", "replace")) + _option(0, b"")
-            f.write(_block(6, body))
+                body += _option(OPT_COMMENT, comment.encode("utf-8", "replace")) \
+                    + _option(OPT_END, b"")
+            f.write(_block(EPB, body))
 
 
 # ---------------------------------------------------------------------- reading

@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 
+from ..core import pcap
 from ..core.netutil import checksum
 from .netns import NetNS
 from .protocol import LabError

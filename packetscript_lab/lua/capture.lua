@@ -12,8 +12,8 @@
 -- The facts come from Python (core/pcap.py, core/results.py) as configuration: cfg.eth and
 -- cfg.eth6 the synthetic Ethernet headers for IPv4 and IPv6, cfg.link_types the link-type
 -- table (code -> {kind = "ethernet"|"raw"|"cooked", header, proto_at}), cfg.max_record
--- libpcap's largest packet, cfg.max_header the longest link header, cfg.verdict the
--- verdict bits of a result code.
+-- libpcap's largest packet, cfg.max_header the longest link header, cfg.format the pcap and
+-- pcapng numbers, cfg.verdict the verdict bits of a result code.
 local E, cfg = ...
 local ffi = require("ffi")
 local bit = require("bit")
@@ -34,6 +34,11 @@ local u8p, u16p, u32p = ffi.typeof("const uint8_t *"), ffi.typeof("const uint16_
 local MAP_FAILED = ffi.cast("void *", -1)
 
 local MAX_RECORD = cfg.max_record
+-- The file formats' numbers (core/pcap.py): pcap magics; pcapng block types, the byte-order
+-- magic and the option codes read here.
+local F = cfg.format
+local MAGIC_US, MAGIC_NS, SHB, IDB, EPB, SPB, OPB, BOM, OPT_END, OPT_TSRESOL =
+      F.magic_us, F.magic_ns, F.shb, F.idb, F.epb, F.spb, F.opb, F.bom, F.opt_end, F.opt_tsresol
 local VERDICT = cfg.verdict
 local WINDOW = 32 * 1024 * 1024    -- bytes of the file mapped at a time (open() may change it)
 local PAGE = 4096
@@ -97,8 +102,8 @@ local function read_idb(p, blen)
   local at = 16
   while at + 4 <= blen - 4 do
     local code, olen = u16(p, at), u16(p, at + 2)
-    if code == 0 then break end
-    if code == 9 and olen >= 1 then
+    if code == OPT_END then break end
+    if code == OPT_TSRESOL and olen >= 1 then
       local v = p[at + 4]
       resol = bit.band(v, 0x80) ~= 0 and 2 ^ bit.band(v, 0x7f) or 10 ^ v
       if resol > 2 ^ 63 then resol = 2 ^ 63 end
@@ -118,8 +123,8 @@ local function scan_blocks(from, to)
     if blen < 12 or blen % 4 ~= 0 then return "bad block length" end
     p = view(off, blen)
     if not p then return "cut block" end
-    if btype == 0x0A0D0D0A then ifaces = {}
-    elseif btype == 1 then ifaces[#ifaces] = nil; ifaces[#ifaces + 1] = { read_idb(p, blen) } end
+    if btype == SHB then ifaces = {}
+    elseif btype == IDB then ifaces[#ifaces] = nil; ifaces[#ifaces + 1] = { read_idb(p, blen) } end
     off = off + blen
   end
 end
@@ -136,9 +141,9 @@ function M.open(path, out_path, resume_at, window)
   local p = view(0, 24)
   if not p then return nil, "too short" end
   local magic, start = u32(p, 0), 0
-  if magic == 0xa1b2c3d4 or magic == 0xa1b23c4d then
-    format, nano, linktype, start = "pcap", magic == 0xa1b23c4d, u32(p, 20), 24
-  elseif magic == 0x0A0D0D0A and u32(p, 8) == 0x1A2B3C4D then
+  if magic == MAGIC_US or magic == MAGIC_NS then
+    format, nano, linktype, start = "pcap", magic == MAGIC_NS, u32(p, 20), 24
+  elseif magic == SHB and u32(p, 8) == BOM then
     format, start = "pcapng", 0
     -- The link type of the first interface (before the first packet) names the output's.
     local off = 0
@@ -148,8 +153,8 @@ function M.open(path, out_path, resume_at, window)
       if not q then return nil, "no interface" end
       local btype, blen = u32(q, 0), u32(q, 4)
       if blen < 12 or blen % 4 ~= 0 or not view(off, blen) then return nil, "bad block" end
-      if btype == 1 then linktype = read_idb(view(off, blen), blen)
-      elseif btype == 6 or btype == 3 or btype == 2 then return nil, "packet before interface" end
+      if btype == IDB then linktype = read_idb(view(off, blen), blen)
+      elseif btype == EPB or btype == SPB or btype == OPB then return nil, "packet before interface" end
       off = off + blen
     end
     ifaces = {}
@@ -228,7 +233,7 @@ local function next_pcapng(off)
     if blen < 12 or blen % 4 ~= 0 then return false, "bad block length" end
     p = view(off, blen)
     if not p then return false, "cut block" end
-    if btype == 6 then
+    if btype == EPB then
       local iface = ifaces[u32(p, 8) + 1]
       if not iface then return false, "undeclared interface" end
       if iface[1] ~= linktype then return false, "mixed link types" end
@@ -245,12 +250,12 @@ local function next_pcapng(off)
       local usec = math.floor(part * 1e6 / tonumber(units) + 0.5)
       if usec >= 1000000 then sec, usec = sec + 1, usec - 1000000 end
       return p + 28, caplen, sec, usec, ms, off + blen
-    elseif btype == 0x0A0D0D0A then
-      if u32(p, 8) ~= 0x1A2B3C4D then return false, "big-endian section" end
+    elseif btype == SHB then
+      if u32(p, 8) ~= BOM then return false, "big-endian section" end
       ifaces = {}
-    elseif btype == 1 then
+    elseif btype == IDB then
       ifaces[#ifaces + 1] = { read_idb(p, blen) }
-    elseif btype == 2 or btype == 3 then
+    elseif btype == OPB or btype == SPB then
       return false, "obsolete or simple packet block"
     end
     off = off + blen
