@@ -38,5 +38,3 @@ def icmp_echo(ident: int, seq: int, payload: bytes) -> bytes:
     msg = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload
     return msg[:2] + struct.pack("!H", checksum(msg)) + msg[4:]
 
-
-TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}

@@ -8,6 +8,13 @@ import struct
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 #: Bytes of an Ethernet header: destination MAC, source MAC, EtherType.
 ETH_HLEN = 14
+#: TCP flag bits by their letters, in tcpdump's order.
+TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20}
+
+
+def tcp_flag_letters(bits: int) -> str:
+    """``0x12`` as ``"SA"``; the empty string for none."""
+    return "".join(c for c, m in TCP_FLAGS.items() if bits & m)
 
 
 def checksum(data: bytes) -> int:

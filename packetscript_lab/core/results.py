@@ -15,6 +15,7 @@ CONTINUE = "continue"
 BY_CODE = (DROP, ACCEPT, CONTINUE)
 ALL = BY_CODE
 CODE = {v: i for i, v in enumerate(BY_CODE)}
+DROP_CODE, ACCEPT_CODE, CONTINUE_CODE = (CODE[v] for v in BY_CODE)
 
 #: The verdict's bits: ``code & VERDICT`` indexes BY_CODE (0, drop, means the packet stops).
 VERDICT = 3
@@ -37,7 +38,7 @@ FLAGS = {"changed": CHANGED, "failed": FAILED, "eth_changed": ETH_CHANGED,
 
 def lua_table() -> dict:
     """The names and bits as the Lua runner's configuration ``results``."""
-    return {"verdict": VERDICT, **FLAGS}
+    return {"verdict": VERDICT, **CODE, **FLAGS}
 
 
 def verdict(code: int) -> str:
@@ -47,4 +48,4 @@ def verdict(code: int) -> str:
 
 def passes(code: int) -> bool:
     """Whether the packet goes on (accept or continue)."""
-    return code & VERDICT != CODE[DROP]
+    return code & VERDICT != DROP_CODE

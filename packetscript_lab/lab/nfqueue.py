@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 from netfilterqueue import NetfilterQueue
 
-from packetscript_lab.core.results import BODY_CHANGED, BY_CODE, ETH_CHANGED, VERDICT
+from packetscript_lab.core.results import (ACCEPT_CODE, BODY_CHANGED, BY_CODE, CONTINUE_CODE,
+                                           DROP_CODE, ETH_CHANGED, VERDICT)
 
 from .stats import Counters, Recent
 
@@ -210,9 +211,9 @@ class QueueWorker:
                 pkt.set_payload(new)
             offset += n
             v = code & VERDICT
-            if v == 1 or (v == 2 and continue_accepts):
+            if v == ACCEPT_CODE or (v == CONTINUE_CODE and continue_accepts):
                 pkt.accept()
-            elif v == 0:
+            elif v == DROP_CODE:
                 pkt.drop()
             else:
                 pkt.set_mark(pkt.get_mark() | mark_bit)
@@ -222,9 +223,9 @@ class QueueWorker:
         c.seen += len(batch)
         c.bytes += sum(map(len, datas))
         c.modified += len(outs) - outs.count(None)
-        c.dropped += verdicts.count(0)
-        c.accepted += verdicts.count(1)
-        c.continued += verdicts.count(2)
+        c.dropped += verdicts.count(DROP_CODE)
+        c.accepted += verdicts.count(ACCEPT_CODE)
+        c.continued += verdicts.count(CONTINUE_CODE)
         c.errors += len(errors)
         c.eth_modified += sum(1 for code in codes if code & ETH_CHANGED)
         self.recent.add_batch(t, datas, outs, [BY_CODE[v] for v in verdicts], errors, eths)

@@ -24,6 +24,7 @@ local ON_ERROR = cfg.on_error_code
 local R = cfg.results
 local CHANGED, FAILED, ETH_CHANGED, BODY_CHANGED, PRINTED =
       R.changed, R.failed, R.eth_changed, R.body_changed, R.printed
+local DROP, ACCEPT, CONTINUE = R.drop, R.accept, R["continue"]
 local FIX = cfg.fix_checksums
 
 -- ---------------------------------------------------------------- budget
@@ -280,7 +281,7 @@ local function call_user()
 end
 
 local function verdict_code(v)
-  if v == 0 then return 0 elseif v == 1 then return 1 elseif v == 4294967295 or v == -1 then return 2 end
+  if v == 0 then return DROP elseif v == 1 then return ACCEPT elseif v == 4294967295 or v == -1 then return CONTINUE end
 end
 
 -- The error for a return value that is no verdict, at the line that returned it.
@@ -297,8 +298,8 @@ local function bad_verdict(v)
   return { "verdict " .. tostring(v) .. " is not supported here: return NF_DROP, NF_ACCEPT or XT_CONTINUE", line }
 end
 
--- Runs the script on the packet in the API's buffer. Returns code (0 drop, 1 accept,
--- 2 continue), whether it wrote any byte, and the error {message, line} if it failed.
+-- Runs the script on the packet in the API's buffer. Returns the verdict's code (DROP,
+-- ACCEPT, CONTINUE), whether it wrote any byte, and the error {message, line} if it failed.
 -- The drivers then compare with the input: a packet changed only if its bytes differ,
 -- and only then are its checksums fixed.
 local function process(len, ts)
