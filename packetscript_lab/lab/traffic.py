@@ -257,7 +257,12 @@ def read_pcap(path: str, src_mac: bytes, dst_mac: bytes, rewrite_macs: bool = Tr
     lt = pcap.link(linktype)
     if lt.kind == "ethernet":
         return [("l2", dst_mac + src_mac + d[12:] if rewrite_macs else d) for _t, d in packets]
-    return [("l3", d[lt.header:]) for _t, d in packets]
+    out = [("l3", d[lt.header:]) for _t, d in packets]
+    for n, (_kind, ip) in enumerate(out, 1):
+        if ip[:1] and ip[0] >> 4 != 4:
+            raise LabError(f"{path}: packet {n} is not IPv4; packets of a {lt.name} capture are "
+                           "sent through IPv4 routing: give an Ethernet capture for other packets")
+    return out
 
 
 # -- capture ---------------------------------------------------------------------------------
