@@ -16,7 +16,7 @@ from ..core.netfilter import TABLES
 from .checker import Report, check_source
 from .rules import MAX_SCRIPT_PATH, MAX_STATE_ID, rule_args
 
-__all__ = ["ExportPlan", "NotExportable", "export_script", "OPENWRT_PACKAGES", "TABLES"]
+__all__ = ["ExportPlan", "NotExportable", "export_script", "OPENWRT_PACKAGES"]
 
 OPENWRT_PACKAGES = ("kmod-ipt-lua", "iptables-mod-lua")
 DEFAULT_DIR = "/etc/packetscript"
