@@ -20,13 +20,13 @@ import argparse
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from packetscript_lab.core import pcap
 from packetscript_lab.examples import dnat
 
 DNAT = dnat("10.77.2.2")
@@ -47,15 +47,12 @@ def make_pcap(path: Path, count: int) -> None:
         pkt = (Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02")
                / IP(src="10.77.1.1", dst="10.77.1.2") / l4 / Raw(b"p" * (16 + 8 * (i % 16))))
         templates.append(bytes(pkt))
-    record = struct.Struct("<IIII")
     with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        f.write(pcap.pcap_header(pcap.ETHERNET))
         chunk = []
         for i in range(count):
-            data = templates[i % 64]
-            chunk.append(record.pack(1_700_000_000 + i // 1000, (i % 1000) * 1000, len(data), len(data)))
-            chunk.append(data)
-            if len(chunk) >= 20000:
+            chunk.append(pcap.pcap_record(templates[i % 64], 1_700_000_000 + i / 1000))
+            if len(chunk) >= 10000:
                 f.write(b"".join(chunk))
                 chunk = []
         f.write(b"".join(chunk))

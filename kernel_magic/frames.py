@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from packetscript_lab.core.netutil import checksum, mac_bytes, pseudo_header
+from packetscript_lab.core.netutil import checksum, eth_header, pseudo_header
 
 
 def frame(smac: str, dmac: str, src: str, dst: str, proto: int, l4: bytes,
@@ -18,7 +18,7 @@ def frame(smac: str, dmac: str, src: str, dst: str, proto: int, l4: bytes,
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident & 0xFFFF, 0x4000, ttl,
                       proto, 0, s, d)
     hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
-    return mac_bytes(dmac) + mac_bytes(smac) + b"\x08\x00" + hdr + l4
+    return eth_header(dmac, smac) + hdr + l4
 
 
 def frame6(smac: str, dmac: str, src: str, dst: str, next_header: int, l4: bytes,
@@ -53,5 +53,3 @@ def icmp_echo(ident: int, seq: int, payload: bytes) -> bytes:
     msg = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload
     return msg[:2] + struct.pack("!H", checksum(msg)) + msg[4:]
 
-
-TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}

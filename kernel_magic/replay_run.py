@@ -18,8 +18,6 @@ import time
 
 from packetscript_lab import Judge
 
-ETHERNET = 1
-RAW_IP = {12, 14, 101, 228}     # link types whose packets start at the IP header
 MAX_GAP = 1.0
 PACES = ("recorded", "fast")
 BATCH = 2000

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from packetscript_lab.core.flows import Flow, TrafficError, check_hosts, check_load, is_address
+from packetscript_lab.core.netutil import TCP_FLAGS
 
 
 def build_packets(flows: list[Flow], hosts: dict, seconds: float) -> list[tuple[float, bytes]]:
@@ -90,7 +91,7 @@ def _flow_packets(flow: Flow, src, dst, seconds: float):
             yield i * gap, l2(1, echo, i)
     else:  # tcp: what the server sees of short client connections
         payload = flow.tcp_payload()
-        f = frames.TCP_FLAGS
+        f = TCP_FLAGS
         t, ident = 0.0, 0
         for c in range(flow.connections):
             sport, seq = 41000 + c, 1000 * (c + 1)

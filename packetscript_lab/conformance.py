@@ -27,13 +27,14 @@ from __future__ import annotations
 import html
 import time
 
+from packetscript_lab.core.netutil import ETH_P_IP, eth_header
 from packetscript_lab.script import ScriptError
 from dataclasses import dataclass, field
 
 __all__ = ["compare", "ConformanceResult", "PacketRow", "Outcome", "BACKENDS"]
 
 BACKENDS = ("replay", "faithful", "nfqueue", "kernel", "xtlua-vm")
-_ETHERTYPE_IP = b"\x08\x00"
+_ETHERTYPE_IP = ETH_P_IP.to_bytes(2, "big")
 
 
 @dataclass
@@ -121,8 +122,10 @@ class ConformanceResult:
 
 def _ip_packets(packets) -> list[bytes]:
     if isinstance(packets, str):
-        from scapy.utils import rdpcap
-        packets = rdpcap(packets)
+        from packetscript_lab.core import pcap
+        linktype, batches = pcap.read(packets)
+        to_eth, _ = pcap.framer(linktype)
+        packets = [to_eth(d) if to_eth else d for frames, _times in batches for d in frames]
     out = []
     for p in packets:
         raw = bytes(p)
@@ -290,14 +293,12 @@ def compare(source: str, packets, backends=("replay", "nfqueue"), lab=None, *,
             if readdress:
                 dst = lab.hosts["server"].ip
                 ips = _readdress(ips, client.ip, dst)
-            eth = (bytes.fromhex(iface.peer_mac.replace(":", ""))
-                   + bytes.fromhex(iface.mac.replace(":", "")) + _ETHERTYPE_IP)
+            eth = eth_header(iface.peer_mac, iface.mac)
         elif readdress:
             ips = _readdress(ips, "10.77.0.1", "10.77.0.2")
         if lab is None and ("xtlua-vm" in backends or vm_frame):
             from packetscript_lab.xtlua.vm import GUEST_MAC, ROUTER_MAC
-            eth = (bytes.fromhex(ROUTER_MAC.replace(":", ""))     # the frame the VM's router gets
-                   + bytes.fromhex(GUEST_MAC.replace(":", "")) + _ETHERTYPE_IP)
+            eth = eth_header(ROUTER_MAC, GUEST_MAC)     # the frame the VM's router gets
         results: dict[str, list[Outcome]] = {}
         unavailable: dict[str, str] = {}
         for b in backends:

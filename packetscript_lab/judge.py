@@ -32,7 +32,8 @@ from pathlib import Path
 
 from packetscript_lab.script import (DEFAULT_ETH_HEADER, MAX_OUTPUT_LINES, ON_ERROR, RunResult,
                                      Script, ScriptError, _ErrorLog)
-from packetscript_lab.core.results import BY_CODE
+from packetscript_lab.core import results
+from packetscript_lab.core.netutil import checked_eth_header
 
 # Message kinds. Every message is a 5-byte header (kind, payload length) and the payload.
 READY, COMPILE, BATCH, OK, FAILED = b"R", b"C", b"B", b"O", b"F"
@@ -275,7 +276,7 @@ class Judge:
         self.output: list[str] = []
         self.last_error = None
         self._errors = _ErrorLog()
-        self._error_code = ON_ERROR.get(self.on_error, 0) | 8
+        self._error_code = ON_ERROR.get(self.on_error, 0) | results.FAILED
         self.restarts = self.timeouts = self.crashes = self.unjudged = 0
         self._eth_header = DEFAULT_ETH_HEADER
         self._lock = threading.RLock()
@@ -393,9 +394,7 @@ class Judge:
 
     @eth_header.setter
     def eth_header(self, header: bytes) -> None:
-        if len(header) != 14:
-            raise ValueError("an Ethernet header is 14 bytes: destination MAC, source MAC, type")
-        self._eth_header = bytes(header)
+        self._eth_header = checked_eth_header(header)
 
     def run(self, frame: bytes, ts: float | None = None) -> RunResult:
         ms = (time.monotonic() if ts is None else ts) * 1000
@@ -403,22 +402,25 @@ class Judge:
         error = errors.get(0)
         if error is not None:
             self.last_error = error
-        changed = bool(codes[0] & 4) and blob is not None
-        return RunResult(BY_CODE[codes[0] & 3], blob if changed else frame, changed, error)
+        changed = bool(codes[0] & results.CHANGED) and blob is not None
+        return RunResult(results.verdict(codes[0]), blob if changed else frame, changed, error)
 
     def judge_ip(self, packet: bytes, ts: float | None = None) -> tuple[int, bytes | None]:
         ms = (time.monotonic() if ts is None else ts) * 1000
         codes, blob, errors = self.run_many([self._eth_header + packet], [ms])
         code = codes[0]
-        data = blob[14:] if code & 32 and blob is not None else None
-        if code & 8:
+        data = blob[14:] if code & results.BODY_CHANGED and blob is not None else None
+        if code & results.FAILED:
             self.last_error = errors.get(0)
-        return (code & 3) | (4 if data is not None else 0) | (code & 24), data
+        # The IP packet counts as changed only when bytes after the Ethernet header did.
+        changed = results.CHANGED | results.BODY_CHANGED if data is not None else 0
+        return (code & (results.VERDICT | results.FAILED | results.ETH_CHANGED)) | changed, data
 
     def run_ip(self, packet: bytes, ts: float | None = None) -> RunResult:
         code, data = self.judge_ip(packet, ts)
-        return RunResult(BY_CODE[code & 3], packet if data is None else data, data is not None,
-                         self.last_error if code & 8 else None, bool(code & 16))
+        return RunResult(results.verdict(code), packet if data is None else data, data is not None,
+                         self.last_error if code & results.FAILED else None,
+                         bool(code & results.ETH_CHANGED))
 
     def run_many(self, frames, times_ms=None):
         """As Script.run_many, with the packet that ran past its limit given the error verdict."""

@@ -16,6 +16,7 @@ import time
 
 from packetscript_lab.judge import (BATCH, BATCH_HEAD, CAPTURE, COMPILE, FAILED, HEADER, OK,
                                     RANGE, RANGE_HEAD, RANGE_REPLY, READY, REPLY_HEAD)
+from packetscript_lab.core import pcap, results
 from packetscript_lab.script import Script, ScriptError, _error_records, _lua_source
 
 
@@ -100,6 +101,20 @@ def _batch(script: Script, payload: bytes, output: _Output) -> bytes:
                      bytes(codes), blob or b"", meta_bytes])
 
 
+def _capture_config(lua, eth: bytes):
+    """capture.lua's configuration: the link-type table, the file formats' numbers, the
+    synthetic Ethernet headers and the verdict bits, from core (the driver keeps no copy)."""
+    links = {code: lua.table_from({b"kind": lt["kind"].encode(), b"header": lt["header"],
+                                   b"proto_at": lt["proto_at"]})
+             for code, lt in pcap.lua_link_types().items()}
+    return lua.table_from({
+        b"eth": pcap.eth_for_ip(b"\x45", eth), b"eth6": pcap.eth_for_ip(b"\x60", eth),
+        b"link_types": lua.table_from(links), b"max_record": pcap.MAX_RECORD,
+        b"format": lua.table_from({k.encode(): v for k, v in pcap.lua_format().items()}),
+        b"max_header": max(lt.header for lt in pcap.LINK_TYPES.values()),
+        b"verdict": results.VERDICT})
+
+
 class _Capture:
     """The native replay driver (lua/capture.lua) in the script's own Lua runtime: the
     capture is read, judged and written there, in batches, without a Python object per
@@ -120,7 +135,7 @@ class _Capture:
             return {"fallback": "the native replay runs on LuaJIT only"}
         g = script._lua.globals()
         chunk = g.loadstring(_lua_source("capture.lua"), b"=capture.lua")
-        driver = chunk(script._engine, bytes.fromhex(self.request["eth"]))
+        driver = chunk(script._engine, _capture_config(script._lua, bytes.fromhex(self.request["eth"])))
         out = self.request.get("out")
         r = driver.open(self.request["path"].encode(), out.encode() if out else None, resume_at,
                         self.request.get("window"))

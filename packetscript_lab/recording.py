@@ -25,13 +25,13 @@ import json
 import os
 import platform
 import random
-import struct
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packetscript_lab.core import pcap
 from packetscript_lab.core import results as _verdicts
 
 RECORD_FORMAT = 1
@@ -97,33 +97,6 @@ def versions(lua: str = "luajit") -> dict:
     return out
 
 
-def _block(kind: int, body: bytes) -> bytes:
-    body += b"\0" * (-len(body) % 4)
-    n = len(body) + 12
-    return struct.pack("<II", kind, n) + body + struct.pack("<I", n)
-
-
-def _option(code: int, value: bytes) -> bytes:
-    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
-
-
-def _write_pcapng(path: Path, frames: list[tuple[bytes, float, str]]) -> None:
-    """A pcapng file: one section, one Ethernet interface (microsecond times), one Enhanced
-    Packet Block per frame with its comment (opt_comment, code 1). Written here because
-    scapy 2.6's writer leaves the header out when driven packet by packet."""
-    with open(path, "wb") as f:
-        shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _option(4, b"packetscript_lab") \
-            + _option(0, b"")
-        f.write(_block(0x0A0D0D0A, shb))
-        f.write(_block(1, struct.pack("<HHI", 1, 0, 0) + _option(9, b"\x06") + _option(0, b"")))
-        for data, ts, comment in frames:
-            t = int(round(ts * 1e6))
-            body = struct.pack("<IIIII", 0, t >> 32, t & 0xFFFFFFFF, len(data), len(data)) + data
-            body += b"\0" * (-len(body) % 4)
-            body += _option(1, comment.encode("utf-8", "replace")) + _option(0, b"")
-            f.write(_block(6, body))
-
-
 def summarize(entries: list[Entry]) -> dict:
     counts = dict.fromkeys(_verdicts.ALL, 0)
     for e in entries:
@@ -155,8 +128,8 @@ def write(directory, source: str, entries: list[Entry], *, options: dict, backen
     for e in entries:
         if e.after is not None and not e.changed:
             e.changed = changed_fields(e.frame, e.after) or ["length"]
-    _write_pcapng(d / SEEN, [(e.frame, e.time, comment_of(n, e)) for n, e in enumerate(entries, 1)])
-    _write_pcapng(d / LEFT, [(e.after if e.after is not None else e.frame, e.time,
+    pcap.write_pcapng(d / SEEN, [(e.frame, e.time, comment_of(n, e)) for n, e in enumerate(entries, 1)])
+    pcap.write_pcapng(d / LEFT, [(e.after if e.after is not None else e.frame, e.time,
                               f"from #{n} verdict={e.verdict}")
                              for n, e in enumerate(entries, 1) if e.verdict != _verdicts.DROP])
     (d / SCRIPT).write_text(source)
@@ -178,31 +151,29 @@ def write(directory, source: str, entries: list[Entry], *, options: dict, backen
 
 def judge_entries(script, frames: list[bytes], times_s: list[float]) -> list[Entry]:
     """Run a Script or Judge over Ethernet frames, batch by batch, keeping each packet."""
-    from packetscript_lab.backends.replay import BATCH
-
     out: list[Entry] = []
-    for start in range(0, len(frames), BATCH):
-        chunk, ts = frames[start:start + BATCH], times_s[start:start + BATCH]
+    for start in range(0, len(frames), pcap.BATCH):
+        chunk, ts = frames[start:start + pcap.BATCH], times_s[start:start + pcap.BATCH]
         codes, blob, errors = script.run_many(chunk, [t * 1000 for t in ts])
         offset = 0
         for i, (f, code) in enumerate(zip(chunk, codes)):
-            after = blob[offset:offset + len(f)] if code & 4 and blob is not None else None
+            after = blob[offset:offset + len(f)] if code & _verdicts.CHANGED and blob is not None else None
             offset += len(f)
             err = errors.get(i)
-            out.append(Entry(f, _verdicts.BY_CODE[code & 3], after,
+            out.append(Entry(f, _verdicts.verdict(code), after,
                              None if err is None else str(err), ts[i]))
     return out
 
 
 def _frames_of(packets_or_path) -> tuple[list[bytes], list[float]]:
     """Ethernet frames and times (seconds, to the microsecond, as pcapng keeps them)."""
-    from packetscript_lab.backends.replay import _batches_from_packets, _framer, read_capture
+    from packetscript_lab.backends.replay import _batches_from_packets
 
     if isinstance(packets_or_path, (str, os.PathLike)):
-        linktype, batches = read_capture(packets_or_path)
+        linktype, batches = pcap.read(packets_or_path)
     else:
         linktype, batches = _batches_from_packets(list(packets_or_path))
-    to_eth, _ = _framer(linktype)
+    to_eth, _ = pcap.framer(linktype)
     frames, times = [], []
     for fs, ms in batches:
         frames += [to_eth(f) for f in fs] if to_eth else list(fs)
@@ -236,7 +207,7 @@ def record_replay(source: str, packets_or_path, directory, *, traffic=None, topo
 
 def replay_recorded(script_or_source, packets_or_path, directory, out=None, **options):
     """``replay(..., record=DIR)``: the replay's result, and the record written."""
-    from packetscript_lab.backends.replay import ETHERNET, ReplayResult
+    from packetscript_lab.backends.replay import ReplayResult
     from packetscript_lab.judge import Judge
     from packetscript_lab.script import Script
 
@@ -252,7 +223,7 @@ def replay_recorded(script_or_source, packets_or_path, directory, out=None, **op
         source = script_or_source
     summary, path = record_replay(source, packets_or_path, directory, **options)
     result = ReplayResult(packets=summary["packets"], verdicts=summary["verdicts"],
-                          errors=summary["errors"], modified=summary["modified"], linktype=ETHERNET)
+                          errors=summary["errors"], modified=summary["modified"], linktype=pcap.ETHERNET)
     frames, times = _frames_of(path / LEFT)
     result._output, result._output_times = frames, times
     result.record = path

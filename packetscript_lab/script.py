@@ -13,20 +13,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 
-from packetscript_lab.core import protocols
-from packetscript_lab.core.results import BY_CODE
+from packetscript_lab.core import protocols, results
+from packetscript_lab.core.netutil import checked_eth_header
+from packetscript_lab.core.pcap import DEFAULT_ETH_HEADER
+from packetscript_lab.core.results import BY_CODE, CHANGED, FAILED, ETH_CHANGED, BODY_CHANGED, PRINTED
 
 RUNTIMES = {"luajit": "lupa.luajit21", "5.1": "lupa.lua51", "5.4": "lupa.lua54"}
 PROFILES = ("lab", "kernel")
-ON_ERROR = {"drop": 0, "accept": 1}
+ON_ERROR = {v: results.CODE[v] for v in (results.DROP, results.ACCEPT)}
 MAX_KEPT_ERRORS = 20
 MAX_OUTPUT_LINES = 1000
 # Lua memory beyond max_memory that only the engine's own work may use: handing a packet
 # over or a result back must never fail outside a protected call (that aborts the process).
 MEMORY_HEADROOM = 48 << 20
-
-# A synthetic Ethernet header for IP packets (run_ip): locally administered MACs, IPv4.
-DEFAULT_ETH_HEADER = bytes.fromhex("020000000002" "020000000001" "0800")
 
 
 class ScriptError(Exception):
@@ -74,7 +73,6 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
-_CODE = {name: code for code, name in enumerate(BY_CODE)}
 _PROTOCOLS_LUA = protocols.lua_source().encode()     # the protocol table, for packet.lua
 
 
@@ -205,6 +203,7 @@ class Script:
             b"budget": self.budget, b"function": self.function.encode(), b"state_id": self.state_id,
             b"seed": self.seed, b"fix_checksums": self.fix_checksums,
             b"on_error_code": ON_ERROR[self.on_error], b"protocols": table,
+            b"results": self._lua.table_from({k.encode(): v for k, v in results.lua_table().items()}),
             # Lua cuts long chunk names (and with them the line); errors are reported
             # under the script's own name by ScriptError and the CLI.
             b"chunkname": b"script",
@@ -254,30 +253,29 @@ class Script:
 
     @eth_header.setter
     def eth_header(self, header: bytes) -> None:
-        if len(header) != 14:
-            raise ValueError("an Ethernet header is 14 bytes: destination MAC, source MAC, type")
-        self._eth_header = bytes(header)
+        self._eth_header = checked_eth_header(header)
         self._enter(self._engine.set_eth, self._eth_header)
 
     def judge_ip(self, packet: bytes, ts: float | None = None) -> tuple[int, bytes | None]:
         """The per-packet fast path for live backends: ``(code, new_packet)``.
 
-        ``code & 3`` is the verdict index into ``verdicts.BY_CODE``; ``code & 4``: the IP
-        packet changed and ``new_packet`` holds it (else None); ``code & 8``: the script
-        failed (``last_error`` says how); ``code & 16``: it changed the synthetic Ethernet
-        header, which cannot travel with the packet.
+        ``code & results.VERDICT`` is the verdict index into ``results.BY_CODE``;
+        ``CHANGED`` (with ``BODY_CHANGED``): the IP packet changed and ``new_packet`` holds it
+        (else None); ``FAILED``: the script failed (``last_error`` says how);
+        ``ETH_CHANGED``: it changed the synthetic Ethernet header, which cannot travel with
+        the packet.
         """
         r = self._enter(self._run_ip, packet, (time.monotonic() if ts is None else ts) * 1000)
         if r is None:
             self.last_error = self._runtime_failed(1)
-            return ON_ERROR[self.on_error] + 8, None
+            return ON_ERROR[self.on_error] | FAILED, None
         code, data = (r, None) if type(r) is int else r
-        if code & 32:
+        if code & PRINTED:
             self._drain_output()
-        if code & 8:
+        if code & FAILED:
             message, line = self._engine.last_error()
             self.last_error = self._errors.add(self._message(message), self._line(line))
-        return code & 31, data
+        return code & ~PRINTED, data
 
     def run_ip(self, packet: bytes, ts: float | None = None) -> RunResult:
         """Run the script on an IP packet behind the synthetic header ``eth_header``.
@@ -286,8 +284,8 @@ class Script:
         changed the Ethernet header, which cannot travel with an IP packet.
         """
         code, data = self.judge_ip(packet, ts)
-        return RunResult(BY_CODE[code & 3], packet if data is None else data, data is not None,
-                         self.last_error if code & 8 else None, bool(code & 16))
+        return RunResult(results.verdict(code), packet if data is None else data, data is not None,
+                         self.last_error if code & FAILED else None, bool(code & ETH_CHANGED))
 
     # A batch crosses into Lua as one string: bounded, so the engine's headroom covers it.
     MAX_BATCH_BYTES = 8 << 20
@@ -295,9 +293,10 @@ class Script:
     def run_many(self, frames: list[bytes], times_ms: list[float] | None = None):
         """Run the script over many Ethernet frames, crossing into Lua once (on LuaJIT).
 
-        Returns ``(codes, blob, errors)``: one code byte per frame (0 drop, 1 accept,
-        2 continue; + 4 when the frame changed, + 16 when its Ethernet header did, + 32 when
-        the bytes after the header did; + 8 when the script failed on it), the frames after
+        Returns ``(codes, blob, errors)``: one result code per frame (core.results: the
+        verdict; CHANGED when the frame changed, ETH_CHANGED when its Ethernet header did,
+        BODY_CHANGED when the bytes after the header did; FAILED when the script failed on
+        it), the frames after
         the script back to back (None when none changed), and the errors by frame index.
         """
         if times_ms is None:
@@ -315,7 +314,7 @@ class Script:
                         array.array("d", times_ms).tobytes(), len(frames))
         if r is None:
             error = self._runtime_failed(len(frames))
-            code = ON_ERROR[self.on_error] + 8
+            code = ON_ERROR[self.on_error] | FAILED
             return bytes([code]) * len(frames), None, dict.fromkeys(range(len(frames)), error)
         codes, out, errs, nout = r
         if nout:
@@ -329,16 +328,17 @@ class Script:
         codes, outs, errors = bytearray(len(frames)), [], {}
         for i, (frame, ms) in enumerate(zip(frames, times_ms)):
             r = self.run(frame, ms / 1000)
-            code = ON_ERROR[self.on_error] if r.error else _CODE[r.verdict]
+            code = ON_ERROR[self.on_error] if r.error else results.CODE[r.verdict]
             if r.error:
                 errors[i] = r.error
-                code += 8
+                code |= FAILED
             elif r.modified:
                 out = r.data
-                code += 4 + (16 if out[:14] != frame[:14] else 0) + (32 if out[14:] != frame[14:] else 0)
+                code |= (CHANGED | (ETH_CHANGED if out[:14] != frame[:14] else 0)
+                         | (BODY_CHANGED if out[14:] != frame[14:] else 0))
             codes[i] = code
             outs.append(r.data)
-        changed = any(c & 4 for c in codes)
+        changed = any(c & CHANGED for c in codes)
         return bytes(codes), b"".join(outs) if changed else None, errors
 
     # ------------------------------------------------------------------ the runtime itself

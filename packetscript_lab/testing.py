@@ -27,6 +27,7 @@ import struct
 import time
 
 from packetscript_lab.core import results as _verdicts
+from packetscript_lab.core.netutil import TCP_FLAGS, eth_header
 
 __all__ = ["ExerciseFailure", "Submission", "cell", "submission", "udp", "tcp", "ping",
            "verdicts_of", "expect_verdicts", "expect_changes", "expect_delivery"]
@@ -119,8 +120,7 @@ class Packet:
             smac, dmac = src.interfaces[0].mac, src.interfaces[0].peer_mac
         else:
             smac, dmac = "02:77:00:00:00:01", "02:77:00:00:00:02"
-        return bytes.fromhex(dmac.replace(":", "")) + bytes.fromhex(smac.replace(":", "")) \
-            + b"\x08\x00" + self.ip
+        return eth_header(dmac, smac) + self.ip
 
     def __str__(self) -> str:
         return self.text
@@ -161,10 +161,10 @@ def tcp(src: str, dst: str, dport: int = 80, sport: int = 41000, flags: str = "S
         topology="pair") -> Packet:
     """A TCP segment; ``flags`` as letters, e.g. "S", "SA", "A", "PA", "FA", "R"."""
     from kernel_magic import frames
-    bad = set(flags) - set(frames.TCP_FLAGS)
+    bad = set(flags) - set(TCP_FLAGS)
     if bad:
-        raise ValueError(f"TCP flags are letters of {''.join(frames.TCP_FLAGS)}, not {''.join(bad)}")
-    bits = sum(frames.TCP_FLAGS[f] for f in set(flags))
+        raise ValueError(f"TCP flags are letters of {''.join(TCP_FLAGS)}, not {''.join(bad)}")
+    bits = sum(TCP_FLAGS[f] for f in set(flags))
     (sh, sip), (_dh, dip) = _endpoint(src, topology), _endpoint(dst, topology)
     ip = _ip_packet(sip, dip, 6, frames.tcp(sip, dip, sport, dport, seq, ack, bits, payload), ttl)
     return Packet(sh, ip, f"TCP {sip}:{sport} > {dip}:{dport} [{flags}]", topology)
@@ -228,8 +228,7 @@ def _live_outcomes(sub: Submission, packets: list[Packet]) -> list[Outcome]:
                 raise ValueError(f"{p}: live packets are sent by a lab host; its source is none")
             seen = h.stats()["seen"]
             src = lab.hosts[p.src_host].interfaces[0]
-            frame = bytes.fromhex(src.peer_mac.replace(":", "")) + \
-                bytes.fromhex(src.mac.replace(":", "")) + b"\x08\x00" + p.ip
+            frame = eth_header(src.peer_mac, src.mac) + p.ip
             lab.send(p.src_host, [frame])
             deadline = time.monotonic() + 1.0      # a packet the hook never sees: None
             while time.monotonic() < deadline and h.stats()["seen"] == seen:
@@ -279,30 +278,22 @@ def expect_verdicts(sub: Submission, expected: list[tuple[Packet, str]], live: b
                                         outcomes))
 
 
-_FIELD_ALIASES = {"ip.saddr": "ip.src", "ip.daddr": "ip.dst", "ip.ttl": "ip.ttl",
+# The names a test may use, and the protocol table's name of each.
+_FIELD_ALIASES = {"ip.src": "ip.saddr", "ip.dst": "ip.daddr", "ip.saddr": "ip.saddr",
+                  "ip.daddr": "ip.daddr", "ip.ttl": "ip.ttl", "ip.tos": "ip.tos", "ip.id": "ip.id",
+                  "ip.proto": "ip.protocol", "eth.dst": "eth.dmac", "eth.src": "eth.smac",
                   "udp.sport": "udp.sport", "udp.dport": "udp.dport", "tcp.sport": "tcp.sport",
-                  "tcp.dport": "tcp.dport", "ip.tos": "ip.tos", "ip.id": "ip.id"}
+                  "tcp.dport": "tcp.dport"}
 
 
 def _field_value(frame: bytes, field: str):
-    """The value of ``layer.field`` in an Ethernet frame (ip.src/dst as text, others ints)."""
-    field = _FIELD_ALIASES.get(field, field)
-    ip = frame[14:]
-    ihl = (ip[0] & 15) * 4
-    l4 = ip[ihl:]
-    table = {
-        "eth.dst": lambda: frame[0:6].hex(":"), "eth.src": lambda: frame[6:12].hex(":"),
-        "ip.src": lambda: ".".join(map(str, ip[12:16])), "ip.dst": lambda: ".".join(map(str, ip[16:20])),
-        "ip.ttl": lambda: ip[8], "ip.tos": lambda: ip[1], "ip.id": lambda: struct.unpack("!H", ip[4:6])[0],
-        "ip.proto": lambda: ip[9],
-    }
-    if ip[9] in (6, 17):
-        name = "tcp" if ip[9] == 6 else "udp"
-        table[f"{name}.sport"] = lambda: struct.unpack("!H", l4[0:2])[0]
-        table[f"{name}.dport"] = lambda: struct.unpack("!H", l4[2:4])[0]
-    if field not in table:
-        raise ValueError(f"field {field!r}: use one of {', '.join(sorted(table))}")
-    return table[field]()
+    """The value of ``layer.field`` in an Ethernet frame (addresses as text, others ints),
+    read through the protocol table."""
+    from packetscript_lab.core.fields import field_value
+
+    if field not in _FIELD_ALIASES:
+        raise ValueError(f"field {field!r}: use one of {', '.join(sorted(_FIELD_ALIASES))}")
+    return field_value(frame, _FIELD_ALIASES[field])
 
 
 def expect_changes(sub: Submission, packet: Packet, fields: dict, verdict: str = "pass",
@@ -327,9 +318,8 @@ def expect_changes(sub: Submission, packet: Packet, fields: dict, verdict: str =
         if o.after is not None:
             from packetscript_lab.core.fields import changed_fields
             named = {_FIELD_ALIASES.get(f, f) for f in fields}
-            names = {"ip.saddr": "ip.src", "ip.daddr": "ip.dst"}
             extra = [c for c in changed_fields(o.before, o.after)
-                     if not c.endswith((".check", ".checksum")) and names.get(c, c) not in named]
+                     if not c.endswith((".check", ".checksum")) and c not in named]
             if extra:
                 problems.append(f"{packet}: your script also changed {', '.join(extra)}, which "
                                 "should stay as they were")

@@ -129,3 +129,28 @@ def test_replay_pcap_refuses_a_corrupt_capture(pair_lab, tmp_path):
         f.truncate(1 << 30)
     with pytest.raises(LabError, match="corrupt capture at packet 3"):
         pair_lab.replay_pcap("client", str(path))
+
+
+@pytest.mark.parametrize("linktype", [101, 276])
+def test_replay_pcap_sends_every_ip_link_type_of_the_capture_table(pair_lab, tmp_path, linktype):
+    """Raw-IP and cooked captures (read with core.pcap's table) reach the server's hook."""
+    from labutil import wait_until
+    from scapy.layers.inet import IP, UDP
+
+    from packetscript_lab.core import pcap
+    from packetscript_lab.lab import LabError
+
+    lt = pcap.link(linktype)
+    packets = [bytes(IP(src="10.77.0.1", dst="10.77.0.2") / UDP(dport=9123) / b"x")] * 3
+    header = bytearray(lt.header)
+    if lt.proto_at is not None:
+        header[lt.proto_at:lt.proto_at + 2] = b"\x08\x00"
+    path = tmp_path / "ip.pcap"
+    pcap.write_pcap(path, linktype, [(bytes(header) + p, 1.0) for p in packets])
+    h = pair_lab.attach(CONTINUE_ALL, host="server", chain="INPUT", match="-p udp --dport 9123")
+    assert pair_lab.replay_pcap("client", str(path)) == 3
+    wait_until(lambda: h.stats()["seen"] == 3, what="the three packets at the server's hook")
+    six = tmp_path / "six.pcap"
+    pcap.write_pcap(six, 229, [(b"\x60" + bytes(39), 1.0)])
+    with pytest.raises(LabError, match="packet 1 is not IPv4"):
+        pair_lab.replay_pcap("client", str(six))

@@ -50,3 +50,58 @@ def test_field_names_and_checker_read_the_table():
     assert changed_fields(f, bytes(changed)) == ["ip.ttl"]
     assert FIELDS["ip"] == {fd.name for fd in ip.fields}
     assert "ip6" not in FIELDS                   # beyond xt_LUA: flagged, not listed
+
+
+ADDED_FIELD = r'''
+import dataclasses
+import importlib.util
+import sys
+
+# The package's __init__ imports the engine at once; hold it back so that the table can be
+# changed before any consumer reads it, as an edit of core/protocols.py would.
+package = importlib.util.module_from_spec(importlib.util.find_spec("packetscript_lab"))
+sys.modules["packetscript_lab"] = package           # its body is not run
+import packetscript_lab.core.protocols as P
+
+# One field added to one protocol in the table, before any consumer is imported.
+udp = P.BY_NAME["packet_udp"]
+at = [f.name for f in udp.fields].index("length") + 1
+grown = dataclasses.replace(udp, fields=udp.fields[:at] + (P.F("length_hi", 32, 8, "int"),)
+                            + udp.fields[at:])
+P.PROTOCOLS = tuple(grown if p is udp else p for p in P.PROTOCOLS)
+P.BY_NAME["packet_udp"], P.BY_ID[udp.id] = grown, grown
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from packetscript_lab.script import Script
+from packetscript_lab.core.fields import field_value
+from packetscript_lab.xtlua.checker import FIELDS
+
+frame = bytes(Ether() / IP() / UDP() / (b"x" * 300))
+s = Script("""function process_packet(p)
+  local u = p:data(packet_eth):data(packet_ip):data(packet_udp)
+  print(u:length_hi():get())
+  return NF_ACCEPT
+end""")
+r = s.run(frame)
+assert r.error is None, r.error
+print(s.output[0], frame[14 + 20 + 4], field_value(frame, "udp.length/length_hi") is not None,
+      "length_hi" in FIELDS["udp"])
+'''
+
+
+def test_a_field_added_to_the_table_reaches_engine_field_names_and_checker(tmp_path):
+    """Adding a field is one table entry: the Lua engine offers it, the field names of logs
+    and the portability check know it, with no other change."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "added_field.py"
+    script.write_text(ADDED_FIELD)
+    here = Path(__file__).resolve().parent
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, env={"PYTHONPATH": str(here.parent), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    from_lua, in_frame, named, checked = out.stdout.split()
+    assert from_lua == in_frame == "1" and named == checked == "True"

@@ -7,7 +7,8 @@ pwrite; no packet becomes a Python object on either side. The watchdog is the Ju
 range that overruns its limit (or whose process dies) is done again one packet per
 request in fresh processes, so the packet that overran is found, given the error verdict
 and counted, exactly as Judge.run_many does. A record that is not a packet stops the
-driver; the checked Python reader (replay._open_capture) then names the problem.
+driver; the checked Python reader (core.pcap.read) then names the problem. The driver
+takes the link-type table and the result bits from core through its configuration.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import time
 
 from packetscript_lab.judge import (CAPTURE, OK, RANGE, RANGE_HEAD, RANGE_REPLY, STARTUP_LIMIT,
                                     Judge, _Died, _Overran)
-from packetscript_lab.script import DEFAULT_ETH_HEADER
+from packetscript_lab.core.results import CODES
+from packetscript_lab.core.pcap import DEFAULT_ETH_HEADER, PCAP_HEADER_SIZE, pcap_header
 
 CHUNK = 8192                     # packets per request
 WINDOW = 32 << 20                # bytes of the capture mapped at a time (memory stays bounded)
-PCAP_HEADER = struct.Struct("<IHHiIII")
 _GZIP = b"\x1f\x8b"
 
 
@@ -44,7 +45,7 @@ def usable(script, path) -> bool:
 
 def write_pcap_header(path, linktype: int) -> None:
     with open(path, "r+b") as f:
-        f.write(PCAP_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, 0xFFFF, linktype))
+        f.write(pcap_header(linktype))
 
 
 class NativeReplay:
@@ -55,7 +56,7 @@ class NativeReplay:
         self.request = {"path": self.path, "out": self.out_path, "eth": DEFAULT_ETH_HEADER.hex(),
                         "window": WINDOW}
         self.opened = None           # the child that has the capture open
-        self.codes = [0] * 64
+        self.codes = [0] * CODES
         self.packets = 0
 
     # ------------------------------------------------------------------ the calls
@@ -124,7 +125,7 @@ class NativeReplay:
         """Judge the whole capture from offset. Returns None at its end, or (why, offset,
         output offset) when a record stopped the driver (the caller names the problem) or
         why is "broken": no process could be started to go on."""
-        out_offset = PCAP_HEADER.size if self.out_path else 0
+        out_offset = PCAP_HEADER_SIZE if self.out_path else 0
         while True:
             with self.judge._lock:
                 if not self._child_ready(offset):

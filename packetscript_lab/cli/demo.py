@@ -98,16 +98,15 @@ def _replayed() -> int:
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
-    from scapy.utils import wrpcap
-
     from packetscript_lab import replay
+    from packetscript_lab.core import pcap
 
     packets = [Ether(src="02:77:00:00:00:01", dst="02:77:00:00:00:02")
                / IP(src="10.77.0.1", dst="10.77.0.2") / UDP(sport=40000, dport=9000)
                / Raw(f"datagram {i}".encode()) for i in range(300)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "demo.pcap"
-        wrpcap(str(path), packets)
+        pcap.write_pcap(path, pcap.ETHERNET, [(bytes(p), i / 100) for i, p in enumerate(packets)])
         result = replay(DEMO_SCRIPT, path, name="demo")
     v = result.verdicts
     print(f"replayed {result.packets} UDP datagrams client -> server: accept {v['accept']}, "

@@ -55,6 +55,7 @@ def run_build(args) -> int:
 def run_vm(args) -> int:
     from packetscript_lab.cli.replay import read_script
     from packetscript_lab.core.fields import changed_fields
+    from packetscript_lab.core.netutil import eth_header
     from packetscript_lab.conformance import _ip_packets
     from packetscript_lab.xtlua.vm import BuildError, XtLuaVM, load_build
 
@@ -76,7 +77,7 @@ def run_vm(args) -> int:
     if run.load_error:
         print(f"{args.script}: the module refused the rule: {run.load_error}")
         return 1
-    eth = b"\0" * 12 + b"\x08\x00"
+    eth = eth_header(bytes(6), bytes(6))
     for r, sent in zip(run.results, packets):
         changed = ""
         if r.data is not None and r.data != sent:

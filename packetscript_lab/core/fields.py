@@ -9,6 +9,7 @@ import ipaddress
 import struct
 from functools import lru_cache
 
+from packetscript_lab.core.netutil import tcp_flag_letters
 from packetscript_lab.core.protocols import BY_NAME, PROTOCOLS, Protocol, header_length, ip6_walk, next_protocol
 
 
@@ -97,13 +98,26 @@ def field_changes(before: bytes, after: bytes) -> list[str]:
     return out
 
 
+def field_value(frame: bytes, name: str):
+    """The value of one header field of an Ethernet frame, named as :func:`changed_fields`
+    names it (``ip.ttl``, ``udp.dport``): addresses and MACs as text, others as ints.
+    None when the frame has no such field."""
+    for a, b, n in _layout(frame):
+        if n == name:
+            raw = frame[a:b]
+            if name.endswith("mac") or name.endswith(("saddr", "daddr")):
+                return _value(name, raw)
+            return int.from_bytes(raw, "big")
+    return None
+
+
 def _value(name: str, raw: bytes) -> str:
     if name.endswith("mac"):
         return ":".join(f"{x:02x}" for x in raw)
     if name.endswith(("saddr", "daddr")) and len(raw) in (4, 16):
         return str(ipaddress.ip_address(raw))
     if name.endswith("flags") and name.startswith("tcp"):
-        return "".join(c for c, m in zip("FSRPAU", (1, 2, 4, 8, 16, 32)) if raw[0] & m) or "-"
+        return tcp_flag_letters(raw[0]) or "-"
     return str(int.from_bytes(raw, "big")) if len(raw) <= 4 else raw.hex()
 
 
@@ -139,7 +153,7 @@ def summary(frame: bytes) -> str:
         flags = ""
         if name == "TCP" and len(frame) > l4 + 13:
             bits = frame[l4 + 13]
-            flags = " [" + "".join(c for c, m in zip("FSRPAU", (1, 2, 4, 8, 16, 32)) if bits & m) + "]"
+            flags = " [" + tcp_flag_letters(bits) + "]"
         if v6:
             return f"{name} [{src}]:{sport} > [{dst}]:{dport}{flags} len {len(frame)}"
         return f"{name} {src}:{sport} > {dst}:{dport}{flags} len {len(frame)}"

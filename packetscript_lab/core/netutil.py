@@ -1,8 +1,20 @@
-"""Checksums and address helpers, once for every part that builds or reads frames."""
+"""Checksums, EtherTypes and address helpers, once for every part that builds or reads frames."""
 from __future__ import annotations
 
 import ipaddress
 import struct
+
+#: EtherTypes of the network layers the lab carries.
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+#: Bytes of an Ethernet header: destination MAC, source MAC, EtherType.
+ETH_HLEN = 14
+#: TCP flag bits by their letters, in tcpdump's order.
+TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20}
+
+
+def tcp_flag_letters(bits: int) -> str:
+    """``0x12`` as ``"SA"``; the empty string for none."""
+    return "".join(c for c, m in TCP_FLAGS.items() if bits & m)
 
 
 def checksum(data: bytes) -> int:
@@ -37,3 +49,18 @@ def pseudo_header(src: str, dst: str, proto: int, length: int) -> bytes:
     if len(s) == 16:
         return s + d + struct.pack("!IxxxB", length, proto)
     return s + d + struct.pack("!BBH", 0, proto, length)
+
+
+def checked_eth_header(header: bytes) -> bytes:
+    """``header`` as bytes if it is an Ethernet header's length; a clear error if not."""
+    if len(header) != ETH_HLEN:
+        raise ValueError(f"an Ethernet header is {ETH_HLEN} bytes: destination MAC, source MAC, "
+                         f"type (not {len(header)})")
+    return bytes(header)
+
+
+def eth_header(dst_mac: str | bytes, src_mac: str | bytes, ethertype: int = ETH_P_IP) -> bytes:
+    """A 14-byte Ethernet header; MACs as text (``02:00:00:00:00:01``) or 6 bytes."""
+    def six(mac):
+        return mac_bytes(mac) if isinstance(mac, str) else bytes(mac)
+    return six(dst_mac) + six(src_mac) + struct.pack("!H", ethertype)

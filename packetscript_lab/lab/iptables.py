@@ -14,15 +14,10 @@ from __future__ import annotations
 import os
 import shlex
 
+from ..core.netfilter import TABLES
 from .netns import NetNS
 from .protocol import LabError
 
-TABLES = {
-    "filter": ("INPUT", "FORWARD", "OUTPUT"),
-    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
-    "raw": ("PREROUTING", "OUTPUT"),
-}
 EGRESS_CHAINS = ("OUTPUT", "POSTROUTING")
 
 

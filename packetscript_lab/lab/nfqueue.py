@@ -19,9 +19,13 @@ from typing import Any, Callable
 
 from netfilterqueue import NetfilterQueue
 
-from packetscript_lab.core.results import BY_CODE
+from packetscript_lab.core.netutil import ETH_P_IPV6
+from packetscript_lab.core.results import (ACCEPT_CODE, BODY_CHANGED, BY_CODE, CONTINUE_CODE,
+                                           DROP_CODE, ETH_CHANGED, VERDICT)
 
 from .stats import Counters, Recent
+
+_IPV6_TYPE = struct.pack("!H", ETH_P_IPV6)   # the synthetic header of an IPv6 packet
 
 # nfnetlink_queue configuration message (linux/netfilter/nfnetlink_queue.h)
 _NFNL_SUBSYS_QUEUE = 3
@@ -193,7 +197,7 @@ class QueueWorker:
         # dual-stack lab queues both to one worker).
         eths = [eth_of.get(idx, default) for _, _, idx in batch]
         datas = [data for _, data, _ in batch]
-        eths = [eth[:12] + b"\x86\xdd" if data and data[0] >> 4 == 6 else eth
+        eths = [eth[:12] + _IPV6_TYPE if data and data[0] >> 4 == 6 else eth
                 for eth, data in zip(eths, datas)]
         frames = [eth + data for eth, data in zip(eths, datas)]
         now = time.monotonic() * 1000
@@ -209,28 +213,28 @@ class QueueWorker:
         mark_bit, offset, continue_accepts = self.mark_bit, 0, self.continue_accepts
         for i, ((pkt, data, _), code) in enumerate(zip(batch, codes)):
             n = len(data) + 14
-            if code & 32:
+            if code & BODY_CHANGED:
                 outs[i] = new = blob[offset + 14:offset + n]
                 pkt.set_payload(new)
             offset += n
-            v = code & 3
-            if v == 1 or (v == 2 and continue_accepts):
+            v = code & VERDICT
+            if v == ACCEPT_CODE or (v == CONTINUE_CODE and continue_accepts):
                 pkt.accept()
-            elif v == 0:
+            elif v == DROP_CODE:
                 pkt.drop()
             else:
                 pkt.set_mark(pkt.get_mark() | mark_bit)
                 pkt.repeat()
 
-        verdicts = [code & 3 for code in codes]
+        verdicts = [code & VERDICT for code in codes]
         c.seen += len(batch)
         c.bytes += sum(map(len, datas))
         c.modified += len(outs) - outs.count(None)
-        c.dropped += verdicts.count(0)
-        c.accepted += verdicts.count(1)
-        c.continued += verdicts.count(2)
+        c.dropped += verdicts.count(DROP_CODE)
+        c.accepted += verdicts.count(ACCEPT_CODE)
+        c.continued += verdicts.count(CONTINUE_CODE)
         c.errors += len(errors)
-        c.eth_modified += sum(1 for code in codes if code & 16)
+        c.eth_modified += sum(1 for code in codes if code & ETH_CHANGED)
         self.recent.add_batch(t, datas, outs, [BY_CODE[v] for v in verdicts], errors, eths)
         for error in errors.values():
             if self._errors_reported < 20:

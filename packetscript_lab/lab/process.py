@@ -28,6 +28,7 @@ import threading
 import time
 import traceback
 
+from ..core.netutil import mac_bytes
 from . import iptables as ipt
 from . import programs, topology, traffic
 from .accounting import Tally, account, parse_rule_counters, queue_rule_packets
@@ -550,7 +551,7 @@ class World:
                     rewrite_macs: bool = True) -> int:
         ifname = self.iface_of(host, iface)
         i = next(i for i in self.hosts[host].interfaces if i.ifname == ifname)
-        frames = traffic.read_pcap(path, topology._mac_bytes(i.mac), topology._mac_bytes(i.peer_mac),
+        frames = traffic.read_pcap(path, mac_bytes(i.mac), mac_bytes(i.peer_mac),
                                    rewrite_macs)
         budget = self._paced(1 / interval if interval else 0, f"replay_pcap(interval={interval})")
         return traffic.send_frames(self.spaces[host], ifname, frames, interval, budget=budget)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
+from ..core.netutil import eth_header
 from .description import PRESETS, TopologyError, all_routes, load, mac_of
 from .netns import NetNS
 from .protocol import LabError
@@ -96,10 +97,6 @@ def describe(topology="pair", ipv6: bool = False) -> dict[str, Host]:
     return hosts
 
 
-def _mac_bytes(mac: str) -> bytes:
-    return bytes(int(x, 16) for x in mac.split(":"))
-
-
 def eth_headers(host: Host, egress: bool, ifindex: dict[str, int]) -> dict[int, bytes]:
     """Synthetic Ethernet headers per interface index for packets of one hook.
 
@@ -108,9 +105,8 @@ def eth_headers(host: Host, egress: bool, ifindex: dict[str, int]) -> dict[int, 
     """
     out = {}
     for iface in host.interfaces:
-        local, peer = _mac_bytes(iface.mac), _mac_bytes(iface.peer_mac)
-        dst, src = (peer, local) if egress else (local, peer)
-        out[ifindex[iface.ifname]] = dst + src + b"\x08\x00"
+        dst, src = (iface.peer_mac, iface.mac) if egress else (iface.mac, iface.peer_mac)
+        out[ifindex[iface.ifname]] = eth_header(dst, src)
     return out
 
 

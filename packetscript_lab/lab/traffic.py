@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 
+from ..core import pcap
 from ..core.netutil import checksum
 from .netns import NetNS
 from .protocol import LabError
@@ -293,22 +294,21 @@ def tcp_echo(src: NetNS, dst_ns: NetNS, dst: str, port: int = 7000, connections:
 
 def read_pcap(path: str, src_mac: bytes, dst_mac: bytes, rewrite_macs: bool = True) -> list[tuple[str, bytes]]:
     """Frames of a pcap or pcapng ready for ``send_frames``: Ethernet frames get this hop's
-    MACs. Read with the replay backend's checked reader: a corrupt record is an error."""
-    from packetscript_lab.backends.replay import ReplayError, read_capture
-
+    MACs; other link types are sent from their IP header on. Read with the one checked
+    reader (core.pcap): a corrupt record is an error."""
     try:
-        linktype, batches = read_capture(path)
-        datas = [d for frames, _times in batches for d in frames]
-    except ReplayError as exc:
+        linktype, packets = pcap.read_packets(path)
+    except pcap.CaptureError as exc:
         raise LabError(str(exc)) from None
-    if linktype == 1:  # Ethernet
-        return [("l2", dst_mac + src_mac + d[12:] if rewrite_macs else d) for d in datas]
-    if linktype in (101, 228, 12, 14):  # raw IP
-        return [("l3", d) for d in datas]
-    if linktype == 113:  # Linux cooked capture: 16-byte header, then the IP packet
-        return [("l3", d[16:]) for d in datas]
-    raise LabError(f"unsupported link type {linktype} in {path}: the lab sends Ethernet, "
-                   "raw-IP and Linux cooked (113) captures")
+    lt = pcap.link(linktype)
+    if lt.kind == "ethernet":
+        return [("l2", dst_mac + src_mac + d[12:] if rewrite_macs else d) for _t, d in packets]
+    out = [("l3", d[lt.header:]) for _t, d in packets]
+    for n, (_kind, ip) in enumerate(out, 1):
+        if ip[:1] and ip[0] >> 4 != 4:
+            raise LabError(f"{path}: packet {n} is not IPv4; packets of a {lt.name} capture are "
+                           "sent through IPv4 routing: give an Ethernet capture for other packets")
+    return out
 
 
 # -- capture ---------------------------------------------------------------------------------

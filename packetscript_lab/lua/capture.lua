@@ -8,7 +8,13 @@
 -- on where a killed one stopped. Anything unusual in the file (a cut record, an undeclared
 -- interface, a block this driver does not read) ends a batch with a reason; the Python
 -- reader then names the exact problem.
-local E, DEFAULT_ETH = ...
+--
+-- The facts come from Python (core/pcap.py, core/results.py) as configuration: cfg.eth and
+-- cfg.eth6 the synthetic Ethernet headers for IPv4 and IPv6, cfg.link_types the link-type
+-- table (code -> {kind = "ethernet"|"raw"|"cooked", header, proto_at}), cfg.max_record
+-- libpcap's largest packet, cfg.max_header the longest link header, cfg.format the pcap and
+-- pcapng numbers, cfg.verdict the verdict bits of a result code.
+local E, cfg = ...
 local ffi = require("ffi")
 local bit = require("bit")
 
@@ -27,20 +33,23 @@ local C = ffi.C
 local u8p, u16p, u32p = ffi.typeof("const uint8_t *"), ffi.typeof("const uint16_t *"), ffi.typeof("const uint32_t *")
 local MAP_FAILED = ffi.cast("void *", -1)
 
-local MAX_RECORD = 262144          -- libpcap's largest packet
+local MAX_RECORD = cfg.max_record
+-- The file formats' numbers (core/pcap.py): pcap magics; pcapng block types, the byte-order
+-- magic and the option codes read here.
+local F = cfg.format
+local MAGIC_US, MAGIC_NS, SHB, IDB, EPB, SPB, OPB, BOM, OPT_END, OPT_TSRESOL =
+      F.magic_us, F.magic_ns, F.shb, F.idb, F.epb, F.spb, F.opb, F.bom, F.opt_end, F.opt_tsresol
+local VERDICT = cfg.verdict
 local WINDOW = 32 * 1024 * 1024    -- bytes of the file mapped at a time (open() may change it)
 local PAGE = 4096
 local WORK = 8 * 1024 * 1024       -- bytes of frames per batch at most
 local MAXN = 16384                 -- packets per batch at most
 
-local ETHERNET, RAW, SLL, SLL2 = 1, 101, 113, 276
-local RAW_TYPES = { [12] = true, [14] = true, [101] = true, [228] = true }
-
 local M = {}
 local fd, outfd, size = -1, -1, 0
 local map, map_off, map_len = nil, 0, 0
 local format, nano = nil, false     -- "pcap" or "pcapng"; pcap's ns timestamps
-local linktype, frame_kind = nil, nil
+local linktype, frame_kind, cooked_hdr, proto_at = nil, nil, 0, 0
 local ifaces = {}                   -- pcapng: {linktype, units per second} per interface
 
 -- Buffers from malloc, not from the Lua heap: they must not count against max_memory.
@@ -57,10 +66,12 @@ local L = alloc("int32_t *", MAXN, 4)
 local T = alloc("double *", MAXN, 8)
 local SEC = alloc("uint32_t *", MAXN, 4)
 local USEC = alloc("uint32_t *", MAXN, 4)
-local HDR = alloc("uint8_t *", 20 * MAXN, 1)   -- cooked headers, put back on output
+local MAXHDR = cfg.max_header                  -- the longest cooked header in the table
+local HDR = alloc("uint8_t *", MAXHDR * MAXN, 1)   -- cooked headers, put back on output
 local R = alloc("uint8_t *", MAXN, 1)
-local ETH = ffi.new("uint8_t[14]")
-ffi.copy(ETH, DEFAULT_ETH, 14)
+local ETH, ETH6 = ffi.new("uint8_t[14]"), ffi.new("uint8_t[14]")
+ffi.copy(ETH, cfg.eth, 14)
+ffi.copy(ETH6, cfg.eth6, 14)
 
 local function unmap()
   if map ~= nil then C.munmap(ffi.cast("void *", map), map_len); map = nil end
@@ -85,21 +96,14 @@ end
 local function u32(p, at) return ffi.cast(u32p, p + at)[0] end
 local function u16(p, at) return ffi.cast(u16p, p + at)[0] end
 
-local function kind_of(lt)
-  if lt == ETHERNET then return "eth" end
-  if RAW_TYPES[lt] then return "raw" end
-  if lt == SLL then return "sll" end
-  if lt == SLL2 then return "sll2" end
-end
-
 -- pcapng: an Interface Description Block's link type and timestamp units per second.
 local function read_idb(p, blen)
   local lt, resol = u16(p, 8), 1e6
   local at = 16
   while at + 4 <= blen - 4 do
     local code, olen = u16(p, at), u16(p, at + 2)
-    if code == 0 then break end
-    if code == 9 and olen >= 1 then
+    if code == OPT_END then break end
+    if code == OPT_TSRESOL and olen >= 1 then
       local v = p[at + 4]
       resol = bit.band(v, 0x80) ~= 0 and 2 ^ bit.band(v, 0x7f) or 10 ^ v
       if resol > 2 ^ 63 then resol = 2 ^ 63 end
@@ -119,8 +123,8 @@ local function scan_blocks(from, to)
     if blen < 12 or blen % 4 ~= 0 then return "bad block length" end
     p = view(off, blen)
     if not p then return "cut block" end
-    if btype == 0x0A0D0D0A then ifaces = {}
-    elseif btype == 1 then ifaces[#ifaces] = nil; ifaces[#ifaces + 1] = { read_idb(p, blen) } end
+    if btype == SHB then ifaces = {}
+    elseif btype == IDB then ifaces[#ifaces] = nil; ifaces[#ifaces + 1] = { read_idb(p, blen) } end
     off = off + blen
   end
 end
@@ -137,9 +141,9 @@ function M.open(path, out_path, resume_at, window)
   local p = view(0, 24)
   if not p then return nil, "too short" end
   local magic, start = u32(p, 0), 0
-  if magic == 0xa1b2c3d4 or magic == 0xa1b23c4d then
-    format, nano, linktype, start = "pcap", magic == 0xa1b23c4d, u32(p, 20), 24
-  elseif magic == 0x0A0D0D0A and u32(p, 8) == 0x1A2B3C4D then
+  if magic == MAGIC_US or magic == MAGIC_NS then
+    format, nano, linktype, start = "pcap", magic == MAGIC_NS, u32(p, 20), 24
+  elseif magic == SHB and u32(p, 8) == BOM then
     format, start = "pcapng", 0
     -- The link type of the first interface (before the first packet) names the output's.
     local off = 0
@@ -149,16 +153,17 @@ function M.open(path, out_path, resume_at, window)
       if not q then return nil, "no interface" end
       local btype, blen = u32(q, 0), u32(q, 4)
       if blen < 12 or blen % 4 ~= 0 or not view(off, blen) then return nil, "bad block" end
-      if btype == 1 then linktype = read_idb(view(off, blen), blen)
-      elseif btype == 6 or btype == 3 or btype == 2 then return nil, "packet before interface" end
+      if btype == IDB then linktype = read_idb(view(off, blen), blen)
+      elseif btype == EPB or btype == SPB or btype == OPB then return nil, "packet before interface" end
       off = off + blen
     end
     ifaces = {}
   else
     return nil, "not a little-endian pcap or pcapng file"
   end
-  frame_kind = kind_of(linktype)
-  if not frame_kind then return nil, "link type " .. tostring(linktype) end
+  local lt = cfg.link_types[linktype]
+  if not lt then return nil, "link type " .. tostring(linktype) end
+  frame_kind, cooked_hdr, proto_at = lt.kind, lt.header, lt.proto_at
   if format == "pcapng" and resume_at and resume_at > 0 then
     local why = scan_blocks(0, resume_at)
     if why then return nil, why end
@@ -179,18 +184,17 @@ end
 
 -- Puts record i (captured bytes at p, caplen) into the work buffer as an Ethernet frame.
 local function frame_in(i, p, caplen, wpos)
-  if frame_kind == "eth" then
+  if frame_kind == "ethernet" then
     ffi.copy(work + wpos, p, caplen)
     return caplen
   elseif frame_kind == "raw" then
-    ffi.copy(work + wpos, ETH, 14)
+    ffi.copy(work + wpos, bit.rshift(p[0], 4) == 6 and ETH6 or ETH, 14)
     ffi.copy(work + wpos + 14, p, caplen)
     return caplen + 14
   end
-  local hdr, proto_at = 16, 14
-  if frame_kind == "sll2" then hdr, proto_at = 20, 0 end
+  local hdr = cooked_hdr
   if caplen < hdr then return nil end
-  ffi.copy(HDR + 20 * i, p, hdr)
+  ffi.copy(HDR + MAXHDR * i, p, hdr)
   ffi.copy(work + wpos, ETH, 12)
   ffi.copy(work + wpos + 12, p + proto_at, 2)
   ffi.copy(work + wpos + 14, p + hdr, caplen - hdr)
@@ -229,7 +233,7 @@ local function next_pcapng(off)
     if blen < 12 or blen % 4 ~= 0 then return false, "bad block length" end
     p = view(off, blen)
     if not p then return false, "cut block" end
-    if btype == 6 then
+    if btype == EPB then
       local iface = ifaces[u32(p, 8) + 1]
       if not iface then return false, "undeclared interface" end
       if iface[1] ~= linktype then return false, "mixed link types" end
@@ -246,12 +250,12 @@ local function next_pcapng(off)
       local usec = math.floor(part * 1e6 / tonumber(units) + 0.5)
       if usec >= 1000000 then sec, usec = sec + 1, usec - 1000000 end
       return p + 28, caplen, sec, usec, ms, off + blen
-    elseif btype == 0x0A0D0D0A then
-      if u32(p, 8) ~= 0x1A2B3C4D then return false, "big-endian section" end
+    elseif btype == SHB then
+      if u32(p, 8) ~= BOM then return false, "big-endian section" end
       ifaces = {}
-    elseif btype == 1 then
+    elseif btype == IDB then
       ifaces[#ifaces + 1] = { read_idb(p, blen) }
-    elseif btype == 2 or btype == 3 then
+    elseif btype == OPB or btype == SPB then
       return false, "obsolete or simple packet block"
     end
     off = off + blen
@@ -288,14 +292,13 @@ function M.run(off, maxn, out_off, forced)
   end
   if outfd >= 0 and n > 0 then
     local o, w = 0, 0
-    local hdr, kind = 0, frame_kind
-    if kind == "sll" then hdr = 16 elseif kind == "sll2" then hdr = 20 end
+    local hdr, kind = cooked_hdr, frame_kind
     for i = 0, n - 1 do
       local flen = L[i]
-      if bit.band(R[i], 3) ~= 0 then
+      if bit.band(R[i], VERDICT) ~= 0 then
         local rec = ffi.cast("uint32_t *", outb + o)
         local plen
-        if kind == "eth" then
+        if kind == "ethernet" then
           plen = flen
           ffi.copy(outb + o + 16, work + w, flen)
         elseif kind == "raw" then
@@ -303,7 +306,7 @@ function M.run(off, maxn, out_off, forced)
           ffi.copy(outb + o + 16, work + w + 14, plen)
         else
           plen = hdr + flen - 14
-          ffi.copy(outb + o + 16, HDR + 20 * i, hdr)
+          ffi.copy(outb + o + 16, HDR + MAXHDR * i, hdr)
           ffi.copy(outb + o + 16 + hdr, work + w + 14, flen - 14)
         end
         rec[0], rec[1], rec[2], rec[3] = SEC[i], USEC[i], plen, plen

@@ -20,6 +20,11 @@ local SOURCE = "=" .. CHUNK
 local FN = cfg["function"]
 local BUDGET = cfg.budget                      -- steps per packet; 0 = unlimited
 local ON_ERROR = cfg.on_error_code
+-- The result code's flags (core/results.py), added to the verdict code 0, 1 or 2.
+local R = cfg.results
+local CHANGED, FAILED, ETH_CHANGED, BODY_CHANGED, PRINTED =
+      R.changed, R.failed, R.eth_changed, R.body_changed, R.printed
+local DROP, ACCEPT, CONTINUE = R.drop, R.accept, R["continue"]
 local FIX = cfg.fix_checksums
 
 -- ---------------------------------------------------------------- budget
@@ -276,7 +281,7 @@ local function call_user()
 end
 
 local function verdict_code(v)
-  if v == 0 then return 0 elseif v == 1 then return 1 elseif v == 4294967295 or v == -1 then return 2 end
+  if v == 0 then return DROP elseif v == 1 then return ACCEPT elseif v == 4294967295 or v == -1 then return CONTINUE end
 end
 
 -- The error for a return value that is no verdict, at the line that returned it.
@@ -293,8 +298,8 @@ local function bad_verdict(v)
   return { "verdict " .. tostring(v) .. " is not supported here: return NF_DROP, NF_ACCEPT or XT_CONTINUE", line }
 end
 
--- Runs the script on the packet in the API's buffer. Returns code (0 drop, 1 accept,
--- 2 continue), whether it wrote any byte, and the error {message, line} if it failed.
+-- Runs the script on the packet in the API's buffer. Returns the verdict's code (DROP,
+-- ACCEPT, CONTINUE), whether it wrote any byte, and the error {message, line} if it failed.
 -- The drivers then compare with the input: a packet changed only if its bytes differ,
 -- and only then are its checksums fixed.
 local function process(len, ts)
@@ -367,8 +372,9 @@ function E.run_one(s, ts)
 end
 
 -- An IP packet behind the synthetic Ethernet header set with set_eth: one number (code,
--- +4 if the IP packet or header changed, +8 if the script failed, +16 if the Ethernet
--- header changed, +32 if lines were printed), and the new IP packet when it changed.
+-- + CHANGED + BODY_CHANGED if the IP packet changed, + FAILED if the script failed,
+-- + ETH_CHANGED if the Ethernet header changed, + PRINTED if lines were printed), and the
+-- new IP packet when it changed.
 -- The header's type says IPv4 (0x0800) or, for a packet whose version nibble is 6, IPv6.
 local ETH4, ETH6, LAST_ERR = string.rep("\0", 14), string.rep("\0", 14), nil
 function E.set_eth(h) ETH4, ETH6 = ssub(h, 1, 12) .. "\8\0", ssub(h, 1, 12) .. "\134\221" end
@@ -380,10 +386,10 @@ function E.run_ip(s, ts)
   if ffi then ffi.copy(buf, ETH, 14); ffi.copy(buf + 14, s, n - 14) else load_string(ETH .. s, n) end
   A.set_buffer(buf)
   local code, wrote, err = process(n, ts)
-  if #OUT > 0 then code = code + 32 end
+  if #OUT > 0 then code = code + PRINTED end
   if err then
     LAST_ERR = err
-    return code + 8
+    return code + FAILED
   end
   if not wrote then return code end
   local eth_changed, ip_changed
@@ -393,16 +399,17 @@ function E.run_ip(s, ts)
     local now = table_string(n)
     eth_changed, ip_changed = ssub(now, 1, 14) ~= ETH, ssub(now, 15) ~= s
   end
-  if eth_changed then code = code + 16 end
+  if eth_changed then code = code + ETH_CHANGED end
   if not ip_changed then return code end
   if FIX then A.fix_checksums(n) end
-  return code + 4, ffi and ffi.string(buf + 14, n - 14) or ssub(table_string(n), 15)
+  return code + CHANGED + BODY_CHANGED, ffi and ffi.string(buf + 14, n - 14) or ssub(table_string(n), 15)
 end
 
 -- Frames in FFI memory, judged in place: base holds them back to back, original is a copy
 -- to compare with, L their int32 lengths, T their times in ms. One result byte per packet
--- goes to results (code, + 4 if it changed, + 16 if its first 14 bytes (the Ethernet
--- header) changed, + 32 if bytes after them changed, + 8 if the script failed). Returns
+-- goes to results (code, + CHANGED if it changed, + ETH_CHANGED if its first 14 bytes (the
+-- Ethernet header) changed, + BODY_CHANGED if bytes after them changed, + FAILED if the
+-- script failed). Returns
 -- the errors as one string of "index:line:length:message" records.
 local sformat = string.format
 local function judge_in_place(base, original, L, T, count, results)
@@ -428,7 +435,7 @@ local function judge_in_place(base, original, L, T, count, results)
         local rest = memcmp(base + off + head, original + off + head, n - head) ~= 0
         if eth or rest then
           if FIX then A.fix_checksums(n) end
-          code = code + 4 + (eth and 16 or 0) + (rest and 32 or 0)
+          code = code + CHANGED + (eth and ETH_CHANGED or 0) + (rest and BODY_CHANGED or 0)
         end
       end
       results[i] = code
@@ -444,7 +451,7 @@ local function judge_in_place(base, original, L, T, count, results)
     -- The packet's bytes are not used (the input stands): put the input back so the
     -- frames stay unchanged where the script failed half-way.
     ffi.copy(base + off, original + off, L[i])
-    results[i] = ON_ERROR + 8
+    results[i] = ON_ERROR + FAILED
     off = off + L[i]
     i = i + 1
   end
@@ -467,7 +474,7 @@ if ffi then
                                 ffi.cast("const double *", ffi.cast("const char *", tss)), count, results)
     local any = false
     for i = 0, count - 1 do
-      if results[i] % 8 >= 4 then any = true; break end
+      if results[i] % (2 * CHANGED) >= CHANGED then any = true; break end
     end
     return ffi.string(results, count), any and ffi.string(buf, total) or nil, errs, #OUT
   end

@@ -6,7 +6,7 @@ so no rule ever lands in the host's own namespace.
 
     detect(run)          -> Detection (truthy when the module and iptables' LUA extension exist)
     require(run)         -> raises KernelModuleMissing with the install route
-    rule_args(...)       -> the iptables arguments of a LUA rule
+    rule_args(...)       -> the iptables arguments of a LUA rule (from rules.py)
     KernelRule(run, ...) -> insert() / replace(path) / remove() / counters() of one attached script
 
 Statistics come from rule counters: the LUA rule counts every packet the script saw, and a
@@ -21,6 +21,8 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 from typing import Callable
+
+from .rules import rule_args
 
 __all__ = ["Detection", "KernelModuleMissing", "KernelRule", "INSTALL_ROUTE", "detect",
            "require", "rule_args", "counters"]
@@ -92,26 +94,6 @@ def require(run: Run, program: str = "iptables") -> Detection:
     if not found:
         raise KernelModuleMissing(found)
     return found
-
-
-def rule_args(chain: str, match: str | list[str], script_path: str, *,
-              function: str | None = None, state_id: int | None = None,
-              tag: str | None = None) -> list[str]:
-    """`CHAIN MATCH [-m comment --comment TAG] -j LUA --script FILE [--function] [--state]`."""
-    if state_id is not None and not 0 <= state_id <= 8:
-        raise ValueError(f"state id {state_id}: iptables accepts 0..8")
-    if len(script_path) > 256:
-        raise ValueError("the script path is over 256 characters (the rule's limit)")
-    m = shlex.split(match) if isinstance(match, str) else list(match)
-    args = [chain, *m]
-    if tag:
-        args += ["-m", "comment", "--comment", tag]
-    args += ["-j", "LUA", "--script", script_path]
-    if function is not None:
-        args += ["--function", function]
-    if state_id is not None:
-        args += ["--state", str(state_id)]
-    return args
 
 
 def counters(run: Run, table: str, chain: str, tag: str,

@@ -12,19 +12,13 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from ..core.netfilter import TABLES
 from .checker import Report, check_source
-from .rules import MAX_STATE_ID
+from .rules import MAX_SCRIPT_PATH, MAX_STATE_ID, rule_args
 
-__all__ = ["ExportPlan", "NotExportable", "export_script", "OPENWRT_PACKAGES", "TABLES"]
+__all__ = ["ExportPlan", "NotExportable", "export_script", "OPENWRT_PACKAGES"]
 
 OPENWRT_PACKAGES = ("kmod-ipt-lua", "iptables-mod-lua")
-# Built-in chains per table; user-defined chains are accepted as they are.
-TABLES = {
-    "filter": ("INPUT", "FORWARD", "OUTPUT"),
-    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
-    "raw": ("PREROUTING", "OUTPUT"),
-}
 DEFAULT_DIR = "/etc/packetscript"
 
 
@@ -56,13 +50,8 @@ class ExportPlan:
 
     def rule_args(self) -> list[str]:
         """Everything after `iptables -t TABLE -A`: the rule itself."""
-        args = [self.chain, *self.match, "-m", "comment", "--comment", self.tag,
-                "-j", "LUA", "--script", self.path]
-        if self.function is not None:
-            args += ["--function", self.function]
-        if self.state_id is not None:
-            args += ["--state", str(self.state_id)]
-        return args
+        return rule_args(self.chain, self.match, self.path, function=self.function,
+                         state_id=self.state_id, tag=self.tag)
 
     def iptables_command(self) -> str:
         return shlex.join(["iptables", "-t", self.table, "-A", *self.rule_args()])
@@ -197,8 +186,8 @@ def export_script(source: str, *, name: str = "script", chain: str, match: str =
         raise ValueError(f"cannot split --match {match!r}: {exc}") from None
     base = re.sub(r"\.lua$", "", os.path.basename(name)) or "script"
     path = path or f"{DEFAULT_DIR}/{base}.lua"
-    if len(path.encode()) > 256:
-        raise ValueError(f"script path {path!r} is over 256 bytes (the rule's limit)")
+    if len(path.encode()) > MAX_SCRIPT_PATH:
+        raise ValueError(f"script path {path!r} is over {MAX_SCRIPT_PATH} bytes (the rule's limit)")
     report = check_source(source, "kernel", name=name, function=function or "process_packet",
                           state_id=state_id)
     if report.errors:

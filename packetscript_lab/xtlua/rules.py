@@ -6,6 +6,7 @@ something else). `warning`: it runs, but the kernel leaves a result the lab woul
 """
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 
@@ -51,3 +52,26 @@ RULES: dict[str, Rule] = {r.id: r for r in (
 MAX_SCRIPT_SIZE = 32768
 MAX_FUNCTION_NAME = 256
 MAX_STATE_ID = 8
+MAX_SCRIPT_PATH = 256          # bytes of --script the rule holds
+
+
+def rule_args(chain: str, match: str | list[str], script_path: str, *,
+              function: str | None = None, state_id: int | None = None,
+              tag: str | None = None) -> list[str]:
+    """A LUA rule's iptables arguments (everything after ``-t TABLE -A``):
+    `CHAIN MATCH [-m comment --comment TAG] -j LUA --script FILE [--function] [--state]`."""
+    if state_id is not None and not 0 <= state_id <= MAX_STATE_ID:
+        raise ValueError(f"state id {state_id}: iptables accepts 0..{MAX_STATE_ID}")
+    if len(script_path.encode()) > MAX_SCRIPT_PATH:
+        raise ValueError(f"script path {script_path!r} is over {MAX_SCRIPT_PATH} bytes "
+                         "(the rule's limit)")
+    m = shlex.split(match) if isinstance(match, str) else list(match)
+    args = [chain, *m]
+    if tag:
+        args += ["-m", "comment", "--comment", tag]
+    args += ["-j", "LUA", "--script", script_path]
+    if function is not None:
+        args += ["--function", function]
+    if state_id is not None:
+        args += ["--state", str(state_id)]
+    return args
