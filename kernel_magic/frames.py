@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from packetscript_lab.core.netutil import checksum, eth_header, pseudo_header
+from packetscript_lab.core.netutil import ETH_P_IPV6, checksum, eth_header, pseudo_header
 
 
 def frame(smac: str, dmac: str, src: str, dst: str, proto: int, l4: bytes,
@@ -25,7 +25,7 @@ def frame6(smac: str, dmac: str, src: str, dst: str, next_header: int, l4: bytes
            hop_limit: int = 64) -> bytes:
     """Ethernet + IPv6 (no extension headers) around ``l4``, whose checksum must be set."""
     hdr = struct.pack("!IHBB", 6 << 28, len(l4), next_header, hop_limit)
-    return (mac_bytes(dmac) + mac_bytes(smac) + b"\x86\xdd" + hdr
+    return (eth_header(dmac, smac, ETH_P_IPV6) + hdr
             + socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + l4)
 
 
