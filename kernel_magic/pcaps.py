@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from IPython.core.error import UsageError
 
-from kernel_magic.replay_run import ETHERNET, RAW_IP
+from packetscript_lab.backends.replay_run import ETHERNET, RAW_IP
 
 MAX_PACKETS = 1_000_000
 

@@ -133,8 +133,7 @@ class Run:
             if series and series[0]["seen"]:
                 series.insert(0, dict(series[0], t=0.0, **{k: 0 for k in _COUNTS}))
             recent = [dict(r, t=r["t"] - t0) for r in recent]
-        errors = [dict(e) if isinstance(e, dict) else
-                  {"message": e.message, "line": e.line, "count": e.count} for e in h.errors()]
+        errors = h.errors()
         self._last = {"stats": h.stats(), "series": series, "recent": recent, "errors": errors}
         return self._last
 

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..core import flows
-from . import programs
-from .protocol import Connection, LabError, decode_error
+from . import commands, programs
+from .errors import LabError
+from .protocol import Connection, decode_error
 from .description import load as load_description
 from .topology import TOPOLOGIES, Host
 
@@ -82,7 +83,10 @@ def explain_start_failure(log: str) -> str:
 
 
 class AttachedScript:
-    """A script attached to a hook of a lab host (returned by ``Lab.attach``)."""
+    """A script attached to a hook of a lab host (returned by ``Lab.attach``): a run
+    (``packetscript_lab.runs.RunHandle``) of the "nfqueue" or the "kernel" backend. The
+    kernel module hands no packets back: a kernel run's ``recent()``, ``errors()`` and
+    ``output()`` are empty (its errors go to the kernel log)."""
 
     def __init__(self, lab: "Lab", info: dict):
         self._lab = lab
@@ -91,6 +95,7 @@ class AttachedScript:
         self.host: str = info["host"]
         self.table: str = info["table"]
         self.chain: str = info["chain"]
+        self.backend: str = info["backend"]
         self.detached = False
 
     def __repr__(self) -> str:
@@ -109,6 +114,8 @@ class AttachedScript:
         """Remove the rule, let queued packets finish, stop the worker. Returns the final stats."""
         if self.detached:
             return self._final
+        # What the script said, read while the lab still holds it.
+        self._final_errors, self._final_output = self.errors(), self.output()
         self._final = self._lab._call("detach", name=self.name)
         self.detached = True
         self._lab.attached.pop(self.name, None)
@@ -123,14 +130,14 @@ class AttachedScript:
         return list(self._lab._series.get(self.name, ()))
 
     def recent(self, limit: int | None = None) -> list[dict]:
-        return self._lab._call("recent", name=self.name, limit=limit)
+        return [] if self.detached else self._lab._call("recent", name=self.name, limit=limit)
 
     def errors(self) -> list[dict]:
-        return self._lab._call("errors", name=self.name)
+        return self._final_errors if self.detached else self._lab._call("errors", name=self.name)
 
     def output(self) -> list[str]:
         """Lines the script printed."""
-        return self._lab._call("output", name=self.name)
+        return self._final_output if self.detached else self._lab._call("output", name=self.name)
 
     def record(self, directory, traffic=None) -> "Path":
         """Write a record (docs/records.md) of the packets kept so far: attach with
@@ -332,6 +339,7 @@ class Lab:
     def _call(self, cmd: str, _timeout: float | None = None, **args: Any) -> Any:
         if self._closed:
             raise LabError("this lab is closed")
+        commands.check(cmd)
         mid = next(self._ids)
         data = Connection.encode({"id": mid, "cmd": cmd, "args": args})
         slot: list = [threading.Event(), None]
@@ -474,29 +482,10 @@ class Lab:
         return self._call("send", host=host, frames=self._frames(host, packets), iface=iface,
                           interval=interval)
 
-    def ping(self, src: str, dst: str, count: int = 3, interval: float = 0.2,
-             timeout: float = 1.0, size: int = 56) -> dict:
-        return self._call("ping", src=src, dst=dst, count=count, interval=interval,
-                          timeout=timeout, size=size)
-
-    def udp_stream(self, src: str, dst: str, port: int = 9000, rate: float = 100.0,
-                   duration: float = 2.0, size: int = 64, count: int | None = None,
-                   receiver: str | None = None, sport: int = 0) -> dict:
-        """Numbered datagrams at ``rate``/s for ``duration`` s; ``receiver`` is the host that
-        listens (default: the owner of ``dst``, which must then be a lab address)."""
-        return self._call("udp_stream", src=src, dst=dst, port=port, rate=rate,
-                          duration=duration, size=size, count=count, receiver=receiver, sport=sport)
-
-    def udp_blast(self, src: str, dst: str, port: int = 9000, count: int = 20000,
-                  size: int = 64) -> dict:
-        """Send ``count`` datagrams as fast as a separate sender process can (load tests)."""
-        return self._call("udp_blast", src=src, dst=dst, port=port, count=count, size=size)
-
-    def tcp_echo(self, src: str, dst: str, port: int = 7000, connections: int = 3,
-                 payload: bytes = b"hello packetscript", receiver: str | None = None,
-                 timeout: float = 2.0) -> dict:
-        return self._call("tcp_echo", src=src, dst=dst, port=port, connections=connections,
-                          payload=payload, receiver=receiver, timeout=timeout)
+    ping = commands.forwarder("ping")
+    udp_stream = commands.forwarder("udp_stream")
+    udp_blast = commands.forwarder("udp_blast")
+    tcp_echo = commands.forwarder("tcp_echo")
 
     def traffic(self, spec: str, seconds: float | None = None) -> list[dict]:
         """Run the flows of ``spec`` (the traffic language, docs/lab.md#traffic-language) at the
@@ -534,12 +523,8 @@ class Lab:
         argv = shlex.split(args) if isinstance(args, str) else list(args)
         return self._call("iptables", host=host, args=argv)
 
-    def iptables_save(self, host: str) -> str:
-        return self._call("iptables_save", host=host)
-
-    def interfaces(self) -> dict:
-        """Per host and interface: rx/tx packets, bytes, errors and drops."""
-        return self._call("interfaces")
+    iptables_save = commands.forwarder("iptables_save")
+    interfaces = commands.forwarder("interfaces")
 
     def interface_series(self) -> list[dict]:
         return list(self._ifaces)
@@ -549,8 +534,7 @@ class Lab:
         from .drawing import draw
         return draw(self.description)
 
-    def status(self) -> dict:
-        return self._call("status")
+    status = commands.forwarder("status")
 
 
 def connect(address: str) -> Lab:

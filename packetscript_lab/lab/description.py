@@ -30,7 +30,7 @@ import os
 import re
 import shlex
 
-from .protocol import LabError
+from .errors import LabError
 
 LAB_NET = ipaddress.ip_network("10.77.0.0/16")
 MAX_HOSTS = 12

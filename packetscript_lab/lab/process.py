@@ -10,7 +10,8 @@ serves one client over an inherited socket (``--fd``) and exits when that socket
 which happens however the client ends, kill -9 included; or it serves clients on an inherited listening socket
 (``--listen-fd``, daemon mode for ``packetscript lab up``) until told to shut down.
 
-Every command runs in its own thread, so a long capture does not block a send.
+Every command (the table of ``commands.py``) runs in its own thread, so a long capture
+does not block a send.
 """
 from __future__ import annotations
 
@@ -29,17 +30,18 @@ import time
 import traceback
 
 from . import iptables as ipt
-from . import programs, topology, traffic
+from . import commands, programs, topology, traffic
 from .accounting import Tally, account, parse_rule_counters, queue_rule_packets
 from .nfqueue import QueueWorker
-from .protocol import Connection, LabError, encode_error
+from .errors import LabError
+from .protocol import Connection, encode_error
 from .stats import parse_nfqueue, parse_net_dev
+from ..runs import Replaced
 
 MAX_QUEUES = 16
-JUDGE_COUNTS = ("restarts", "timeouts", "crashes", "unjudged")
 
 
-class Session:
+class ClientSession:
     """One connected client: its outgoing messages and the scripts it attached."""
 
     def __init__(self, conn: Connection):
@@ -78,29 +80,21 @@ class Attached:
         self.name, self.host, self.table, self.chain, self.match = name, host, table, chain, match
         self.rule, self.queue_num, self.worker, self.thread = rule, queue_num, worker, thread
         self.options, self.session, self.backend = options, session, backend
-        self.past_errors: list[dict] = []
+        self.replaced = Replaced()   # errors and wall-clock counts of the scripts replaced
         self.internal_errors: list[dict] = []
         self.kernel_rule = None   # packetscript_lab.xtlua.backend.KernelRule (kernel backend)
         self.kernel_past: dict = {}  # counts of the rules that earlier replace() calls removed
         self.tally = Tally()         # the kernel's counters of its rule and queue, kept cumulative
-        self.judge_past = dict.fromkeys(JUDGE_COUNTS, 0)  # wall-clock counts of replaced scripts
 
-    def judge_counts(self) -> dict:
-        """The wall-clock line's counts (restarts, timeouts, crashes, unjudged), all
-        scripts this handle ran included."""
-        script = self.worker.script if self.worker is not None else None
-        now = script.counts() if script is not None else {}
-        return {k: self.judge_past[k] + now.get(k, 0) for k in JUDGE_COUNTS}
+    @property
+    def script(self):
+        """The Judge that judges this handle's packets now (None: kernel or bare)."""
+        return self.worker.script if self.worker is not None else None
 
     def info(self) -> dict:
         return {"name": self.name, "host": self.host, "table": self.table, "chain": self.chain,
                 "match": self.match, "queue": self.queue_num, "backend": self.backend,
                 "mark": ipt.mark_bit(self.queue_num) if self.queue_num is not None else None}
-
-
-def _errors_of(script) -> list[dict]:
-    """The engine's first errors (ScriptRuntimeError) as {"message", "line", "count"} dicts."""
-    return [{"message": e.message, "line": e.line, "count": e.count} for e in script.errors]
 
 
 def _insert_kernel_script(insert, source: str) -> None:
@@ -134,7 +128,7 @@ class World:
         self.stats_lock = threading.RLock()
         self.captures: dict[int, traffic.Capture] = {}
         self.capture_seq = 0
-        self.sessions: set[Session] = set()
+        self.sessions: set[ClientSession] = set()
         threading.Thread(target=self._sampler, name="lab-sampler", daemon=True).start()
 
     # -- helpers --
@@ -236,7 +230,7 @@ class World:
                          s["queue_drops"], backlog))
         if a.worker:
             s["first_t"], s["last_t"] = a.worker.first_t, a.worker.last_t
-        s.update(a.judge_counts())
+        s.update(a.replaced.judge_counts(a.script))
         return s
 
     def interfaces(self) -> dict:
@@ -277,7 +271,7 @@ class World:
 
         return Judge(source, name=name, **options)
 
-    def attach(self, sess: Session, source: str | None, host: str, table: str = "filter",
+    def attach(self, sess: ClientSession, source: str | None, host: str, table: str = "filter",
                chain: str = "INPUT", match: str = "", name: str | None = None,
                backend: str = "nfqueue", on_overload: str = "accept", position: int | None = None,
                queue_len: int = 4096, **options) -> dict:
@@ -402,10 +396,8 @@ class World:
         new = self._compile(source, name, a.options)  # compile errors leave the old one running
         old = a.worker.script
         a.worker.script = new  # one attribute store: the next packet sees the new script
-        a.past_errors.extend(_errors_of(old))
         old.close()                # waits for a batch the worker may still be judging with it
-        for key, value in old.counts().items():
-            a.judge_past[key] += value
+        a.replaced.retire(old)
         return a.info()
 
     def detach(self, name: str) -> dict:
@@ -457,13 +449,24 @@ class World:
 
     def errors(self, name: str) -> list[dict]:
         a = self.handle(name)
-        script = a.worker.script if a.worker else None
-        return a.past_errors + (_errors_of(script) if script is not None else [])
+        return a.replaced.all_errors(a.script)
 
     def output(self, name: str) -> list[str]:
         a = self.handle(name)
-        script = a.worker.script if a.worker else None
-        return list(getattr(script, "output", []) or [])
+        return a.replaced.all_output(a.script)
+
+    def recent(self, name: str, limit: int | None = None) -> list[dict]:
+        worker = self.handle(name).worker
+        return worker.recent.entries(limit) if worker else []
+
+    def recorded(self, name: str) -> list[tuple]:
+        """The kept packets as the script saw them (Ethernet frames) and what it did."""
+        worker = self.handle(name).worker
+        if worker is None:
+            return []
+        return [(t, eth + before, None if after is None else eth + after, verdict,
+                 None if error is None else str(error))
+                for t, before, after, verdict, error, eth in worker.recent.items()]
 
     # -- traffic --
 
@@ -531,7 +534,7 @@ class World:
                 "iptables": self.iptables_program, "interfaces": self.interfaces(),
                 "sample_interval": self.sample_interval}
 
-    def end_session(self, sess: Session) -> None:
+    def end_session(self, sess: ClientSession) -> None:
         for name in list(sess.handles):
             try:
                 self.detach(name)
@@ -542,50 +545,9 @@ class World:
         sess.close()
 
 
-def _dispatch(world: World, sess: Session, cmd: str, args: dict):
-    if cmd == "attach":
-        return world.attach(sess, **args)
-    if cmd == "replace":
-        return world.replace(args["name"], args["source"])
-    if cmd == "detach":
-        return world.detach(args["name"])
-    if cmd == "stats":
-        return world.handle_stats(world.handle(args["name"]))
-    if cmd == "recent":
-        worker = world.handle(args["name"]).worker
-        return worker.recent.entries(args.get("limit")) if worker else []
-    if cmd == "recorded":
-        # The kept packets as the script saw them (Ethernet frames) and what it did, for a record.
-        worker = world.handle(args["name"]).worker
-        if worker is None:
-            return []
-        return [(t, eth + before, None if after is None else eth + after, verdict,
-                 None if error is None else str(error))
-                for t, before, after, verdict, error, eth in worker.recent.items()]
-    if cmd == "errors":
-        return world.errors(args["name"])
-    if cmd == "output":
-        return world.output(args["name"])
-    if cmd == "iptables":
-        world.host(args["host"])
-        return world.tables[args["host"]].run(args["args"])
-    if cmd == "iptables_save":
-        world.host(args["host"])
-        return world.tables[args["host"]].save()
-    if cmd == "interfaces":
-        return world.interfaces()
-    if cmd == "status":
-        return world.status()
-    if cmd == "ping":
-        return world.ping(**args)
-    if cmd in ("send", "udp_stream", "udp_blast", "tcp_echo", "replay_pcap", "capture_start", "capture_collect"):
-        return getattr(world, cmd)(**args)
-    raise LabError(f"unknown lab command {cmd!r}")
-
-
 def serve_session(world: World, conn: Connection, daemon: bool) -> bool:
     """Handle one client until it disconnects. Returns True when the lab should end."""
-    sess = Session(conn)
+    sess = ClientSession(conn)
     with world.lock:
         world.sessions.add(sess)
     sess.send({"event": "ready", "hosts": world.hosts, "topology": world.topology,
@@ -601,7 +563,7 @@ def serve_session(world: World, conn: Connection, daemon: bool) -> bool:
                 if cmd == "shutdown" or not daemon:
                     shutdown.set()
                 return
-            sess.send({"id": mid, "ok": _dispatch(world, sess, cmd, msg.get("args") or {})})
+            sess.send({"id": mid, "ok": commands.run(world, sess, cmd, msg.get("args") or {})})
         except BaseException as exc:
             sess.send({"id": mid, "err": encode_error(exc)})
 
