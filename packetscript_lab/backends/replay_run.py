@@ -127,10 +127,6 @@ class ReplayRun:
         _close(self._script)
         return self.stats()
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
     def _paced(self, frames):
         if self.pace == "fast":
             return [(0.0, data) for _off, data in frames]

@@ -81,7 +81,6 @@ class Attached:
         self.rule, self.queue_num, self.worker, self.thread = rule, queue_num, worker, thread
         self.options, self.session, self.backend = options, session, backend
         self.replaced = Replaced()   # errors and wall-clock counts of the scripts replaced
-        self.internal_errors: list[dict] = []
         self.kernel_rule = None   # packetscript_lab.xtlua.backend.KernelRule (kernel backend)
         self.kernel_past: dict = {}  # counts of the rules that earlier replace() calls removed
         self.tally = Tally()         # the kernel's counters of its rule and queue, kept cumulative
