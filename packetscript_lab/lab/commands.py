@@ -37,19 +37,19 @@ def stats(world, sess, name: str) -> dict:
 
 
 def recent(world, sess, name: str, limit: int | None = None) -> list[dict]:
-    return world.recent(name, limit)
+    return world.handle(name).recent(limit)
 
 
 def recorded(world, sess, name: str) -> list[tuple]:
-    return world.recorded(name)
+    return world.handle(name).recorded()
 
 
 def errors(world, sess, name: str) -> list[dict]:
-    return world.errors(name)
+    return world.handle(name).errors()
 
 
 def output(world, sess, name: str) -> list[str]:
-    return world.output(name)
+    return world.handle(name).output()
 
 
 # --- traffic -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ does not block a send.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -24,19 +25,18 @@ import signal
 import socket
 import struct
 import sys
-import tempfile
 import threading
 import time
 import traceback
 
 from . import iptables as ipt
 from . import commands, programs, topology, traffic
-from .accounting import Tally, account, parse_rule_counters, queue_rule_packets
+from .accounting import account, parse_rule_counters, queue_rule_packets
+from .attached import Attached, KernelRun, kernel_runner
 from .nfqueue import QueueWorker
 from .errors import LabError
 from .protocol import Connection, encode_error
 from .stats import parse_nfqueue, parse_net_dev
-from ..runs import Replaced
 
 MAX_QUEUES = 16
 
@@ -70,42 +70,6 @@ class ClientSession:
     def close(self) -> None:
         self.closed = True
         self.outbox.put(None)
-
-
-class Attached:
-    """Lab-side state of one attached script."""
-
-    def __init__(self, name, host, table, chain, match, rule, queue_num, worker, thread,
-                 options, session, backend):
-        self.name, self.host, self.table, self.chain, self.match = name, host, table, chain, match
-        self.rule, self.queue_num, self.worker, self.thread = rule, queue_num, worker, thread
-        self.options, self.session, self.backend = options, session, backend
-        self.replaced = Replaced()   # errors and wall-clock counts of the scripts replaced
-        self.kernel_rule = None   # packetscript_lab.xtlua.backend.KernelRule (kernel backend)
-        self.kernel_past: dict = {}  # counts of the rules that earlier replace() calls removed
-        self.tally = Tally()         # the kernel's counters of its rule and queue, kept cumulative
-
-    @property
-    def script(self):
-        """The Judge that judges this handle's packets now (None: kernel or bare)."""
-        return self.worker.script if self.worker is not None else None
-
-    def info(self) -> dict:
-        return {"name": self.name, "host": self.host, "table": self.table, "chain": self.chain,
-                "match": self.match, "queue": self.queue_num, "backend": self.backend,
-                "mark": ipt.mark_bit(self.queue_num) if self.queue_num is not None else None}
-
-
-def _insert_kernel_script(insert, source: str) -> None:
-    """Give the kernel the script through a file that lives only while the rule is added:
-    iptables copies the text into the rule, so nothing is left behind."""
-    with tempfile.NamedTemporaryFile("w", prefix="packetscript-", suffix=".lua") as f:
-        f.write(source)
-        f.flush()
-        try:
-            insert(f.name)
-        except RuntimeError as exc:
-            raise LabError(f"the kernel module refused the script: {exc}") from None
 
 
 class World:
@@ -163,6 +127,15 @@ class World:
                 except LabError:
                     pass                 # reading failed: stay with NF_REPEAT
 
+    @contextlib.contextmanager
+    def changing_rules(self, host: str):
+        """Around a change of ``host``'s rules (see _rules_changed)."""
+        self._rules_changed(host, False)
+        try:
+            yield
+        finally:
+            self._rules_changed(host, True)
+
     def handle(self, name: str) -> Attached:
         if self.attached.get(name) is None:
             raise LabError(f"no script named {name!r} is attached")
@@ -195,16 +168,8 @@ class World:
             return self._handle_stats(a, queues, rules)
 
     def _handle_stats(self, a: Attached, queues: dict | None, rules: dict | None) -> dict:
-        if a.kernel_rule is not None:
-            # The rule counters: packets that reached the script, and those that went on
-            # (XT_CONTINUE); "stopped" is accepted + dropped, which counters cannot tell
-            # apart. Changed bytes and script errors stay in the kernel (its log).
-            c = a.kernel_rule.counters()
-            stats = {k: c[k] + a.kernel_past.get(k, 0) for k in ("seen", "bytes", "continued", "stopped")}
-            stats["queue_drops"] = 0
-            # The module judges every packet in line: nothing waits, nothing passes unjudged.
-            stats.update(account(stats["seen"], stats["seen"], 0, 0))
-            return stats
+        if isinstance(a, KernelRun):
+            return a.stats()
         # Read in this order (rule counter, queue, worker), so that a packet that moves on
         # between two reads is never taken for one that passed unjudged (accounting.py).
         if rules is None:
@@ -247,7 +212,7 @@ class World:
                 with self.stats_lock:
                     # Rule counters first, then the queues, then the workers (handle_stats).
                     rules = {h: self._rule_counters(h)
-                             for h in {a.host for a in handles if a.kernel_rule is None}}
+                             for h in {a.host for a in handles if not isinstance(a, KernelRun)}}
                     per_host = {h: self._kernel_stats(h) for h in self.hosts}
                     t = time.time()
                     samples = [(sess, {a.name: self.handle_stats(a, per_host[a.host][0],
@@ -339,24 +304,11 @@ class World:
                     self.attached.pop(name, None)
             raise
 
-    def _kernel_runner(self, host: str):
-        """Runs programs in the host's namespace for the kernel backend. Tests set
-        PACKETSCRIPT_XT_LUA_STANDIN=1 to go through the stand-in for the xt_LUA module,
-        which cannot be loaded on machines without loadable modules (kernel/standin.py)."""
-        def run(argv):
-            return self.spaces[host].sh(argv, check=False)
-
-        if os.environ.get("PACKETSCRIPT_XT_LUA_STANDIN") == "1":
-            from packetscript_lab.xtlua.standin import StandInLuaTarget
-
-            return StandInLuaTarget(run)
-        return run
-
     def _attach_kernel(self, sess, source, host, table, chain, match, name, options) -> dict:
         # Detection, the install route and the rules live in packetscript_lab.xtlua.backend.
         from packetscript_lab.xtlua import backend as kernel_backend
 
-        run = self._kernel_runner(host)
+        run = kernel_runner(self.spaces[host])
         try:
             kernel_backend.require(run, self.iptables_program)
         except kernel_backend.KernelModuleMissing as exc:
@@ -366,13 +318,9 @@ class World:
                                          match=match, function=options.get("function"),
                                          state_id=options.get("state_id"),
                                          program=self.iptables_program)
-        self._rules_changed(host, False)
-        try:
-            _insert_kernel_script(rule.insert, source)
-        finally:
-            self._rules_changed(host, True)
-        a = Attached(name, host, table, chain, match, None, None, None, None, options, sess, "kernel")
-        a.kernel_rule = rule
+        a = KernelRun(name, host, table, chain, match, options, sess, rule,
+                      functools.partial(self.changing_rules, host))
+        a.load(source)
         with self.lock:
             self.attached[name] = a
         sess.handles.add(name)
@@ -380,15 +328,10 @@ class World:
 
     def replace(self, name: str, source: str) -> dict:
         a = self.handle(name)
-        if a.kernel_rule is not None:
+        if isinstance(a, KernelRun):
             self._compile(source, name, {**a.options, "profile": "kernel"}).close()
-            before = self.handle_stats(a)
-            self._rules_changed(a.host, False)
-            try:
-                _insert_kernel_script(a.kernel_rule.replace, source)
-            finally:
-                self._rules_changed(a.host, True)
-            a.kernel_past = before   # the new rules count from zero; the handle's counts go on
+            with self.stats_lock:
+                a.replace(source)
             return a.info()
         if a.worker is None or a.worker.script is None:
             raise LabError(f"script {name!r} ({a.backend} backend) cannot be replaced in place")
@@ -403,17 +346,13 @@ class World:
         a = self.handle(name)
         with self.lock:
             self.attached[name] = None  # no new commands on it while it goes
-        final = self.handle_stats(a) if a.kernel_rule is not None else None
-        if a.worker is not None:
-            self.handle_stats(a)   # the rule's last count, read while the rule still exists
+        final = None
         try:
-            if a.kernel_rule is not None:
-                self._rules_changed(a.host, False)
-                try:
-                    a.kernel_rule.remove()
-                finally:
-                    self._rules_changed(a.host, True)
+            if isinstance(a, KernelRun):
+                with self.stats_lock:
+                    final = a.detach()
             else:
+                self.handle_stats(a)   # the rule's last count, read while the rule still exists
                 self.tables[a.host].delete(a.table, a.rule)
         finally:
             if a.worker is not None:
@@ -445,27 +384,6 @@ class World:
             if s["judged"] != judged:
                 progress_at, judged = time.monotonic(), s["judged"]
         return s
-
-    def errors(self, name: str) -> list[dict]:
-        a = self.handle(name)
-        return a.replaced.all_errors(a.script)
-
-    def output(self, name: str) -> list[str]:
-        a = self.handle(name)
-        return a.replaced.all_output(a.script)
-
-    def recent(self, name: str, limit: int | None = None) -> list[dict]:
-        worker = self.handle(name).worker
-        return worker.recent.entries(limit) if worker else []
-
-    def recorded(self, name: str) -> list[tuple]:
-        """The kept packets as the script saw them (Ethernet frames) and what it did."""
-        worker = self.handle(name).worker
-        if worker is None:
-            return []
-        return [(t, eth + before, None if after is None else eth + after, verdict,
-                 None if error is None else str(error))
-                for t, before, after, verdict, error, eth in worker.recent.items()]
 
     # -- traffic --
 
