@@ -7,8 +7,9 @@ A run is one script judging packets over time: attached to a live lab hook throu
 and the tests read all of them through ``RunHandle``; docs/CONTRACTS.md states what each
 method promises.
 
-The shared parts live here once: the ring of recent packets (kept raw, formatted only when
-read), the errors of a script as plain dicts, and what replaced scripts leave behind.
+The shared parts live here once: the packet counters, the ring of recent packets (kept raw,
+formatted only when read), the errors of a script as plain dicts, and what replaced scripts
+leave behind.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Protocol, runtime_checkable
 
 JUDGE_COUNTS = ("restarts", "timeouts", "crashes", "unjudged")
 VERDICT_COUNTER = {"accept": "accepted", "drop": "dropped", "continue": "continued"}
+COUNTER_NAMES = ("seen", "bytes", "accepted", "dropped", "continued", "modified",
+                 "errors", "eth_modified", "internal_errors")
 
 
 @runtime_checkable
@@ -46,6 +49,30 @@ class RunHandle(Protocol):
 
     def detach(self) -> dict:
         """End the run (again: no-op) and return its final stats."""
+
+
+class Counters:
+    """A run's packet counters. Workers add to the integers (a batch at a time, or with
+    ``add`` a packet at a time); readers take a ``snapshot``."""
+
+    __slots__ = COUNTER_NAMES
+
+    def __init__(self) -> None:
+        for n in COUNTER_NAMES:
+            setattr(self, n, 0)
+
+    def add(self, nbytes: int, verdict: str, modified: bool, error, eth_modified=False) -> None:
+        """Count one judged packet of ``nbytes`` bytes."""
+        self.seen += 1
+        self.bytes += nbytes
+        name = VERDICT_COUNTER[verdict]
+        setattr(self, name, getattr(self, name) + 1)
+        self.modified += bool(modified)
+        self.eth_modified += bool(eth_modified)
+        self.errors += error is not None
+
+    def snapshot(self) -> dict[str, int]:
+        return {n: getattr(self, n) for n in COUNTER_NAMES}
 
 
 class Recent:

@@ -18,7 +18,7 @@ import time
 
 from packetscript_lab.judge import Judge
 from packetscript_lab.script import Script
-from packetscript_lab.runs import VERDICT_COUNTER, Recent, Replaced, entries_of
+from packetscript_lab.runs import Counters, Recent, Replaced, entries_of
 
 ETHERNET = 1
 RAW_IP = {12, 14, 101, 228}     # link types whose packets start at the IP header
@@ -48,10 +48,8 @@ class ReplayRun:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._counts = dict.fromkeys(("seen", "bytes", "accepted", "dropped", "continued",
-                                      "modified", "errors", "queue_drops",
-                                      "passed_unjudged"), 0)
-        self._series: list[dict] = [dict.fromkeys(self._counts, 0) | {"t": 0.0}]
+        self._counts = Counters()
+        self._series: list[dict] = [self._sample(0.0)]
         self._recent = Recent(RECENT)
         self._replaced = Replaced()       # errors and wall-clock counts of replaced scripts
         self._t0 = time.monotonic()
@@ -65,7 +63,7 @@ class ReplayRun:
     # --- handle interface ------------------------------------------------------------
     def stats(self) -> dict:
         with self._lock:
-            return {**self._counts, **self._replaced.judge_counts(self._script)}
+            return {**self._numbers(), **self._replaced.judge_counts(self._script)}
 
     def series(self) -> list[dict]:
         with self._lock:
@@ -162,14 +160,8 @@ class ReplayRun:
     def _run_one(self, now: float, data: bytes) -> None:
         script = self._script
         result = script.run_ip(data, ts=now) if self._raw_ip else script.run(data, ts=now)
-        c = self._counts
-        c["seen"] += 1
-        c["bytes"] += len(data)
-        c[VERDICT_COUNTER[result.verdict]] += 1
-        if result.modified:
-            c["modified"] += 1
-        if result.error is not None:
-            c["errors"] += 1
+        self._counts.add(len(data), result.verdict, result.modified, result.error,
+                         result.eth_modified)
         eth = script.eth_header if self._raw_ip else b""
         if self._kept is not None and len(self._kept) < MAX_KEPT:
             from packetscript_lab.recording import Entry
@@ -180,8 +172,12 @@ class ReplayRun:
         self._recent.add_batch(now, [data], [result.data if result.modified else None],
                                [result.verdict], error or {}, [eth])
 
-    def _sample(self) -> dict:
-        return {"t": time.monotonic() - self._t0, **self._counts}
+    def _numbers(self) -> dict:
+        # Nothing waits in a queue and nothing passes unjudged: every packet is run.
+        return {**self._counts.snapshot(), "queue_drops": 0, "passed_unjudged": 0}
+
+    def _sample(self, t: float | None = None) -> dict:
+        return {"t": time.monotonic() - self._t0 if t is None else t, **self._numbers()}
 
 
 def _shorten_gaps(frames):

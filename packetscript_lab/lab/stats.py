@@ -1,26 +1,11 @@
-"""Counters of one attached script and the kernel-side counters (its ring of recent
-packets is ``packetscript_lab.runs.Recent``, which every run keeps).
+"""The kernel-side counters of the lab: NFQUEUE's queues and the interfaces.
 
-The worker only adds to integers and keeps each batch's lists as they are; summaries and
-the list of changed fields are worked out when someone asks for them, not per packet.
+A queue worker's own counters and ring of recent packets are every run's
+(``packetscript_lab.runs.Counters`` and ``Recent``), named here for the worker.
 """
 from __future__ import annotations
 
-from packetscript_lab.runs import Recent  # noqa: F401  (the worker's ring, shared by every run)
-
-COUNTER_NAMES = ("seen", "bytes", "accepted", "dropped", "continued", "modified",
-                 "errors", "eth_modified", "internal_errors")
-
-
-class Counters:
-    __slots__ = COUNTER_NAMES
-
-    def __init__(self) -> None:
-        for n in COUNTER_NAMES:
-            setattr(self, n, 0)
-
-    def snapshot(self) -> dict[str, int]:
-        return {n: getattr(self, n) for n in COUNTER_NAMES}
+from packetscript_lab.runs import Counters, Recent  # noqa: F401  (the worker's, nfqueue.py)
 
 
 def parse_nfqueue(text: str) -> dict[int, dict[str, int]]:
