@@ -24,6 +24,7 @@ def test_a_wrong_argument_names_the_method_before_anything_is_sent():
         Lab.ping(object(), "client", "server", counts=3)
 
 
+@pytest.mark.lab
 def test_an_unknown_command_is_refused_by_the_client_and_the_lab(pair_lab):
     with pytest.raises(LabError, match="unknown lab command 'reboot'; the lab's commands are "
                                        "attach, replace"):

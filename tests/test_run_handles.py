@@ -58,6 +58,7 @@ def check_replace_and_detach(h, before: dict, more, *, speaks: bool) -> None:
     assert h.detach() == final                 # a second detach changes nothing
 
 
+@pytest.mark.lab
 def test_a_live_nfqueue_run_is_a_run_handle(pair_lab):
     lab = pair_lab
     h = lab.attach(SPEAKS, name="h", on_error="accept")
@@ -83,6 +84,7 @@ def standin_lab(monkeypatch):
         yield lab
 
 
+@pytest.mark.lab
 def test_a_kernel_module_run_is_a_run_handle(standin_lab):
     lab = standin_lab
     h = lab.attach(SPEAKS, name="h", backend="kernel")
