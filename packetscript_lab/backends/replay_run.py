@@ -2,9 +2,10 @@
 packets in a worker thread at their pace.
 
 It is a run handle (``packetscript_lab.runs.RunHandle``) like a Lab attachment, so the
-dashboard and the summary do not care which backend produced the numbers. Pace ``recorded`` (the default) plays packets at
-their recorded time offsets (gaps longer than one second are shortened to one second), so
-the dashboard shows rates as they were offered; pace ``fast`` plays them back to back.
+dashboard and the summary do not care which backend produced the numbers. Pace ``recorded``
+(the default) plays packets at their recorded time offsets (gaps longer than one second are
+shortened to one second), so the dashboard shows rates as they were offered; pace ``fast``
+plays them back to back.
 ``played_all`` is set whenever every packet handed in so far has been judged.
 
 The worker only computes; it never prints or touches widgets.
@@ -30,6 +31,8 @@ MAX_KEPT = 100_000      # packets a recorded run keeps
 
 
 class ReplayRun:
+    """A script judging a capture's packets at their pace, in a worker thread."""
+
     backend = "replay"
 
     def __init__(self, name: str, script: Judge, frames, *, raw_ip: bool = False,
