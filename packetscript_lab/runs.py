@@ -1,7 +1,7 @@
 """The run-handle protocol every backend's runs follow, and the bookkeeping they share.
 
 A run is one script judging packets over time: attached to a live lab hook through NFQUEUE
-(``lab.client.AttachedScript``, backend "nfqueue"), loaded into the xt_LUA kernel module
+(``lab.handle.AttachedScript``, backend "nfqueue"), loaded into the xt_LUA kernel module
 (the same class, backend "kernel") or fed a capture at its pace
 (``backends.replay_run.ReplayRun``, backend "replay"). The dashboard, the notebook summary
 and the tests read all of them through ``RunHandle``; docs/CONTRACTS.md states what each
