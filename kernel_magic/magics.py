@@ -8,7 +8,7 @@ from IPython.utils.process import arg_split
 
 from kernel_magic import options as opts
 from kernel_magic.traffic import build_packets
-from kernel_magic.session import Session
+from kernel_magic.session import NotebookSession
 from packetscript_lab.core import flows as flows_mod
 
 LINE_HELP = """Manage the PacketScript lab and the running scripts.
@@ -33,7 +33,7 @@ Without a lab (no namespaces here) the packets go to the running replay scripts.
 class PacketScriptMagics(Magics):
     def __init__(self, shell):
         super().__init__(shell)
-        self.session = Session(shell)
+        self.session = NotebookSession(shell)
 
     @magic_arguments(name="%packetscript")      # usage reads "%%packetscript ..."
     @argument("name", nargs="?", default=None,

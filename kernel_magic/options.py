@@ -19,7 +19,7 @@ from packetscript_lab.core.flows import TrafficError, parse_traffic
 
 BACKENDS = ("nfqueue", "kernel", "replay")
 LUAS = ("luajit", "5.1", "5.4")
-PACES = ("recorded", "fast")      # kernel_magic.replay_run.PACES
+PACES = ("recorded", "fast")      # packetscript_lab.backends.replay_run.PACES
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 DEFAULT_NAME = "script"
 

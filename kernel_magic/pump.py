@@ -16,7 +16,6 @@ INTERVAL = 0.25         # seconds between counter/table updates (figures: see Da
 class Pump:
     def __init__(self, session):
         self.session = session
-        self._ticks = 0
         self._lock = threading.Lock()
         self._task = None
         self._thread: threading.Thread | None = None
@@ -24,7 +23,6 @@ class Pump:
     def tick(self) -> None:
         """Update every live dashboard; finish open-ended runs that ended meanwhile."""
         with self._lock:
-            self._ticks += 1
             for run in list(self.session.runs.values()):
                 reason = run.due() if run.active and not run.blocking else None
                 if reason is not None:

@@ -17,6 +17,7 @@ import time
 from kernel_magic.options import RunOptions
 from kernel_magic.summary import RunSummary
 from packetscript_lab.core import flows as flows_mod
+from packetscript_lab.runs import COUNTER_NAMES
 
 
 class Run:
@@ -131,10 +132,10 @@ class Run:
             t0 = self.started_wall
             series = [dict(s, t=s["t"] - t0) for s in series if s["t"] >= t0 - 0.01]
             if series and series[0]["seen"]:
-                series.insert(0, dict(series[0], t=0.0, **{k: 0 for k in _COUNTS}))
+                zero = {k: 0 for k in _COUNTS if k in series[0]}
+                series.insert(0, dict(series[0], t=0.0, **zero))
             recent = [dict(r, t=r["t"] - t0) for r in recent]
-        errors = [dict(e) if isinstance(e, dict) else
-                  {"message": e.message, "line": e.line, "count": e.count} for e in h.errors()]
+        errors = h.errors()
         self._last = {"stats": h.stats(), "series": series, "recent": recent, "errors": errors}
         return self._last
 
@@ -182,5 +183,4 @@ class Run:
                           cell_lines=self.cell_lines, traffic=traffic, notes=notes)
 
 
-_COUNTS = ("seen", "bytes", "accepted", "dropped", "continued", "modified", "errors",
-           "queue_drops", "passed_unjudged")
+_COUNTS = (*COUNTER_NAMES, "queue_drops", "passed_unjudged")   # zero when a run starts

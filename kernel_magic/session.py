@@ -25,7 +25,10 @@ TRAFFIC_SLACK = 30.0                   # a traffic generator this late past --du
 
 RECORD_LIMIT = 10_000     # packets a recorded live cell keeps (the latest)
 
-class Session:
+
+class NotebookSession:
+    """What the extension holds in one notebook kernel (``kernel_magic.get_session()``)."""
+
     def __init__(self, shell):
         self.shell = shell
         self.lab = None
@@ -171,7 +174,7 @@ class Session:
                                              line, cell_lines).replace("\n", "\n  "))
 
     def _start_replay(self, options, source, cell_lines, script) -> Run:
-        from kernel_magic.replay_run import ReplayRun
+        from packetscript_lab.backends.replay_run import ReplayRun
         frames, raw_ip = self.replay_frames(options)
         handle = ReplayRun(options.name, script, frames, raw_ip=raw_ip,
                            pace=options.pace or "recorded",

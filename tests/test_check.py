@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from packetscript_lab.xtlua.checker import check_file, check_source
+from packetscript_lab.xtlua.checker import check_source
 from packetscript_lab.xtlua.rules import RULES
 
 CORPUS = Path(__file__).parent / "lua_corpus"
@@ -30,7 +30,7 @@ def rules_of(source, **kw):
 
 @pytest.mark.parametrize("path", PORTABLE, ids=lambda p: p.name)
 def test_portable_scripts_get_a_clean_report(path):
-    report = check_file(str(path), "kernel")
+    report = check_source(Path(path).read_text(), "kernel")
     assert report.findings == [], str(report)
     assert report.portable and report.clean and report.exit_status == 0
 
@@ -39,7 +39,7 @@ def test_portable_scripts_get_a_clean_report(path):
 def test_nonportable_scripts_report_exactly_their_problems(path):
     want = expected(path)
     assert want, f"{path.name} has no expect lines"
-    report = check_file(str(path), "kernel")
+    report = check_source(Path(path).read_text(), "kernel")
     assert found(report) == want, str(report)
     for f in report.findings:
         assert f.message and f.fix and f.severity == RULES[f.rule].severity
@@ -55,7 +55,7 @@ def test_every_rule_is_exercised_by_the_corpus_or_a_test_here():
 # --- one test per finding -----------------------------------------------------------------
 
 def _one(path_name, rule):
-    report = check_file(str(CORPUS / "nonportable" / path_name), "kernel")
+    report = check_source((CORPUS / "nonportable" / path_name).read_text(), "kernel")
     hits = [f for f in report.findings if f.rule == rule]
     assert hits, str(report)
     return hits
@@ -177,7 +177,7 @@ def test_stale_checksum_for_address_without_skb():
 
 
 def test_setting_the_checksum_yourself_silences_the_warning():
-    assert check_file(str(CORPUS / "portable" / "ttl_with_checksum.lua")).clean
+    assert check_source((CORPUS / "portable" / "ttl_with_checksum.lua").read_text()).clean
     src = ("function process_packet(p)\n  local udp = p:data(packet_eth):data(packet_ip)"
            ":data(packet_udp)\n  udp:sport():set(53)\n  udp:check():set(0)\n"
            "  return XT_CONTINUE\nend\n")
@@ -230,7 +230,7 @@ def test_lab_profile_allows_the_string_library_but_not_io():
 
 def test_lab_profile_ignores_kernel_only_rules():
     path = CORPUS / "nonportable" / "stale_ttl.lua"
-    assert check_file(str(path), "lab").clean
+    assert check_source(Path(path).read_text(), "lab").clean
 
 
 def test_unknown_profile_is_refused():
@@ -240,7 +240,7 @@ def test_unknown_profile_is_refused():
 
 def test_report_json_shape():
     import json
-    report = check_file(str(CORPUS / "nonportable" / "power.lua"))
+    report = check_source((CORPUS / "nonportable" / "power.lua").read_text())
     data = json.loads(report.to_json())
     assert data["portable"] is False and data["profile"] == "kernel"
     assert data["findings"][0].keys() >= {"line", "rule", "message", "fix", "severity"}

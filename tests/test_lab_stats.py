@@ -1,5 +1,5 @@
 """The ring of recent packets keeps the newest ones, whole batches at a time."""
-from packetscript_lab.lab.stats import Recent
+from packetscript_lab.runs import Recent
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 

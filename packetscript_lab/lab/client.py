@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..core import flows
-from . import limits, programs
-from .protocol import Connection, LabError, decode_error
+from . import commands, limits, programs
+from .errors import LabError
+from .protocol import Connection, decode_error
+from .handle import AttachedScript
 from .description import load as load_description
 from .topology import TOPOLOGIES, Host
 
@@ -79,80 +81,6 @@ def explain_start_failure(log: str) -> str:
     else:
         reason = "the lab process could not set up its network"
     return f"cannot start the lab: {reason} ({why}). {REPLAY_HINT}"
-
-
-class AttachedScript:
-    """A script attached to a hook of a lab host (returned by ``Lab.attach``)."""
-
-    def __init__(self, lab: "Lab", info: dict):
-        self._lab = lab
-        self.info = info
-        self.name: str = info["name"]
-        self.host: str = info["host"]
-        self.table: str = info["table"]
-        self.chain: str = info["chain"]
-        self.detached = False
-
-    def __repr__(self) -> str:
-        return (f"<AttachedScript {self.name!r} on {self.host} {self.table}/{self.chain}"
-                f"{' (detached)' if self.detached else ''}>")
-
-    def replace(self, source: str) -> None:
-        """Compile ``source`` and swap it in between two packets (ScriptError leaves the old one)."""
-        self._lab._call("replace", name=self.name, source=source)
-        if self.info.get("keep"):
-            # A record holds one script: the packets kept now were judged by two.
-            self.info["replaced"] = True
-            self.info["source"] = source
-
-    def detach(self) -> dict:
-        """Remove the rule, let queued packets finish, stop the worker. Returns the final stats."""
-        if self.detached:
-            return self._final
-        self._final = self._lab._call("detach", name=self.name)
-        self.detached = True
-        self._lab.attached.pop(self.name, None)
-        return self._final
-
-    def stats(self) -> dict:
-        if self.detached:
-            return dict(self._final)
-        return self._lab._call("stats", name=self.name)
-
-    def series(self) -> list[dict]:
-        return list(self._lab._series.get(self.name, ()))
-
-    def recent(self, limit: int | None = None) -> list[dict]:
-        return self._lab._call("recent", name=self.name, limit=limit)
-
-    def errors(self) -> list[dict]:
-        return self._lab._call("errors", name=self.name)
-
-    def output(self) -> list[str]:
-        """Lines the script printed."""
-        return self._lab._call("output", name=self.name)
-
-    def record(self, directory, traffic=None) -> "Path":
-        """Write a record (docs/records.md) of the packets kept so far: attach with
-        ``record=N`` to keep the latest N. Call before ``detach()``, which lets them go."""
-        from packetscript_lab import recording
-
-        if self.detached:
-            raise LabError(f"{self.name} is detached: record before detach()")
-        if self.info.get("backend") != "nfqueue":
-            raise LabError("only scripts attached through NFQUEUE can be recorded: the kernel "
-                           "module's rules hand no packets back")
-        if not self.info.get("keep"):
-            raise LabError(f"{self.name} keeps no packets: attach it with record=N (packets to keep)")
-        entries = [recording.Entry(before, verdict, after, error, t)
-                   for t, before, after, verdict, error in
-                   self._lab._call("recorded", name=self.name)]
-        hook = {k: self.info.get(k) for k in ("host", "table", "chain", "match", "backend")}
-        return recording.write(directory, self.info["source"], entries,
-                               options=self.info["options"], backend="nfqueue", hook=hook,
-                               topology=self._lab.description, traffic=traffic,
-                               extra={"replaced": self.info.get("replaced", False),
-                                      "stats": self.stats()})
 
 
 class Capture:
@@ -347,6 +275,7 @@ class Lab:
     def _call(self, cmd: str, _timeout: float | None = None, **args: Any) -> Any:
         if self._closed:
             raise LabError("this lab is closed")
+        commands.check(cmd)
         mid = next(self._ids)
         data = Connection.encode({"id": mid, "cmd": cmd, "args": args})
         slot: list = [threading.Event(), None]
@@ -498,31 +427,10 @@ class Lab:
 
     # The generators take ``ip=6`` to reach a host by its IPv6 address (dual-stack labs); a
     # ``dst`` written as an address goes by that address's version.
-
-    def ping(self, src: str, dst: str, count: int = 3, interval: float = 0.2,
-             timeout: float = 1.0, size: int = 56, ip: int = 4) -> dict:
-        return self._call("ping", src=src, dst=dst, count=count, interval=interval,
-                          timeout=timeout, size=size, ip=ip)
-
-    def udp_stream(self, src: str, dst: str, port: int = 9000, rate: float = 100.0,
-                   duration: float = 2.0, size: int = 64, count: int | None = None,
-                   receiver: str | None = None, sport: int = 0, ip: int = 4) -> dict:
-        """Numbered datagrams at ``rate``/s for ``duration`` s; ``receiver`` is the host that
-        listens (default: the owner of ``dst``, which must then be a lab address)."""
-        return self._call("udp_stream", src=src, dst=dst, port=port, rate=rate,
-                          duration=duration, size=size, count=count, receiver=receiver, sport=sport,
-                          ip=ip)
-
-    def udp_blast(self, src: str, dst: str, port: int = 9000, count: int = 20000,
-                  size: int = 64, ip: int = 4) -> dict:
-        """Send ``count`` datagrams as fast as a separate sender process can (load tests)."""
-        return self._call("udp_blast", src=src, dst=dst, port=port, count=count, size=size, ip=ip)
-
-    def tcp_echo(self, src: str, dst: str, port: int = 7000, connections: int = 3,
-                 payload: bytes = b"hello packetscript", receiver: str | None = None,
-                 timeout: float = 2.0, ip: int = 4) -> dict:
-        return self._call("tcp_echo", src=src, dst=dst, port=port, connections=connections,
-                          payload=payload, receiver=receiver, timeout=timeout, ip=ip)
+    ping = commands.forwarder("ping")
+    udp_stream = commands.forwarder("udp_stream")
+    udp_blast = commands.forwarder("udp_blast")
+    tcp_echo = commands.forwarder("tcp_echo")
 
     def traffic(self, spec: str, seconds: float | None = None) -> list[dict]:
         """Run the flows of ``spec`` (the traffic language, docs/lab.md#traffic-language) at the
@@ -560,8 +468,9 @@ class Lab:
         argv = shlex.split(args) if isinstance(args, str) else list(args)
         return self._call("iptables", host=host, args=argv)
 
-    def iptables_save(self, host: str) -> str:
-        return self._call("iptables_save", host=host)
+    iptables_save = commands.forwarder("iptables_save")
+    ip6tables_save = commands.forwarder("ip6tables_save")
+    interfaces = commands.forwarder("interfaces")
 
     def ip6tables(self, host: str, args: str | list[str]) -> str:
         """Run ip6tables with ``args`` inside a host of a dual-stack lab."""
@@ -569,13 +478,6 @@ class Lab:
 
         argv = shlex.split(args) if isinstance(args, str) else list(args)
         return self._call("ip6tables", host=host, args=argv)
-
-    def ip6tables_save(self, host: str) -> str:
-        return self._call("ip6tables_save", host=host)
-
-    def interfaces(self) -> dict:
-        """Per host and interface: rx/tx packets, bytes, errors and drops."""
-        return self._call("interfaces")
 
     def interface_series(self) -> list[dict]:
         return list(self._ifaces)
@@ -585,8 +487,7 @@ class Lab:
         from .drawing import draw
         return draw(self.description)
 
-    def status(self) -> dict:
-        return self._call("status")
+    status = commands.forwarder("status")
 
 
 def connect(address: str) -> Lab:

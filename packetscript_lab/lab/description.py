@@ -37,7 +37,7 @@ import os
 import re
 import shlex
 
-from .protocol import LabError
+from .errors import LabError
 
 LAB_NET = ipaddress.ip_network("10.77.0.0/16")
 LAB_NET6 = ipaddress.ip_network("fd77::/16")

@@ -100,15 +100,6 @@ class NetNS:
                           f"{(res.stderr or res.stdout).strip()}")
         return res
 
-    def read_proc(self, path: str) -> str:
-        """Read a per-namespace /proc file (``/proc/thread-self/net/...``) as seen inside."""
-
-        def go() -> str:
-            with open(path) as f:
-                return f.read()
-
-        return self.run(go)
-
     def write_sysctl(self, key: str, value: str) -> None:
         path = "/proc/sys/" + key.replace(".", "/")
 

@@ -23,7 +23,7 @@ from packetscript_lab.core.netutil import ETH_P_IPV6
 from packetscript_lab.core.results import (ACCEPT_CODE, BODY_CHANGED, BY_CODE, CONTINUE_CODE,
                                            DROP_CODE, ETH_CHANGED, VERDICT)
 
-from .stats import Counters, Recent
+from packetscript_lab.runs import Counters, Recent
 
 _IPV6_TYPE = struct.pack("!H", ETH_P_IPV6)   # the synthetic header of an IPv6 packet
 

@@ -10,11 +10,13 @@ serves one client over an inherited socket (``--fd``) and exits when that socket
 which happens however the client ends, kill -9 included; or it serves clients on an inherited listening socket
 (``--listen-fd``, daemon mode for ``packetscript lab up``) until told to shut down.
 
-Every command runs in its own thread, so a long capture does not block a send.
+Every command (the table of ``commands.py``) runs in its own thread, so a long capture
+does not block a send.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -23,24 +25,24 @@ import signal
 import socket
 import struct
 import sys
-import tempfile
 import threading
 import time
 import traceback
 
 from ..core.netutil import mac_bytes
 from . import iptables as ipt
-from . import programs, topology, traffic
-from .accounting import Tally, account, parse_rule_counters, queue_rule_packets
+from . import commands, programs, topology, traffic
+from .accounting import account, parse_rule_counters, queue_rule_packets
+from .attached import Attached, KernelRun, kernel_runner
 from .nfqueue import QueueWorker
-from .protocol import Connection, LabError, encode_error
+from .errors import LabError
+from .protocol import Connection, encode_error
 from .stats import parse_nfqueue, parse_net_dev
 
 MAX_QUEUES = 16
-JUDGE_COUNTS = ("restarts", "timeouts", "crashes", "unjudged")
 
 
-class Session:
+class ClientSession:
     """One connected client: its outgoing messages and the scripts it attached."""
 
     def __init__(self, conn: Connection):
@@ -71,53 +73,6 @@ class Session:
         self.outbox.put(None)
 
 
-class Attached:
-    """Lab-side state of one attached script."""
-
-    def __init__(self, name, host, table, chain, match, rule, queue_num, worker, thread,
-                 options, session, backend):
-        self.name, self.host, self.table, self.chain, self.match = name, host, table, chain, match
-        self.rule, self.queue_num, self.worker, self.thread = rule, queue_num, worker, thread
-        self.options, self.session, self.backend = options, session, backend
-        self.versions: tuple[int, ...] = (4,)   # IP versions with a queue rule (4 and/or 6)
-        self.past_errors: list[dict] = []
-        self.internal_errors: list[dict] = []
-        self.kernel_rule = None   # packetscript_lab.xtlua.backend.KernelRule (kernel backend)
-        self.kernel_past: dict = {}  # counts of the rules that earlier replace() calls removed
-        self.tally = Tally()         # the kernel's counters of its rule and queue, kept cumulative
-        self.judge_past = dict.fromkeys(JUDGE_COUNTS, 0)  # wall-clock counts of replaced scripts
-
-    def judge_counts(self) -> dict:
-        """The wall-clock line's counts (restarts, timeouts, crashes, unjudged), all
-        scripts this handle ran included."""
-        script = self.worker.script if self.worker is not None else None
-        now = script.counts() if script is not None else {}
-        return {k: self.judge_past[k] + now.get(k, 0) for k in JUDGE_COUNTS}
-
-    def info(self) -> dict:
-        return {"name": self.name, "host": self.host, "table": self.table, "chain": self.chain,
-                "match": self.match, "queue": self.queue_num, "backend": self.backend,
-                "ip": list(self.versions),
-                "mark": ipt.mark_bit(self.queue_num) if self.queue_num is not None else None}
-
-
-def _errors_of(script) -> list[dict]:
-    """The engine's first errors (ScriptRuntimeError) as {"message", "line", "count"} dicts."""
-    return [{"message": e.message, "line": e.line, "count": e.count} for e in script.errors]
-
-
-def _insert_kernel_script(insert, source: str) -> None:
-    """Give the kernel the script through a file that lives only while the rule is added:
-    iptables copies the text into the rule, so nothing is left behind."""
-    with tempfile.NamedTemporaryFile("w", prefix="packetscript-", suffix=".lua") as f:
-        f.write(source)
-        f.flush()
-        try:
-            insert(f.name)
-        except RuntimeError as exc:
-            raise LabError(f"the kernel module refused the script: {exc}") from None
-
-
 class World:
     def __init__(self, topo: str, sample_interval: float, iptables_program: str, budget=None):
         from .description import load
@@ -145,7 +100,7 @@ class World:
         self.stats_lock = threading.RLock()
         self.captures: dict[int, traffic.Capture] = {}
         self.capture_seq = 0
-        self.sessions: set[Session] = set()
+        self.sessions: set[ClientSession] = set()
         threading.Thread(target=self._sampler, name="lab-sampler", daemon=True).start()
 
     # -- helpers --
@@ -181,6 +136,15 @@ class World:
                 except LabError:
                     pass                 # reading failed: stay with NF_REPEAT
 
+    @contextlib.contextmanager
+    def changing_rules(self, host: str):
+        """Around a change of ``host``'s rules (see _rules_changed)."""
+        self._rules_changed(host, False)
+        try:
+            yield
+        finally:
+            self._rules_changed(host, True)
+
     def handle(self, name: str) -> Attached:
         if self.attached.get(name) is None:
             raise LabError(f"no script named {name!r} is attached")
@@ -213,16 +177,8 @@ class World:
             return self._handle_stats(a, queues, rules)
 
     def _handle_stats(self, a: Attached, queues: dict | None, rules: dict | None) -> dict:
-        if a.kernel_rule is not None:
-            # The rule counters: packets that reached the script, and those that went on
-            # (XT_CONTINUE); "stopped" is accepted + dropped, which counters cannot tell
-            # apart. Changed bytes and script errors stay in the kernel (its log).
-            c = a.kernel_rule.counters()
-            stats = {k: c[k] + a.kernel_past.get(k, 0) for k in ("seen", "bytes", "continued", "stopped")}
-            stats["queue_drops"] = 0
-            # The module judges every packet in line: nothing waits, nothing passes unjudged.
-            stats.update(account(stats["seen"], stats["seen"], 0, 0))
-            return stats
+        if isinstance(a, KernelRun):
+            return a.stats()
         # Read in this order (rule counter, queue, worker), so that a packet that moves on
         # between two reads is never taken for one that passed unjudged (accounting.py).
         if rules is None:
@@ -248,7 +204,7 @@ class World:
                          s["queue_drops"], backlog))
         if a.worker:
             s["first_t"], s["last_t"] = a.worker.first_t, a.worker.last_t
-        s.update(a.judge_counts())
+        s.update(a.replaced.judge_counts(a.script))
         return s
 
     def interfaces(self) -> dict:
@@ -266,7 +222,7 @@ class World:
                 with self.stats_lock:
                     # Rule counters first, then the queues, then the workers (handle_stats).
                     rules = {h: self._rule_counters(h)
-                             for h in {a.host for a in handles if a.kernel_rule is None}}
+                             for h in {a.host for a in handles if not isinstance(a, KernelRun)}}
                     per_host = {h: self._kernel_stats(h) for h in self.hosts}
                     t = time.time()
                     samples = [(sess, {a.name: self.handle_stats(a, per_host[a.host][0],
@@ -289,7 +245,7 @@ class World:
 
         return Judge(source, name=name, **options)
 
-    def attach(self, sess: Session, source: str | None, host: str, table: str = "filter",
+    def attach(self, sess: ClientSession, source: str | None, host: str, table: str = "filter",
                chain: str = "INPUT", match: str = "", name: str | None = None,
                backend: str = "nfqueue", on_overload: str = "accept", position: int | None = None,
                queue_len: int = 4096, ip: int | None = None, **options) -> dict:
@@ -380,24 +336,11 @@ class World:
                                 "attach with ip=4 or ip=6 for one version only (a match that "
                                 "names addresses needs the version of its addresses)") from None
 
-    def _kernel_runner(self, host: str):
-        """Runs programs in the host's namespace for the kernel backend. Tests set
-        PACKETSCRIPT_XT_LUA_STANDIN=1 to go through the stand-in for the xt_LUA module,
-        which cannot be loaded on machines without loadable modules (kernel/standin.py)."""
-        def run(argv):
-            return self.spaces[host].sh(argv, check=False)
-
-        if os.environ.get("PACKETSCRIPT_XT_LUA_STANDIN") == "1":
-            from packetscript_lab.xtlua.standin import StandInLuaTarget
-
-            return StandInLuaTarget(run)
-        return run
-
     def _attach_kernel(self, sess, source, host, table, chain, match, name, options) -> dict:
         # Detection, the install route and the rules live in packetscript_lab.xtlua.backend.
         from packetscript_lab.xtlua import backend as kernel_backend
 
-        run = self._kernel_runner(host)
+        run = kernel_runner(self.spaces[host])
         try:
             kernel_backend.require(run, self.iptables_program)
         except kernel_backend.KernelModuleMissing as exc:
@@ -407,13 +350,9 @@ class World:
                                          match=match, function=options.get("function"),
                                          state_id=options.get("state_id"),
                                          program=self.iptables_program)
-        self._rules_changed(host, False)
-        try:
-            _insert_kernel_script(rule.insert, source)
-        finally:
-            self._rules_changed(host, True)
-        a = Attached(name, host, table, chain, match, None, None, None, None, options, sess, "kernel")
-        a.kernel_rule = rule
+        a = KernelRun(name, host, table, chain, match, options, sess, rule,
+                      functools.partial(self.changing_rules, host))
+        a.load(source)
         with self.lock:
             self.attached[name] = a
         sess.handles.add(name)
@@ -421,42 +360,31 @@ class World:
 
     def replace(self, name: str, source: str) -> dict:
         a = self.handle(name)
-        if a.kernel_rule is not None:
+        if isinstance(a, KernelRun):
             self._compile(source, name, {**a.options, "profile": "kernel"}).close()
-            before = self.handle_stats(a)
-            self._rules_changed(a.host, False)
-            try:
-                _insert_kernel_script(a.kernel_rule.replace, source)
-            finally:
-                self._rules_changed(a.host, True)
-            a.kernel_past = before   # the new rules count from zero; the handle's counts go on
+            with self.stats_lock:
+                a.replace(source)
             return a.info()
         if a.worker is None or a.worker.script is None:
             raise LabError(f"script {name!r} ({a.backend} backend) cannot be replaced in place")
         new = self._compile(source, name, a.options)  # compile errors leave the old one running
         old = a.worker.script
         a.worker.script = new  # one attribute store: the next packet sees the new script
-        a.past_errors.extend(_errors_of(old))
         old.close()                # waits for a batch the worker may still be judging with it
-        for key, value in old.counts().items():
-            a.judge_past[key] += value
+        a.replaced.retire(old)
         return a.info()
 
     def detach(self, name: str) -> dict:
         a = self.handle(name)
         with self.lock:
             self.attached[name] = None  # no new commands on it while it goes
-        final = self.handle_stats(a) if a.kernel_rule is not None else None
-        if a.worker is not None:
-            self.handle_stats(a)   # the rule's last count, read while the rule still exists
+        final = None
         try:
-            if a.kernel_rule is not None:
-                self._rules_changed(a.host, False)
-                try:
-                    a.kernel_rule.remove()
-                finally:
-                    self._rules_changed(a.host, True)
+            if isinstance(a, KernelRun):
+                with self.stats_lock:
+                    final = a.detach()
             else:
+                self.handle_stats(a)   # the rule's last count, read while the rule still exists
                 for v in a.versions:
                     self.tables_of[v][a.host].delete(a.table, a.rule)
         finally:
@@ -489,16 +417,6 @@ class World:
             if s["judged"] != judged:
                 progress_at, judged = time.monotonic(), s["judged"]
         return s
-
-    def errors(self, name: str) -> list[dict]:
-        a = self.handle(name)
-        script = a.worker.script if a.worker else None
-        return a.past_errors + (_errors_of(script) if script is not None else [])
-
-    def output(self, name: str) -> list[str]:
-        a = self.handle(name)
-        script = a.worker.script if a.worker else None
-        return list(getattr(script, "output", []) or [])
 
     # -- traffic --
 
@@ -581,7 +499,7 @@ class World:
                 "sample_interval": self.sample_interval,
                 "max_pps": self.budget.rate if self.budget is not None else 0}
 
-    def end_session(self, sess: Session) -> None:
+    def end_session(self, sess: ClientSession) -> None:
         for name in list(sess.handles):
             try:
                 self.detach(name)
@@ -592,56 +510,9 @@ class World:
         sess.close()
 
 
-def _dispatch(world: World, sess: Session, cmd: str, args: dict):
-    if cmd == "attach":
-        return world.attach(sess, **args)
-    if cmd == "replace":
-        return world.replace(args["name"], args["source"])
-    if cmd == "detach":
-        return world.detach(args["name"])
-    if cmd == "stats":
-        return world.handle_stats(world.handle(args["name"]))
-    if cmd == "recent":
-        worker = world.handle(args["name"]).worker
-        return worker.recent.entries(args.get("limit")) if worker else []
-    if cmd == "recorded":
-        # The kept packets as the script saw them (Ethernet frames) and what it did, for a record.
-        worker = world.handle(args["name"]).worker
-        if worker is None:
-            return []
-        return [(t, eth + before, None if after is None else eth + after, verdict,
-                 None if error is None else str(error))
-                for t, before, after, verdict, error, eth in worker.recent.items()]
-    if cmd == "errors":
-        return world.errors(args["name"])
-    if cmd == "output":
-        return world.output(args["name"])
-    if cmd == "iptables":
-        world.host(args["host"])
-        return world.tables[args["host"]].run(args["args"])
-    if cmd == "iptables_save":
-        world.host(args["host"])
-        return world.tables[args["host"]].save()
-    if cmd in ("ip6tables", "ip6tables_save"):
-        world.host(args["host"])
-        if 6 not in world.tables_of:
-            raise LabError("this lab is IPv4 only: it has no ip6tables rules (start it with ipv6=True)")
-        t = world.tables_of[6][args["host"]]
-        return t.run(args["args"]) if cmd == "ip6tables" else t.save()
-    if cmd == "interfaces":
-        return world.interfaces()
-    if cmd == "status":
-        return world.status()
-    if cmd == "ping":
-        return world.ping(**args)
-    if cmd in ("send", "udp_stream", "udp_blast", "tcp_echo", "replay_pcap", "capture_start", "capture_collect"):
-        return getattr(world, cmd)(**args)
-    raise LabError(f"unknown lab command {cmd!r}")
-
-
 def serve_session(world: World, conn: Connection, daemon: bool) -> bool:
     """Handle one client until it disconnects. Returns True when the lab should end."""
-    sess = Session(conn)
+    sess = ClientSession(conn)
     with world.lock:
         world.sessions.add(sess)
     sess.send({"event": "ready", "hosts": world.hosts, "topology": world.topology,
@@ -657,7 +528,7 @@ def serve_session(world: World, conn: Connection, daemon: bool) -> bool:
                 if cmd == "shutdown" or not daemon:
                     shutdown.set()
                 return
-            sess.send({"id": mid, "ok": _dispatch(world, sess, cmd, msg.get("args") or {})})
+            sess.send({"id": mid, "ok": commands.run(world, sess, cmd, msg.get("args") or {})})
         except BaseException as exc:
             sess.send({"id": mid, "err": encode_error(exc)})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from .protocol import LabError
+from .errors import LabError
 
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 

@@ -4,7 +4,7 @@ Each message is a pickled dict preceded by its length (4 bytes, big-endian). Bot
 the same program started by the same user, so pickle is acceptable; daemon labs also check
 the peer's credentials before accepting a connection.
 
-client -> lab:  {"id": n, "cmd": name, "args": {...}}
+client -> lab:  {"id": n, "cmd": name, "args": {...}}   (name: a command of commands.py)
 lab -> client:  {"id": n, "ok": result} | {"id": n, "err": encoded error}
                 {"event": "ready" | "fatal" | "sample" | "error" | "script_error", ...}
 """
@@ -15,12 +15,10 @@ import socket
 import struct
 import threading
 
+from .errors import LabError
+
 _LEN = struct.Struct("!I")
 MAX_MESSAGE = 256 << 20
-
-
-class LabError(RuntimeError):
-    """The lab could not do what was asked; the message says why and what to do."""
 
 
 class Connection:

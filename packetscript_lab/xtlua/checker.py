@@ -19,7 +19,7 @@ from packetscript_lab.core.protocols import PROTOCOLS
 from .luasource import LuaSourceError, is_float_literal, parse, tokenize
 from .rules import MAX_FUNCTION_NAME, MAX_SCRIPT_SIZE, MAX_STATE_ID, RULES
 
-__all__ = ["Finding", "Report", "check_source", "check_file", "PROFILES"]
+__all__ = ["Finding", "Report", "check_source", "PROFILES"]
 
 PROFILES = ("lab", "kernel")
 
@@ -116,12 +116,6 @@ class Report:
             for f in self.findings)
         return ("<table><tr><th>line</th><th>severity</th><th>rule</th><th>problem</th>"
                 f"<th>fix</th></tr>{rows}</table>")
-
-
-def check_file(path: str, profile: str = "kernel", **options) -> Report:
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-        source = fh.read()
-    return check_source(source, profile, name=path, **options)
 
 
 def check_source(source: str, profile: str = "kernel", *, name: str = "script",

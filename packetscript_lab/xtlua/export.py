@@ -149,7 +149,7 @@ class ExportPlan:
             f"# uci set firewall.{include}.reload=1",
             "uci commit firewall",
             "/etc/init.d/firewall restart",
-            f"# keep the script across sysupgrade:",
+            "# keep the script across sysupgrade:",
             f"grep -qx {shlex.quote(os.path.dirname(self.path) + '/')} /etc/sysupgrade.conf || "
             f"echo {shlex.quote(os.path.dirname(self.path) + '/')} >> /etc/sysupgrade.conf",
             "",

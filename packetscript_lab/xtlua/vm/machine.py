@@ -305,7 +305,7 @@ class XtLuaVM:
         proc = subprocess.Popen(self._command(job), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         console_file, results_file = job / "console.log", job / "results.jsonl"
-        boot, rss, progress_at, last_size = None, 0.0, None, -1
+        boot, rss, last_size = None, 0.0, -1
         deadline = started + self.boot_timeout
         try:
             while proc.poll() is None:
@@ -317,7 +317,7 @@ class XtLuaVM:
                     deadline = now + self.boot_timeout
                 size = results_file.stat().st_size if results_file.exists() else 0
                 if size != last_size:
-                    last_size, progress_at = size, now
+                    last_size = size
                     deadline = max(deadline, now + self.packet_timeout)
                 if now > deadline:
                     break

@@ -1,11 +1,11 @@
 """The replay backend as a live run: a Judge (a Script in its own watched process) fed
 packets in a worker thread at their pace.
 
-It has the same reading interface as a Lab attachment handle (``stats``, ``series``,
-``recent``, ``errors``, ``replace``, ``detach``) so the dashboard and the summary do not
-care which backend produced the numbers. Pace ``recorded`` (the default) plays packets at
-their recorded time offsets (gaps longer than one second are shortened to one second), so
-the dashboard shows rates as they were offered; pace ``fast`` plays them back to back.
+It is a run handle (``packetscript_lab.runs.RunHandle``) like a Lab attachment, so the
+dashboard and the summary do not care which backend produced the numbers. Pace ``recorded``
+(the default) plays packets at their recorded time offsets (gaps longer than one second are
+shortened to one second), so the dashboard shows rates as they were offered; pace ``fast``
+plays them back to back.
 ``played_all`` is set whenever every packet handed in so far has been judged.
 
 The worker only computes; it never prints or touches widgets.
@@ -13,20 +13,24 @@ The worker only computes; it never prints or touches widgets.
 from __future__ import annotations
 
 import collections
+import inspect
 import threading
 import time
 
-from packetscript_lab import Judge
+from packetscript_lab.judge import Judge
+from packetscript_lab.script import Script
+from packetscript_lab.runs import Counters, Recent, Replaced, entries_of
 
 MAX_GAP = 1.0
 PACES = ("recorded", "fast")
 BATCH = 2000
 RECENT = 50
-JUDGE_COUNTS = ("restarts", "timeouts", "crashes", "unjudged")
 MAX_KEPT = 100_000      # packets a recorded run keeps
 
 
 class ReplayRun:
+    """A script judging a capture's packets at their pace, in a worker thread."""
+
     backend = "replay"
 
     def __init__(self, name: str, script: Judge, frames, *, raw_ip: bool = False,
@@ -45,18 +49,14 @@ class ReplayRun:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._counts = dict.fromkeys(("seen", "bytes", "accepted", "dropped", "continued",
-                                      "modified", "errors", "queue_drops",
-                                      "passed_unjudged"), 0)
-        self._series: list[dict] = [dict.fromkeys(self._counts, 0) | {"t": 0.0}]
-        self._recent: collections.deque = collections.deque(maxlen=RECENT)
-        self._old_errors: list[dict] = []
-        self._old_counts = dict.fromkeys(JUDGE_COUNTS, 0)   # of the scripts replaced
+        self._counts = Counters()
+        self._series: list[dict] = [self._sample(0.0)]
+        self._recent = Recent(RECENT)
+        self._replaced = Replaced()       # errors and wall-clock counts of replaced scripts
         self._t0 = time.monotonic()
         self.played_all = threading.Event()
         # keep: every packet's bytes and result, for record() (packetscript_lab.recording)
         self._kept: list | None = [] if keep else None
-        self._replaced = False            # a record holds one script's packets
         self.failure: str | None = None
         self._thread = threading.Thread(target=self._work, name=f"replay-{name}", daemon=True)
         self._thread.start()
@@ -64,35 +64,34 @@ class ReplayRun:
     # --- handle interface ------------------------------------------------------------
     def stats(self) -> dict:
         with self._lock:
-            return {**self._counts, **self._judge_counts()}
-
-    def _judge_counts(self) -> dict:
-        now = self._script.counts() if hasattr(self._script, "counts") else {}
-        return {k: self._old_counts[k] + now.get(k, 0) for k in JUDGE_COUNTS}
+            return {**self._numbers(), **self._replaced.judge_counts(self._script)}
 
     def series(self) -> list[dict]:
         with self._lock:
             return list(self._series) + [self._sample()]
 
-    def recent(self) -> list[dict]:
+    def recent(self, limit: int | None = None) -> list[dict]:
         with self._lock:
-            return list(self._recent)
+            items = self._recent.items()
+        return entries_of(items, limit)
 
     def errors(self) -> list[dict]:
         with self._lock:
-            current = [{"message": m, "line": ln, "count": c}
-                       for (m, ln, c) in _error_triples(self._script)]
-            return self._old_errors + current
+            return self._replaced.all_errors(self._script)
 
-    def replace(self, script: Judge) -> None:
-        """Swap the script between two packets: none is lost or run twice."""
+    def output(self) -> list[str]:
+        """Lines the script printed."""
+        with self._lock:
+            return self._replaced.all_output(self._script)
+
+    def replace(self, source) -> None:
+        """Swap the script between two packets: none is lost or run twice. ``source`` is
+        Lua text (compiled with this run's options) or a compiled Judge or Script."""
+        script = Judge(source, **_options(self._script)) if isinstance(source, str) else source
         with self._lock:
             old = self._script
-            self._old_errors += [{"message": m, "line": ln, "count": c}
-                                 for (m, ln, c) in _error_triples(old)]
-            self._old_counts = self._judge_counts()
+            self._replaced.retire(old)
             self._script = script
-            self._replaced = True
             if self._kept is not None:
                 self._kept.clear()        # from here on the record is the new script's
         _close(old)
@@ -108,7 +107,7 @@ class ReplayRun:
                                                     "fix_checksums", "seed", "line_offset")}
         return recording.write(directory, script.source, entries, options=options,
                                backend="replay", traffic=traffic,
-                               extra={"replaced": self._replaced})
+                               extra={"replaced": self._replaced.any})
 
     def inject(self, frames) -> None:
         """Play more packets (``%packetscript send``), starting now."""
@@ -119,15 +118,13 @@ class ReplayRun:
             self.played_all.clear()
         self._wake.set()
 
-    def detach(self) -> None:
+    def detach(self) -> dict:
+        """Stop playing (a second call changes nothing); the final stats."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5)
         _close(self._script)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
+        return self.stats()
 
     def _paced(self, frames):
         if self.pace == "fast":
@@ -162,35 +159,26 @@ class ReplayRun:
             self.played_all.set()
 
     def _run_one(self, now: float, data: bytes) -> None:
-        from packetscript_lab.core.fields import changed_fields, field_changes, summary
-
         script = self._script
         result = script.run_ip(data, ts=now) if self._raw_ip else script.run(data, ts=now)
-        c = self._counts
-        c["seen"] += 1
-        c["bytes"] += len(data)
-        c[{"accept": "accepted", "drop": "dropped", "continue": "continued"}[result.verdict]] += 1
-        if result.modified:
-            c["modified"] += 1
-        if result.error is not None:
-            c["errors"] += 1
+        self._counts.add(len(data), result.verdict, result.modified, result.error,
+                         result.eth_modified)
         eth = script.eth_header if self._raw_ip else b""
         if self._kept is not None and len(self._kept) < MAX_KEPT:
             from packetscript_lab.recording import Entry
             self._kept.append(Entry(eth + data, result.verdict,
                                     eth + result.data if result.modified else None,
                                     None if result.error is None else str(result.error), now))
-        self._recent.append({
-            "t": now,
-            "summary": summary(eth + data),
-            "verdict": result.verdict,
-            "changed": changed_fields(eth + data, eth + result.data) if result.modified else [],
-            "changes": field_changes(eth + data, eth + result.data) if result.modified else [],
-            "error": str(result.error) if result.error is not None else None,
-        })
+        error = None if result.error is None else {0: result.error}
+        self._recent.add_batch(now, [data], [result.data if result.modified else None],
+                               [result.verdict], error or {}, [eth])
 
-    def _sample(self) -> dict:
-        return {"t": time.monotonic() - self._t0, **self._counts}
+    def _numbers(self) -> dict:
+        # Nothing waits in a queue and nothing passes unjudged: every packet is run.
+        return {**self._counts.snapshot(), "queue_drops": 0, "passed_unjudged": 0}
+
+    def _sample(self, t: float | None = None) -> dict:
+        return {"t": time.monotonic() - self._t0 if t is None else t, **self._numbers()}
 
 
 def _shorten_gaps(frames):
@@ -211,6 +199,8 @@ def _close(script) -> None:
         close()
 
 
-def _error_triples(script):
-    """The script's kept errors (ScriptRuntimeError: message, line, count) as tuples."""
-    return [(e.message, e.line, e.count) for e in script.errors]
+def _options(script) -> dict:
+    """The options ``script`` was compiled with, to compile its replacement alike."""
+    names = [p.name for p in inspect.signature(Script.__init__).parameters.values()
+             if p.kind is p.KEYWORD_ONLY]
+    return {k: getattr(script, k) for k in names if hasattr(script, k)}
