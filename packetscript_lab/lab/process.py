@@ -32,6 +32,7 @@ from . import iptables as ipt
 from . import programs, topology, traffic
 from .accounting import Tally, account, parse_rule_counters, queue_rule_packets
 from .nfqueue import QueueWorker
+from .nfqnative import NativeQueueWorker, wanted as native_wanted
 from .protocol import Connection, LabError, encode_error
 from .stats import parse_nfqueue, parse_net_dev
 
@@ -236,6 +237,7 @@ class World:
                          s["queue_drops"], backlog))
         if a.worker:
             s["first_t"], s["last_t"] = a.worker.first_t, a.worker.last_t
+            s["worker"] = getattr(a.worker, "kind", "netfilterqueue")
         s.update(a.judge_counts())
         return s
 
@@ -319,7 +321,8 @@ class World:
                 ev["script"] = name
                 sess.send(ev)
 
-            worker = QueueWorker(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
+            worker_class = NativeQueueWorker if native_wanted(script) else QueueWorker
+            worker = worker_class(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
                                  error_verdict=options.get("on_error", "drop"), max_len=queue_len,
                                  ring=max(200, keep))
             thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")

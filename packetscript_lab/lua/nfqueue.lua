@@ -1,0 +1,307 @@
+-- The native NFQUEUE worker (LuaJIT only): reads queued packets from the queue's netlink
+-- socket many per system call (recvmmsg), judges a batch in one call (E.run_frames) and
+-- sends all its verdicts in one message buffer, a run of unchanged accepts as one
+-- NFQNL_MSG_VERDICT_BATCH. No packet becomes a Python object.
+--
+-- The socket is bound and configured by the lab process, which keeps it across restarts
+-- of this process; so is the shared page (`shm`, layout in lab/nfqnative.py), where this
+-- driver leaves its counters and the batch in progress: the packet ids, marks and one
+-- result byte per packet (0xFF until judged). The watchdog in the lab process reads it to
+-- see progress, and after killing this process it gives the batch's unjudged packets
+-- their verdicts itself.
+local E = ...
+local ffi = require("ffi")
+local bit = require("bit")
+local band, bor, bswap, rshift = bit.band, bit.bor, bit.bswap, bit.rshift
+
+pcall(ffi.cdef, [[
+void *mmap(void *, size_t, int, int, int, int64_t);
+int munmap(void *, size_t);
+void *malloc(size_t);
+void free(void *);
+]])
+pcall(ffi.cdef, [[
+struct nfq_iovec { void *base; size_t len; };
+struct nfq_msghdr { void *name; uint32_t namelen; struct nfq_iovec *iov; size_t iovlen;
+                    void *control; size_t controllen; int flags; };
+struct nfq_mmsghdr { struct nfq_msghdr hdr; unsigned int len; };
+struct nfq_pollfd { int fd; short events; short revents; };
+struct nfq_timespec { long sec; long nsec; };
+int recvmmsg(int, struct nfq_mmsghdr *, unsigned int, int, struct nfq_timespec *);
+int poll(struct nfq_pollfd *, unsigned long, int);
+int64_t send(int, const void *, size_t, int);
+int clock_gettime(int, struct nfq_timespec *);
+struct nfq_shm {
+  uint64_t seq; uint32_t state; uint32_t n; uint32_t stop; uint32_t continue_accepts;
+  uint64_t c[10]; double first_t; double last_t; uint32_t pid; uint32_t pad;
+};
+struct nfq_rec { uint32_t seq, n, total, after; double t; };
+struct nfq_err { uint32_t seq, len; };
+]])
+local C = ffi.C
+local u8p = ffi.typeof("uint8_t *")
+local u16p, u32p = ffi.typeof("uint16_t *"), ffi.typeof("uint32_t *")
+
+local MAXB = 64                      -- packets per batch (and per recvmmsg) at most
+local HEAD = 256                     -- room for the netlink and attribute headers
+local IDS, MARKS, RESULTS = 192, 192 + 4 * MAXB, 192 + 8 * MAXB   -- offsets in the page
+local SHM_SIZE = 4096
+-- counters: seen, bytes, accepted, dropped, continued, modified, errors, eth_modified,
+-- internal_errors, batches
+local SEEN, BYTES, ACC, DROP, CONT, MOD, ERR, ETHMOD, BATCHES = 0, 1, 2, 3, 4, 5, 6, 7, 9
+
+local function alloc(ct, n)
+  local p = C.malloc(n)
+  if p == nil then error("out of memory for the queue's buffers") end
+  return ffi.gc(ffi.cast(ct, p), C.free)
+end
+
+local M = {}
+local sock, shm, ids, marks, results = -1, nil, nil, nil, nil
+local queue_num, mark_bit, use_outdev, RING = 0, 0, false, 200
+local RANGE, SLOT, rx, msgs, iov, work, orig, L, T, ETHS, tx, TXSIZE
+local ETH_DEFAULT = ffi.new("uint8_t[12]")
+local pfd = ffi.new("struct nfq_pollfd[1]")
+local ts = ffi.new("struct nfq_timespec")
+local plen_of, eth_of, id_of = {}, {}, {}
+
+local function now(clock)
+  C.clock_gettime(clock, ts)
+  return tonumber(ts.sec) + tonumber(ts.nsec) * 1e-9
+end
+
+-- sock_fd: the bound queue's socket; shm_fd: the shared page; eths: 16-byte records
+-- (ifindex as uint32 and the 12 MAC bytes) of the synthetic Ethernet headers.
+function M.setup(sock_fd, shm_fd, qnum, bit_, outdev, copy_range, ring, eths, default12)
+  sock, queue_num, mark_bit, use_outdev, RING = sock_fd, qnum, bit_, outdev, ring
+  local p = C.mmap(nil, SHM_SIZE, 3, 1, shm_fd, 0)          -- PROT_READ|WRITE, MAP_SHARED
+  if p == ffi.cast("void *", -1) then return nil, "cannot map the queue's shared page" end
+  shm = ffi.cast("struct nfq_shm *", p)
+  ids, marks = ffi.cast(u32p, ffi.cast(u8p, p) + IDS), ffi.cast(u32p, ffi.cast(u8p, p) + MARKS)
+  results = ffi.cast(u8p, p) + RESULTS
+  RANGE = copy_range
+  SLOT = RANGE + HEAD
+  rx = alloc(u8p, SLOT * MAXB)
+  msgs = ffi.new("struct nfq_mmsghdr[?]", MAXB)
+  iov = ffi.new("struct nfq_iovec[?]", MAXB)
+  for i = 0, MAXB - 1 do
+    iov[i].base, iov[i].len = rx + i * SLOT, SLOT
+    msgs[i].hdr.iov, msgs[i].hdr.iovlen = iov + i, 1
+  end
+  work = alloc(u8p, (RANGE + 14) * MAXB)
+  orig = alloc(u8p, (RANGE + 14) * MAXB)
+  L = alloc("int32_t *", 4 * MAXB)
+  T = alloc("double *", 8 * MAXB)
+  TXSIZE = MAXB * (RANGE + 64) + 64
+  tx = alloc(u8p, TXSIZE)
+  ETHS = {}
+  for at = 1, #eths, 16 do
+    local idx = ffi.cast("const uint32_t *", ffi.cast("const char *", eths) + at - 1)[0]
+    ETHS[idx] = ffi.new("uint8_t[12]")
+    ffi.copy(ETHS[idx], ffi.cast("const char *", eths) + at + 3, 12)
+  end
+  ffi.copy(ETH_DEFAULT, default12, 12)
+  pfd[0].fd, pfd[0].events = sock, 1                          -- POLLIN
+  return true
+end
+
+-- Netlink attributes are host order, their payloads big-endian.
+local function be32(p) return bswap(ffi.cast(u32p, p)[0]) end
+local function put32(p, v) ffi.cast(u32p, p)[0] = v end
+local function put_be32(p, v) ffi.cast(u32p, p)[0] = bswap(v) end
+
+-- Copies each queued packet into the batch as a frame (synthetic Ethernet header + IP
+-- packet); returns the number of packets and the bytes of frames.
+local function parse(count)
+  local n, off = 0, 0
+  for m = 0, count - 1 do
+    local base, len = rx + m * SLOT, msgs[m].len
+    local at = 0
+    while at + 16 <= len do
+      local mlen, mtype = ffi.cast(u32p, base + at)[0], ffi.cast(u16p, base + at + 4)[0]
+      if mlen < 16 or at + mlen > len then break end
+      if mtype == 0x300 then                                  -- NFQNL_MSG_PACKET
+        local id, mark, ifindex, payload, plen = nil, 0, 0, nil, 0
+        local a, stop = at + 20, at + mlen
+        while a + 4 <= stop do
+          local alen, atype = ffi.cast(u16p, base + a)[0], band(ffi.cast(u16p, base + a + 2)[0], 0x3fff)
+          if alen < 4 then break end
+          if atype == 1 then id = be32(base + a + 4)                         -- PACKET_HDR
+          elseif atype == 3 then mark = be32(base + a + 4)                   -- MARK
+          elseif atype == 5 and not use_outdev then ifindex = be32(base + a + 4)  -- INDEV
+          elseif atype == 6 and use_outdev then ifindex = be32(base + a + 4)      -- OUTDEV
+          elseif atype == 10 then payload, plen = base + a + 4, alen - 4     -- PAYLOAD
+          end
+          a = a + band(alen + 3, -4)
+        end
+        if id and n < MAXB then
+          local f = work + off
+          ffi.copy(f, ETHS[ifindex] or ETH_DEFAULT, 12)
+          -- the EtherType follows the IP version of the packet
+          if plen > 0 and rshift(payload[0], 4) == 6 then f[12], f[13] = 0x86, 0xdd
+          else f[12], f[13] = 0x08, 0x00 end
+          if plen > 0 then ffi.copy(f + 14, payload, plen) end
+          ids[n], marks[n], L[n] = id, mark, plen + 14
+          n, off = n + 1, off + plen + 14
+        end
+      end
+      at = at + band(mlen + 3, -4)
+    end
+  end
+  ffi.copy(orig, work, off)
+  return n, off
+end
+
+-- Verdict messages into tx: a run of unchanged accepts becomes one batch verdict for the
+-- run's last id (the kernel applies it to every queued id up to it; everything before the
+-- run already had its verdict earlier in the same buffer).
+local NLM_F_REQUEST = 1
+local function header(p, size, mtype)
+  put32(p, size)
+  ffi.cast(u16p, p + 4)[0] = mtype
+  ffi.cast(u16p, p + 6)[0] = NLM_F_REQUEST
+  put32(p + 8, 0); put32(p + 12, 0)
+  p[16], p[17] = 0, 0                                        -- AF_UNSPEC, version 0
+  ffi.cast(u16p, p + 18)[0] = bor(rshift(queue_num, 8), band(queue_num, 0xff) * 256)
+end
+local VERDICT, BATCH = 0x301, 0x303           -- NFQNL_MSG_VERDICT(_BATCH) of subsystem 3
+local function verdict_msg(at, mtype, verdict, id, mark, payload, plen)
+  local p = tx + at
+  local size = 20 + 12
+  put32(p + 20, 0x0002000c)                                  -- len 12, NFQA_VERDICT_HDR
+  put_be32(p + 24, verdict); put_be32(p + 28, id)
+  if mark then
+    put32(p + size, 0x00030008); put_be32(p + size + 4, mark)  -- NFQA_MARK
+    size = size + 8
+  end
+  if payload then
+    ffi.cast(u16p, p + size)[0], ffi.cast(u16p, p + size + 2)[0] = plen + 4, 10
+    ffi.copy(p + size + 4, payload, plen)
+    size = size + band(plen + 4 + 3, -4)
+  end
+  header(p, size, mtype)
+  return at + size
+end
+
+local function send_verdicts(n)
+  local at, run_last = 0, nil
+  local cont_accepts = shm.continue_accepts ~= 0
+  local off = 0
+  for i = 0, n - 1 do
+    local code, len = results[i], L[i]
+    local v = band(code, 3)
+    local changed = band(code, 32) ~= 0
+    local accept = v == 1 or (v == 2 and cont_accepts)
+    if accept and not changed then
+      run_last = ids[i]
+    else
+      if run_last then at = verdict_msg(at, BATCH, 1, run_last); run_last = nil end
+      local payload = changed and work + off + 14 or nil
+      if accept then at = verdict_msg(at, VERDICT, 1, ids[i], nil, payload, len - 14)
+      elseif v == 0 then at = verdict_msg(at, VERDICT, 0, ids[i], nil, payload, len - 14)
+      else at = verdict_msg(at, VERDICT, 4, ids[i], bor(marks[i], mark_bit), payload, len - 14) end  -- NF_REPEAT
+    end
+    off = off + len
+  end
+  if run_last then at = verdict_msg(at, BATCH, 1, run_last) end
+  local sent = C.send(sock, tx, at, 0)
+  if sent < 0 then return ffi.errno() end
+end
+
+local function count(n, bytes)
+  local c = shm.c
+  local acc, drop, cont, mod, err, ethmod = 0, 0, 0, 0, 0, 0
+  for i = 0, n - 1 do
+    local code = results[i]
+    local v = band(code, 3)
+    if v == 1 then acc = acc + 1 elseif v == 0 then drop = drop + 1 else cont = cont + 1 end
+    if band(code, 32) ~= 0 then mod = mod + 1 end
+    if band(code, 8) ~= 0 then err = err + 1 end
+    if band(code, 16) ~= 0 then ethmod = ethmod + 1 end
+  end
+  c[SEEN], c[BYTES] = c[SEEN] + n, c[BYTES] + (bytes - 14 * n)
+  c[ACC], c[DROP], c[CONT] = c[ACC] + acc, c[DROP] + drop, c[CONT] + cont
+  c[MOD], c[ERR], c[ETHMOD], c[BATCHES] = c[MOD] + mod, c[ERR] + err, c[ETHMOD] + ethmod, c[BATCHES] + 1
+end
+
+-- What the lab process gets at the next return: the latest batches (at most RING
+-- packets) and every batch's errors.
+local recs, rec_packets, errs, nerr_bytes = {}, 0, {}, 0
+local rec = ffi.new("struct nfq_rec")
+local errh = ffi.new("struct nfq_err")
+local function record(seq, n, total, t, any_changed, e)
+  rec.seq, rec.n, rec.total, rec.after, rec.t = seq, n, total, any_changed and 1 or 0, t
+  recs[#recs + 1] = { n, ffi.string(rec, 24) .. ffi.string(L, 4 * n) .. ffi.string(results, n)
+                        .. ffi.string(orig, total) .. (any_changed and ffi.string(work, total) or "") }
+  rec_packets = rec_packets + n
+  while rec_packets - recs[1][1] >= RING do
+    rec_packets = rec_packets - recs[1][1]
+    table.remove(recs, 1)
+  end
+  if e ~= "" and nerr_bytes < 256 * 1024 then
+    errh.seq, errh.len = seq, #e
+    errs[#errs + 1] = ffi.string(errh, 8) .. e
+    nerr_bytes = nerr_bytes + #e
+  end
+end
+
+local function take()
+  local r, e = {}, table.concat(errs)
+  for i = 1, #recs do r[i] = recs[i][2] end
+  recs, rec_packets, errs, nerr_bytes = {}, 0, {}, 0
+  return table.concat(r), e
+end
+
+-- Judges until there is something to report: returns status ("report" or "stop"), the
+-- records, the errors, the printed lines waiting and a socket error (errno) or 0.
+-- Returns at least every `idle` seconds (to see the stop flag), and within `lag` seconds
+-- of a batch (the lab shows recent packets).
+function M.run(idle, lag)
+  local last_report = now(1)
+  local dirty, nout, sockerr = false, 0, 0
+  while true do
+    if shm.stop ~= 0 then
+      local r, e = take()
+      return "stop", r, e, nout, sockerr
+    end
+    local t = now(1)
+    local wait = dirty and last_report + lag - t or last_report + idle - t
+    if wait <= 0 or sockerr ~= 0 then
+      local r, e = take()
+      return "report", r, e, nout, sockerr
+    end
+    if C.poll(pfd, 1, math.ceil(wait * 1000)) > 0 then
+      local got = C.recvmmsg(sock, msgs, MAXB, 0x40, nil)     -- MSG_DONTWAIT
+      if got < 0 then
+        local en = ffi.errno()
+        if en ~= 11 and en ~= 4 then sockerr = en end          -- EAGAIN, EINTR
+      elseif got > 0 then
+        local n, total = parse(got)
+        if n > 0 then
+          local mono = now(1)
+          for i = 0, n - 1 do T[i] = mono * 1000 end
+          ffi.fill(results, n, 0xff)
+          shm.n = n
+          shm.seq = shm.seq + 1
+          shm.state = 1
+          local e, lines = E.run_frames(work, orig, L, T, n, results)
+          nout = lines
+          local wall = now(0)
+          if shm.first_t == 0 then shm.first_t = wall end
+          shm.last_t = wall
+          count(n, total)
+          shm.state = 2                                       -- counted; verdicts go out
+          local any = false
+          for i = 0, n - 1 do if band(results[i], 32) ~= 0 then any = true; break end end
+          local err = send_verdicts(n)
+          shm.state = 0
+          if err then sockerr = err end
+          record(tonumber(shm.seq), n, total, wall, any, e)
+          dirty = true
+        end
+      end
+    end
+  end
+end
+
+return M
