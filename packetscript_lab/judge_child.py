@@ -203,10 +203,10 @@ class _Queue:
             r = script._enter(driver.run, self.IDLE, self.LAG)
             if r is None:                       # the runtime failed outside the script: a crash
                 raise SystemExit(3)
-            status, records, errs, nout, sockerr = r
+            status, records, errs, nout, sockerr, packets = r
             if nout:
                 script._drain_output()
-            meta = {"status": status.decode()}
+            meta = {"status": status.decode(), "packets": int(packets)}
             if errs:
                 meta["errors"] = [[seq, i, script._message(m), script._line(line)]
                                   for seq, blob in _error_blocks(errs) for i, m, line in _error_records(blob)]

@@ -23,6 +23,7 @@ new one on the same socket: no packet is lost or judged twice.
 from __future__ import annotations
 
 import array
+import collections
 import json
 import mmap
 import os
@@ -58,12 +59,13 @@ COPY_RANGE = 0xFFFF
 _SO_RCVBUFFORCE = 33
 
 
-def wanted(script: Any) -> bool:
-    """Whether a script runs on the native worker: a watched LuaJIT script, unless the
-    environment asks for the NetfilterQueue worker."""
-    choice = os.environ.get(ENV_SWITCH, "native")
+def wanted(script: Any, choice: str | None = None) -> bool:
+    """Whether a script runs on the native worker: ``choice`` (an attach option, else the
+    environment's PACKETSCRIPT_NFQUEUE_WORKER, else "native") is "native" and the script is
+    a watched LuaJIT script. "python" keeps the NetfilterQueue worker (nfqueue.py)."""
+    choice = choice or os.environ.get(ENV_SWITCH) or "native"
     if choice not in ("native", "python"):
-        raise ValueError(f"{ENV_SWITCH} must be 'native' or 'python', not {choice!r}")
+        raise ValueError(f"worker must be 'native' or 'python' (the NetfilterQueue worker), not {choice!r}")
     return choice == "native" and script is not None and getattr(script, "lua", None) == "luajit" \
         and hasattr(script, "_restart")
 
@@ -113,7 +115,7 @@ def bind_queue(queue_num: int, queue_len: int, fail_open: bool) -> socket.socket
         if fail_open:
             _configure(sock, queue_num, _attr(_CFG_MASK, struct.pack("!I", _FAIL_OPEN))
                        + _attr(_CFG_FLAGS, struct.pack("!I", _FAIL_OPEN)))
-        sock.setblocking(False)
+        sock.setblocking(True)       # the script's process blocks in recvmmsg on it
     except BaseException:
         sock.close()
         raise
@@ -144,6 +146,54 @@ class SharedCounters:
         raise AttributeError(name)
 
 
+def _decode(recent: Recent, records, by_batch: dict) -> None:
+    """The batch records of one report into ``recent`` (lua/nfqueue.lua writes them)."""
+    at = 0
+    while at + _REC.size <= len(records):
+        seq, n, total, changed, t = _REC.unpack_from(records, at)
+        at += _REC.size
+        lens = array.array("i", records[at:at + 4 * n])
+        codes = bytes(records[at + 4 * n:at + 5 * n])
+        at += 5 * n
+        before = bytes(records[at:at + total])
+        after = bytes(records[at + total:at + 2 * total]) if changed else None
+        at += total * (2 if changed else 1)
+        eths, befores, afters, off = [], [], [], 0
+        for length, code in zip(lens, codes):
+            eths.append(before[off:off + 14])
+            befores.append(before[off + 14:off + length])
+            afters.append(after[off + 14:off + length] if after is not None and code & 32 else None)
+            off += length
+        recent.add_batch(t, befores, afters, [BY_CODE[c & 3] for c in codes], by_batch.get(seq, {}), eths)
+
+
+class _LazyRecent(Recent):
+    """The recent packets as the reports brought them, decoded only when someone reads
+    them: a busy queue sends a report every few milliseconds, read far less often."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self._lock = threading.Lock()
+        self._raw: collections.deque = collections.deque()
+        self._raw_count = 0
+
+    def add_raw(self, packets: int, records, by_batch: dict) -> None:
+        if not packets:
+            return
+        with self._lock:
+            self._raw.append((packets, records, by_batch))
+            self._raw_count += packets
+            while self._raw_count - self._raw[0][0] >= self.size:
+                self._raw_count -= self._raw.popleft()[0]
+
+    def items(self) -> list[tuple]:
+        with self._lock:
+            raw, self._raw, self._raw_count = self._raw, collections.deque(), 0
+            for _packets, records, by_batch in raw:
+                _decode(self, records, by_batch)
+            return super().items()
+
+
 class NativeQueueWorker:
     """As QueueWorker (nfqueue.py), with the script's process answering the queue; the
     thread running ``run`` binds the queue and watches that process."""
@@ -162,7 +212,7 @@ class NativeQueueWorker:
         os.ftruncate(self._fd, SHM_SIZE)
         self._page = mmap.mmap(self._fd, SHM_SIZE)
         self.counters = SharedCounters(self._page)
-        self.recent = Recent(ring)
+        self.recent = _LazyRecent(ring)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._bind_error: BaseException | None = None
@@ -440,24 +490,7 @@ class NativeQueueWorker:
         judge._take_output(meta.get("output"))
         if meta.get("socket_error"):
             self._event_error("queue", f"the queue's socket: {meta['socket_error']}")
-        at = 0
-        while at + _REC.size <= len(records):
-            seq, n, total, changed, t = _REC.unpack_from(records, at)
-            at += _REC.size
-            lens = array.array("i", records[at:at + 4 * n])
-            codes = bytes(records[at + 4 * n:at + 5 * n])
-            at += 5 * n
-            before = bytes(records[at:at + total])
-            after = bytes(records[at + total:at + 2 * total]) if changed else None
-            at += total * (2 if changed else 1)
-            eths, befores, afters, off = [], [], [], 0
-            for length, code in zip(lens, codes):
-                eths.append(before[off:off + 14])
-                befores.append(before[off + 14:off + length])
-                afters.append(after[off + 14:off + length] if after is not None and code & 32 else None)
-                off += length
-            self.recent.add_batch(t, befores, afters, [BY_CODE[c & 3] for c in codes],
-                                  by_batch.get(seq, {}), eths)
+        self.recent.add_raw(meta.get("packets", 0), records, by_batch)
         return meta["status"]
 
     def _script_error(self, error) -> None:

@@ -293,6 +293,9 @@ class World:
         if backend not in ("nfqueue", "kernel", "bare"):
             raise ValueError("backend must be 'nfqueue' or 'kernel'")
         # keep: how many of the latest packets' bytes to keep for a recorded run (recording.py)
+        # worker: "native" or "python" (NetfilterQueue) queue worker; default native on LuaJIT
+        worker_choice = options.pop("worker", None)
+        native_wanted(None, worker_choice)           # a bad choice fails before anything starts
         keep = options.pop("keep", 0)
         if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 100_000:
             raise ValueError(f"keep must be a number of packets from 0 to 100000, not {keep!r}")
@@ -321,7 +324,7 @@ class World:
                 ev["script"] = name
                 sess.send(ev)
 
-            worker_class = NativeQueueWorker if native_wanted(script) else QueueWorker
+            worker_class = NativeQueueWorker if native_wanted(script, worker_choice) else QueueWorker
             worker = worker_class(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
                                  error_verdict=options.get("on_error", "drop"), max_len=queue_len,
                                  ring=max(200, keep))

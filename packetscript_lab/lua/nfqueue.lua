@@ -29,6 +29,8 @@ struct nfq_pollfd { int fd; short events; short revents; };
 struct nfq_timespec { long sec; long nsec; };
 int recvmmsg(int, struct nfq_mmsghdr *, unsigned int, int, struct nfq_timespec *);
 int poll(struct nfq_pollfd *, unsigned long, int);
+struct nfq_timeval { long sec; long usec; };
+int setsockopt(int, int, int, const void *, uint32_t);
 int64_t send(int, const void *, size_t, int);
 int clock_gettime(int, struct nfq_timespec *);
 struct nfq_shm {
@@ -246,14 +248,25 @@ local function record(seq, n, total, t, any_changed, e)
 end
 
 local function take()
-  local r, e = {}, table.concat(errs)
+  local r, e, count = {}, table.concat(errs), rec_packets
   for i = 1, #recs do r[i] = recs[i][2] end
   recs, rec_packets, errs, nerr_bytes = {}, 0, {}, 0
-  return table.concat(r), e
+  return table.concat(r), e, count
+end
+
+-- One blocking recvmmsg per wake-up (MSG_WAITFORONE: then whatever else is there), with
+-- the socket's receive timeout as the longest wait.
+local tv, timeout_set = ffi.new("struct nfq_timeval"), -1
+local function set_timeout(seconds)
+  if seconds == timeout_set then return end
+  timeout_set = seconds
+  tv.sec, tv.usec = math.floor(seconds), (seconds % 1) * 1e6
+  C.setsockopt(sock, 1, 20, tv, ffi.sizeof(tv))              -- SOL_SOCKET, SO_RCVTIMEO
 end
 
 -- Judges until there is something to report: returns status ("report" or "stop"), the
--- records, the errors, the printed lines waiting and a socket error (errno) or 0.
+-- records, the errors, the printed lines waiting, a socket error (errno) or 0 and the
+-- number of packets in the records.
 -- Returns at least every `idle` seconds (to see the stop flag), and within `lag` seconds
 -- of a batch (the lab shows recent packets).
 function M.run(idle, lag)
@@ -261,17 +274,18 @@ function M.run(idle, lag)
   local dirty, nout, sockerr = false, 0, 0
   while true do
     if shm.stop ~= 0 then
-      local r, e = take()
-      return "stop", r, e, nout, sockerr
+      local r, e, k = take()
+      return "stop", r, e, nout, sockerr, k
     end
     local t = now(1)
     local wait = dirty and last_report + lag - t or last_report + idle - t
     if wait <= 0 or sockerr ~= 0 then
-      local r, e = take()
-      return "report", r, e, nout, sockerr
+      local r, e, k = take()
+      return "report", r, e, nout, sockerr, k
     end
-    if C.poll(pfd, 1, math.ceil(wait * 1000)) > 0 then
-      local got = C.recvmmsg(sock, msgs, MAXB, 0x40, nil)     -- MSG_DONTWAIT
+    do
+      set_timeout(dirty and lag or idle)
+      local got = C.recvmmsg(sock, msgs, MAXB, 0x10000, nil)  -- MSG_WAITFORONE
       if got < 0 then
         local en = ffi.errno()
         if en ~= 11 and en ~= 4 then sockerr = en end          -- EAGAIN, EINTR
