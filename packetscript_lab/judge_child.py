@@ -165,7 +165,7 @@ class _Queue:
     the stop flag in the shared page. Reports (recent packets, errors, printed lines) go to
     the parent as they come; no packet becomes a Python object on the way."""
 
-    IDLE, LAG = 0.05, 0.005     # report at least this often; this soon after a batch
+    IDLE, LAG = 0.05, 0.002     # report at least this often; this soon after a batch
 
     def serve(self, script: Script, payload: bytes, output: _Output, out_fd: int) -> None:
         request = json.loads(payload)

@@ -272,13 +272,16 @@ end
 function M.run(idle, lag)
   local last_report = now(1)
   local dirty, nout, sockerr = false, 0, 0
+  local dirty_since = 0
   while true do
     if shm.stop ~= 0 then
       local r, e, k = take()
       return "stop", r, e, nout, sockerr, k
     end
     local t = now(1)
-    local wait = dirty and last_report + lag - t or last_report + idle - t
+    -- A report waits `lag` after the batch it is for: its work then does not compete with
+    -- the packets the verdicts just released.
+    local wait = dirty and dirty_since + lag - t or last_report + idle - t
     if wait <= 0 or sockerr ~= 0 then
       local r, e, k = take()
       return "report", r, e, nout, sockerr, k
@@ -311,7 +314,7 @@ function M.run(idle, lag)
           shm.state = 0
           if err then sockerr = err end
           record(tonumber(shm.seq), n, total, wall, any, e)
-          dirty = true
+          if not dirty then dirty, dirty_since = true, mono end
         end
       end
     end
