@@ -2,7 +2,10 @@
 
 The DNAT script runs on both queue workers: the native one (the script's process answers
 the queue, lab/nfqnative.py; "dnat") and the NetfilterQueue one (Python hands batches to
-the script's process; "dnat-py"), so before and after come from the same run.
+the script's process; "dnat-py"), so before and after come from the same run. "accept"
+is an accept-only script on the native worker: the floor of that path, so the difference
+to "dnat" is the script's own cost. CPU per packet counts the lab process and the scripts'
+processes (the kernel's work on a verdict, which carries the packet on, included).
 
 Same lab (router topology), same sender (a separate process in the client host sending
 numbered UDP datagrams as fast as it can), same hook (mangle POSTROUTING on the router),
@@ -42,6 +45,9 @@ def settle(h, timeout: float = 20.0) -> dict:
     return h.stats()
 
 
+ACCEPT = "function process_packet(p) return NF_ACCEPT end"
+
+
 def worker_cpu(lab: Lab) -> float:
     """CPU seconds the lab process and the scripts' processes used so far (not the sender,
     not finished helper programs): what judging the packets costs, whoever is faster."""
@@ -71,7 +77,8 @@ def throughput_trial(lab: Lab, variant: str, count: int) -> dict:
         h = lab._attach_bare("router", "mangle", "POSTROUTING", match, name="bare", on_overload="drop")
         dst = "10.77.2.2"
     else:
-        h = lab.attach(dnat("10.77.2.2"), host="router", table="mangle", chain="POSTROUTING",
+        source = ACCEPT if variant == "accept" else dnat("10.77.2.2")
+        h = lab.attach(source, host="router", table="mangle", chain="POSTROUTING",
                        match=match, name=variant, on_overload="drop",
                        worker="python" if variant == "dnat-py" else "native")
         dst = "10.77.2.100"
@@ -97,6 +104,8 @@ def latency(lab: Lab, variant: str, pings: int) -> dict:
     h = None
     if variant == "bare":
         h = lab._attach_bare("server", "filter", "INPUT", "-p icmp", name="bare-icmp")
+    elif variant == "accept":
+        h = lab.attach(ACCEPT, host="server", chain="INPUT", match="-p icmp", name="accept-icmp")
     elif variant in ("script", "script-py"):
         h = lab.attach(dnat("10.77.2.2"), host="server", chain="INPUT", match="-p icmp",
                        name="dnat-icmp", worker="python" if variant == "script-py" else "native")
@@ -119,9 +128,9 @@ def main() -> int:
     count, trials = min(a.count, 200_000), min(a.trials, 10)
     with Lab("router") as lab:
         lab.ping("client", "server", count=5, interval=0.01)  # warm up
-        runs = {"bare": [], "dnat": [], "dnat-py": []}
+        runs = {"bare": [], "accept": [], "dnat": [], "dnat-py": []}
         for i in range(trials):
-            for variant in ("bare", "dnat", "dnat-py"):
+            for variant in runs:
                 r = throughput_trial(lab, variant, count)
                 runs[variant].append(r)
                 print(f"trial {i + 1} {variant:<7} sent {r['sent']} ({r['send_pps']:,.0f}/s)  "
@@ -134,6 +143,8 @@ def main() -> int:
         print(f"\nthroughput: bare {med['bare']:,.0f} pkt/s, DNAT script native {med['dnat']:,.0f} pkt/s, "
               f"on NetfilterQueue {med['dnat-py']:,.0f} pkt/s (medians of {trials}; best "
               f"{best['bare']:,.0f} / {best['dnat']:,.0f} / {best['dnat-py']:,.0f})")
+        cpu = {v: statistics.median(x["cpu_us"] for x in rs) for v, rs in runs.items()}
+        print("CPU per packet (medians): " + ", ".join(f"{v} {c:.1f} us" for v, c in cpu.items()))
         for variant, label in (("dnat", "native worker"), ("dnat-py", "NetfilterQueue worker")):
             ratios = [d["pps"] / b["pps"] for b, d in zip(runs["bare"], runs[variant])]
             print(f"ratio, {label}: {statistics.median(ratios):.2f} (median of the trials' ratios: "
@@ -143,7 +154,7 @@ def main() -> int:
             print(f"  capacity ratio (bare CPU per packet / script CPU per packet), {label}: "
                   f"{statistics.median(capacity):.2f} (trials {', '.join(f'{r:.2f}' for r in capacity)})")
         pings = min(a.pings, 2000)
-        lat = [latency(lab, v, pings) for v in ("none", "bare", "script", "script-py")]
+        lat = [latency(lab, v, pings) for v in ("none", "bare", "accept", "script", "script-py")]
         print(f"\nping round trip client -> server ({pings} pings):")
         for r in lat:
             print(f"  {r['variant']:<7} p50 {r['p50_ms'] * 1000:7.1f} us   p99 {r['p99_ms'] * 1000:7.1f} us"
