@@ -59,18 +59,21 @@ local function alloc(ct, n)
 end
 
 local M = {}
+local seq = 0                                -- batches judged (the shared page's seq)
 local sock, shm, ids, marks, results = -1, nil, nil, nil, nil
 local queue_num, mark_bit, use_outdev, RING = 0, 0, false, 200
 local RANGE, SLOT, rx, msgs, iov, work, orig, L, T, ETHS, tx, TXSIZE
 local ETH_DEFAULT = ffi.new("uint8_t[12]")
-local pfd = ffi.new("struct nfq_pollfd[1]")
-local ts = ffi.new("struct nfq_timespec")
-local plen_of, eth_of, id_of = {}, {}, {}
-
+-- The per-packet code below reads and writes FFI memory only by indexing with numbers:
+-- where it is not compiled, a cast or a pointer sum would make a new cdata object each time.
+local ts32 = ffi.new("int32_t[4]")                            -- a struct timespec, read as int32s
+local tsp = ffi.cast("struct nfq_timespec *", ts32)
 local function now(clock)
-  C.clock_gettime(clock, ts)
-  return tonumber(ts.sec) + tonumber(ts.nsec) * 1e-9
+  C.clock_gettime(clock, tsp)
+  return ts32[0] + ts32[2] * 1e-9
 end
+local tx32, tx16, mlen32, MSTRIDE, MLEN_AT, QBE
+local totals = {}                                             -- the shared counters, as numbers
 
 -- sock_fd: the bound queue's socket; shm_fd: the shared page; eths: 16-byte records
 -- (ifindex as uint32 and the 12 MAC bytes) of the synthetic Ethernet headers.
@@ -82,7 +85,7 @@ function M.setup(sock_fd, shm_fd, qnum, bit_, outdev, copy_range, ring, eths, de
   ids, marks = ffi.cast(u32p, ffi.cast(u8p, p) + IDS), ffi.cast(u32p, ffi.cast(u8p, p) + MARKS)
   results = ffi.cast(u8p, p) + RESULTS
   RANGE = copy_range
-  SLOT = RANGE + HEAD
+  SLOT = band(RANGE + HEAD + 7, -8)
   rx = alloc(u8p, SLOT * MAXB)
   msgs = ffi.new("struct nfq_mmsghdr[?]", MAXB)
   iov = ffi.new("struct nfq_iovec[?]", MAXB)
@@ -96,6 +99,12 @@ function M.setup(sock_fd, shm_fd, qnum, bit_, outdev, copy_range, ring, eths, de
   T = alloc("double *", 8 * MAXB)
   TXSIZE = MAXB * (RANGE + 64) + 64
   tx = alloc(u8p, TXSIZE)
+  tx32, tx16 = ffi.cast(u32p, tx), ffi.cast(u16p, tx)
+  mlen32 = ffi.cast(u32p, msgs)
+  MSTRIDE = ffi.sizeof("struct nfq_mmsghdr") / 4
+  MLEN_AT = ffi.offsetof("struct nfq_mmsghdr", "len") / 4
+  QBE = bor(rshift(queue_num, 8), band(queue_num, 0xff) * 256)   -- res_id, big-endian
+  for k = 0, 9 do totals[k] = tonumber(shm.c[k]) end
   ETHS = {}
   for at = 1, #eths, 16 do
     local idx = ffi.cast("const uint32_t *", ffi.cast("const char *", eths) + at - 1)[0]
@@ -103,46 +112,43 @@ function M.setup(sock_fd, shm_fd, qnum, bit_, outdev, copy_range, ring, eths, de
     ffi.copy(ETHS[idx], ffi.cast("const char *", eths) + at + 3, 12)
   end
   ffi.copy(ETH_DEFAULT, default12, 12)
-  pfd[0].fd, pfd[0].events = sock, 1                          -- POLLIN
+  seq = tonumber(shm.seq)
   return true
 end
-
--- Netlink attributes are host order, their payloads big-endian.
-local function be32(p) return bswap(ffi.cast(u32p, p)[0]) end
-local function put32(p, v) ffi.cast(u32p, p)[0] = v end
-local function put_be32(p, v) ffi.cast(u32p, p)[0] = bswap(v) end
 
 -- Copies each queued packet into the batch as a frame (synthetic Ethernet header + IP
 -- packet); returns the number of packets and the bytes of frames.
 local function parse(count)
   local n, off = 0, 0
   for m = 0, count - 1 do
-    local base, len = rx + m * SLOT, msgs[m].len
+    local base, len = m * SLOT, mlen32[m * MSTRIDE + MLEN_AT]
     local at = 0
     while at + 16 <= len do
-      local mlen, mtype = ffi.cast(u32p, base + at)[0], ffi.cast(u16p, base + at + 4)[0]
+      local p = base + at
+      local mlen = rx[p] + rx[p + 1] * 256 + rx[p + 2] * 65536 + rx[p + 3] * 16777216
+      local mtype = rx[p + 4] + rx[p + 5] * 256
       if mlen < 16 or at + mlen > len then break end
       if mtype == 0x300 then                                  -- NFQNL_MSG_PACKET
         local id, mark, ifindex, payload, plen = nil, 0, 0, nil, 0
-        local a, stop = at + 20, at + mlen
+        local a, stop = p + 20, p + mlen
         while a + 4 <= stop do
-          local alen, atype = ffi.cast(u16p, base + a)[0], band(ffi.cast(u16p, base + a + 2)[0], 0x3fff)
+          local alen, atype = rx[a] + rx[a + 1] * 256, band(rx[a + 2] + rx[a + 3] * 256, 0x3fff)
           if alen < 4 then break end
-          if atype == 1 then id = be32(base + a + 4)                         -- PACKET_HDR
-          elseif atype == 3 then mark = be32(base + a + 4)                   -- MARK
-          elseif atype == 5 and not use_outdev then ifindex = be32(base + a + 4)  -- INDEV
-          elseif atype == 6 and use_outdev then ifindex = be32(base + a + 4)      -- OUTDEV
-          elseif atype == 10 then payload, plen = base + a + 4, alen - 4     -- PAYLOAD
+          local v = ((rx[a + 4] * 256 + rx[a + 5]) * 256 + rx[a + 6]) * 256 + rx[a + 7]
+          if atype == 1 then id = v                                          -- PACKET_HDR
+          elseif atype == 3 then mark = v                                    -- MARK
+          elseif atype == 5 and not use_outdev then ifindex = v              -- INDEV
+          elseif atype == 6 and use_outdev then ifindex = v                  -- OUTDEV
+          elseif atype == 10 then payload, plen = a + 4, alen - 4            -- PAYLOAD
           end
           a = a + band(alen + 3, -4)
         end
         if id and n < MAXB then
-          local f = work + off
-          ffi.copy(f, ETHS[ifindex] or ETH_DEFAULT, 12)
+          ffi.copy(work + off, ETHS[ifindex] or ETH_DEFAULT, 12)
           -- the EtherType follows the IP version of the packet
-          if plen > 0 and rshift(payload[0], 4) == 6 then f[12], f[13] = 0x86, 0xdd
-          else f[12], f[13] = 0x08, 0x00 end
-          if plen > 0 then ffi.copy(f + 14, payload, plen) end
+          if plen > 0 and rshift(rx[payload], 4) == 6 then work[off + 12], work[off + 13] = 0x86, 0xdd
+          else work[off + 12], work[off + 13] = 0x08, 0x00 end
+          if plen > 0 then ffi.copy(work + off + 14, rx + payload, plen) end
           ids[n], marks[n], L[n] = id, mark, plen + 14
           n, off = n + 1, off + plen + 14
         end
@@ -158,30 +164,24 @@ end
 -- run's last id (the kernel applies it to every queued id up to it; everything before the
 -- run already had its verdict earlier in the same buffer).
 local NLM_F_REQUEST = 1
-local function header(p, size, mtype)
-  put32(p, size)
-  ffi.cast(u16p, p + 4)[0] = mtype
-  ffi.cast(u16p, p + 6)[0] = NLM_F_REQUEST
-  put32(p + 8, 0); put32(p + 12, 0)
-  p[16], p[17] = 0, 0                                        -- AF_UNSPEC, version 0
-  ffi.cast(u16p, p + 18)[0] = bor(rshift(queue_num, 8), band(queue_num, 0xff) * 256)
+local function header(at, size, mtype)                       -- at: a multiple of 4
+  local w, h = at / 4, at / 2
+  tx32[w], tx16[h + 2], tx16[h + 3], tx32[w + 2], tx32[w + 3] = size, mtype, NLM_F_REQUEST, 0, 0
+  tx[at + 16], tx[at + 17], tx16[h + 9] = 0, 0, QBE          -- AF_UNSPEC, version 0, queue
 end
 local VERDICT, BATCH = 0x301, 0x303           -- NFQNL_MSG_VERDICT(_BATCH) of subsystem 3
 local function verdict_msg(at, mtype, verdict, id, mark, payload, plen)
-  local p = tx + at
-  local size = 20 + 12
-  put32(p + 20, 0x0002000c)                                  -- len 12, NFQA_VERDICT_HDR
-  put_be32(p + 24, verdict); put_be32(p + 28, id)
+  local w, size = at / 4, 32
+  tx32[w + 5], tx32[w + 6], tx32[w + 7] = 0x0002000c, bswap(verdict), bswap(id)  -- NFQA_VERDICT_HDR
   if mark then
-    put32(p + size, 0x00030008); put_be32(p + size + 4, mark)  -- NFQA_MARK
-    size = size + 8
+    tx32[w + 8], tx32[w + 9], size = 0x00030008, bswap(mark), 40                  -- NFQA_MARK
   end
   if payload then
-    ffi.cast(u16p, p + size)[0], ffi.cast(u16p, p + size + 2)[0] = plen + 4, 10
-    ffi.copy(p + size + 4, payload, plen)
-    size = size + band(plen + 4 + 3, -4)
+    tx32[(at + size) / 4] = (plen + 4) + 10 * 65536                                 -- NFQA_PAYLOAD
+    ffi.copy(tx + at + size + 4, payload, plen)
+    size = size + band(plen + 7, -4)
   end
-  header(p, size, mtype)
+  header(at, size, mtype)
   return at + size
 end
 
@@ -211,7 +211,7 @@ local function send_verdicts(n)
 end
 
 local function count(n, bytes)
-  local c = shm.c
+  local c, t = shm.c, totals
   local acc, drop, cont, mod, err, ethmod = 0, 0, 0, 0, 0, 0
   for i = 0, n - 1 do
     local code = results[i]
@@ -221,9 +221,10 @@ local function count(n, bytes)
     if band(code, 8) ~= 0 then err = err + 1 end
     if band(code, 16) ~= 0 then ethmod = ethmod + 1 end
   end
-  c[SEEN], c[BYTES] = c[SEEN] + n, c[BYTES] + (bytes - 14 * n)
-  c[ACC], c[DROP], c[CONT] = c[ACC] + acc, c[DROP] + drop, c[CONT] + cont
-  c[MOD], c[ERR], c[ETHMOD], c[BATCHES] = c[MOD] + mod, c[ERR] + err, c[ETHMOD] + ethmod, c[BATCHES] + 1
+  t[SEEN], t[BYTES] = t[SEEN] + n, t[BYTES] + (bytes - 14 * n)
+  t[ACC], t[DROP], t[CONT] = t[ACC] + acc, t[DROP] + drop, t[CONT] + cont
+  t[MOD], t[ERR], t[ETHMOD], t[BATCHES] = t[MOD] + mod, t[ERR] + err, t[ETHMOD] + ethmod, t[BATCHES] + 1
+  for k = 0, 9 do c[k] = t[k] end
 end
 
 -- What the lab process gets at the next return: the latest batches (at most RING
@@ -298,9 +299,8 @@ function M.run(idle, lag)
           local mono = now(1)
           for i = 0, n - 1 do T[i] = mono * 1000 end
           ffi.fill(results, n, 0xff)
-          shm.n = n
-          shm.seq = shm.seq + 1
-          shm.state = 1
+          seq = seq + 1
+          shm.n, shm.seq, shm.state = n, seq, 1
           local e, lines = E.run_frames(work, orig, L, T, n, results)
           nout = lines
           local wall = now(0)
@@ -313,7 +313,7 @@ function M.run(idle, lag)
           local err = send_verdicts(n)
           shm.state = 0
           if err then sockerr = err end
-          record(tonumber(shm.seq), n, total, wall, any, e)
+          record(seq, n, total, wall, any, e)
           if not dirty then dirty, dirty_since = true, mono end
         end
       end
