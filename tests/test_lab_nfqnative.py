@@ -128,3 +128,17 @@ def test_script_process_that_dies_costs_its_packet_and_the_queue_goes_on(pair_la
     s = _settled(h)
     assert s["seen"] == 21 and s["accepted"] == 20 and s["passed_unjudged"] == 0
     _exact(s)
+
+
+def test_printed_lines_and_errors_reach_the_lab_from_the_native_worker(pair_lab):
+    lab = pair_lab
+    h = lab.attach("n = 0\nfunction process_packet(p)\n  n = n + 1\n  print('packet ' .. n)\n"
+                   "  if n == 2 then error('second') end\n  return NF_ACCEPT\nend",
+                   host="server", match="-p udp --dport 9000")
+    lab.send("client", _udp(9000, 3), interval=0.01)
+    wait_until(lambda: len(h.output()) == 3, what="three printed lines")
+    assert h.output() == ["packet 1", "packet 2", "packet 3"]
+    s = h.stats()
+    assert s["worker"] == "native" and s["seen"] == 3 and s["errors"] == 1 and s["dropped"] == 1
+    (error,) = h.errors()
+    assert error["line"] == 5 and "second" in error["message"]
