@@ -221,6 +221,7 @@ class NativeQueueWorker:
         self._swap_to = None
         self._swapped = threading.Event()
         self._serving = None         # the Judge whose process serves the queue now
+        self._failure: str | None = None   # why the worker stopped on its own
         self._progress = (None, 0.0, 0.0)   # (seq, done), seen at, batch seen at
 
     # -- what the lab reads and sets --
@@ -256,6 +257,8 @@ class NativeQueueWorker:
         self._swap_to = new
         if not self._swapped.wait(new.batch_time_limit * 2 + STARTUP_LIMIT):
             raise TimeoutError("the new script did not take over the queue in time")
+        if self._failure is not None:
+            raise RuntimeError(f"the queue's worker stopped: {self._failure}")
 
     # -- lifecycle --
 
@@ -283,7 +286,8 @@ class NativeQueueWorker:
                 self._watch()
             self._stop_serving()
         except BaseException as exc:         # the worker's own failure: tell, and unbind
-            self._event_error("queue", f"{type(exc).__name__}: {exc}")
+            self._failure = f"{type(exc).__name__}: {exc}"
+            self._event_error("queue", self._failure)
         finally:
             self._swapped.set()
             self._sock.close()
