@@ -31,6 +31,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 from packetscript_lab.core.results import BY_CODE
@@ -211,6 +212,7 @@ class NativeQueueWorker:
         self._fd = os.memfd_create(f"packetscript-queue-{queue_num}")
         os.ftruncate(self._fd, SHM_SIZE)
         self._page = mmap.mmap(self._fd, SHM_SIZE)
+        weakref.finalize(self, os.close, self._fd)   # the page stays readable while the lab holds us
         self.counters = SharedCounters(self._page)
         self.recent = _LazyRecent(ring)
         self._stop = threading.Event()
@@ -350,7 +352,8 @@ class NativeQueueWorker:
                 continue
             if kind != OK:
                 message = json.loads(payload).get("message", "") if kind == FAILED else "out of turn"
-                raise RuntimeError(f"the native queue worker did not start: {message}")
+                raise RuntimeError(f"the native queue worker did not start: {message}; "
+                                   "attach with worker=\"python\" to use the NetfilterQueue worker")
             self._serving = judge
             self._progress = (None, 0.0, 0.0)
             return
