@@ -47,6 +47,9 @@ RANGE_HEAD = struct.Struct("<qiqi")         # request: byte offset, most packets
                                             # forced code (-1: run the script)
 RANGE_REPLY = struct.Struct("<qiqdI")       # reply: next offset, packets, output offset, seconds
                                             # the script took, meta length; then a code per packet
+# The native queue worker (lab/nfqnative.py, LuaJIT): the child serves a bound queue itself.
+SERVE, REPORT = b"Q", b"N"                  # serve a queue (JSON); a report while serving
+REPORT_HEAD = struct.Struct("<I")           # report: meta (JSON) length; then batch records
 
 STARTUP_LIMIT = 30.0       # seconds for a child to import lupa: slower means a broken machine
 ADDRESS_SPACE_HEADROOM = 512 << 20

@@ -7,15 +7,18 @@ and nothing else; the parent kills it when it runs too long and starts another.
 from __future__ import annotations
 
 import array
+import ctypes
 import json
 import os
 import resource
+import struct
 import sys
 import threading
 import time
 
 from packetscript_lab.judge import (BATCH, BATCH_HEAD, CAPTURE, COMPILE, FAILED, HEADER, OK,
-                                    RANGE, RANGE_HEAD, RANGE_REPLY, READY, REPLY_HEAD)
+                                    RANGE, RANGE_HEAD, RANGE_REPLY, READY, REPLY_HEAD, REPORT,
+                                    REPORT_HEAD, SERVE)
 from packetscript_lab.core import pcap, results
 from packetscript_lab.script import Script, ScriptError, _error_records, _lua_source
 
@@ -171,6 +174,98 @@ class _Capture:
                          codes, meta_bytes])
 
 
+class _Queue:
+    """The native queue worker (lua/nfqueue.lua) in the script's own Lua runtime: reads,
+    judges and gives verdicts to a queue the lab process bound, until the lab process sets
+    the stop flag in the shared page. Reports (recent packets, errors, printed lines) go to
+    the parent as they come; no packet becomes a Python object on the way."""
+
+    IDLE, LAG = 0.05, 0.002     # report at least this often; this soon after a batch
+
+    def serve(self, script: Script, payload: bytes, output: _Output, out_fd: int) -> None:
+        request = json.loads(payload)
+        if script.lua != "luajit":
+            _send(out_fd, FAILED, json.dumps({"message": "the native queue worker runs on LuaJIT only"}).encode())
+            return
+        try:
+            fds = _take_fds(request["pid"], request["sock"], request["shm"])
+        except OSError as exc:
+            _send(out_fd, FAILED, json.dumps({"message": f"cannot take the queue's socket: {exc}"}).encode())
+            return
+        try:
+            self._serve(script, request, fds, output, out_fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _load(self, script: Script, request: dict, fds):
+        g = script._lua.globals()
+        driver = g.loadstring(_lua_source("nfqueue.lua"), b"=nfqueue.lua")(script._engine)
+        r = driver.setup(fds[0], fds[1], request["queue"], request["bit"], request["outdev"],
+                         request["copy_range"], request["ring"], bytes.fromhex(request["eths"]),
+                         bytes.fromhex(request["default_eth"]))
+        ok, why = r if isinstance(r, tuple) else (r, None)
+        if not ok:
+            raise OSError(why.decode() if isinstance(why, bytes) else str(why))
+        return driver
+
+    def _serve(self, script: Script, request: dict, fds, output: _Output, out_fd: int) -> None:
+        engine, driver = script._engine, self._load(script, request, fds)
+        _send(out_fd, OK, b"{}")
+        while True:
+            if script._engine is not engine:   # the runtime was replaced (max_memory)
+                engine, driver = script._engine, self._load(script, request, fds)
+            r = script._enter(driver.run, self.IDLE, self.LAG)
+            if r is None:                       # the runtime failed outside the script: a crash
+                raise SystemExit(3)
+            status, records, errs, nout, sockerr, packets = r
+            if nout:
+                script._drain_output()
+            meta = {"status": status.decode(), "packets": int(packets)}
+            if errs:
+                meta["errors"] = [[seq, i, script._message(m), script._line(line)]
+                                  for seq, blob in _error_blocks(errs) for i, m, line in _error_records(blob)]
+            lines = output.new(script)
+            if lines:
+                meta["output"] = lines
+            if sockerr:
+                meta["socket_error"] = os.strerror(int(sockerr))
+            meta_bytes = json.dumps(meta).encode()
+            _send(out_fd, REPORT, b"".join([REPORT_HEAD.pack(len(meta_bytes)), meta_bytes, records or b""]))
+            if meta["status"] == "stop":
+                return
+
+
+def _error_blocks(blob: bytes):
+    """The driver's error blocks: (batch number, the runner's error records) each."""
+    at = 0
+    while at + 8 <= len(blob):
+        seq, size = struct.unpack_from("<II", blob, at)
+        yield seq, blob[at + 8:at + 8 + size]
+        at += 8 + size
+
+
+def _take_fds(pid: int, *fds: int) -> list[int]:
+    """Copies of another process's file descriptors (pidfd_getfd, Linux 5.6)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    out = []
+    try:
+        for fd in fds:
+            got = libc.syscall(438, pidfd, fd, 0)      # SYS_pidfd_getfd
+            if got < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            out.append(got)
+    except OSError:
+        for fd in out:
+            os.close(fd)
+        raise
+    finally:
+        os.close(pidfd)
+    return out
+
+
 def main(argv: list[str]) -> int:
     parent_pid, memory_limit = int(argv[0]), int(argv[1])
     out_fd = os.dup(1)
@@ -180,7 +275,7 @@ def main(argv: list[str]) -> int:
     if memory_limit:
         _limit_address_space(memory_limit)
     _send(out_fd, READY, b"")
-    script, output, capture = None, _Output(), _Capture()
+    script, output, capture, queue = None, _Output(), _Capture(), _Queue()
     while True:
         head = inp.read(HEADER.size)
         if len(head) < HEADER.size:
@@ -196,6 +291,8 @@ def main(argv: list[str]) -> int:
             _send(out_fd, OK, json.dumps(capture.open(script, payload)).encode())
         elif kind == RANGE and script is not None:
             _send(out_fd, OK, capture.run(script, payload, output))
+        elif kind == SERVE and script is not None:
+            queue.serve(script, payload, output, out_fd)
         else:
             return 2
 

@@ -366,6 +366,7 @@ class Lab:
                           match=match, name=name, backend=backend, on_overload=on_overload,
                           position=position, queue_len=queue_len, ip=ip, **opts)
         if record:
+            opts.pop("worker", None)     # how the lab ran it, not an option of the script
             info = {**info, "keep": opts.pop("keep"), "source": source, "options": opts}
         h = AttachedScript(self, info)
         self.attached[h.name] = h

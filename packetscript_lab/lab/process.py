@@ -35,6 +35,7 @@ from . import commands, programs, topology, traffic
 from .accounting import account, parse_rule_counters, queue_rule_packets
 from .attached import Attached, KernelRun, kernel_runner
 from .nfqueue import QueueWorker
+from .nfqnative import NativeQueueWorker, wanted as native_wanted
 from .errors import LabError
 from .protocol import Connection, encode_error
 from .stats import parse_nfqueue, parse_net_dev
@@ -204,6 +205,7 @@ class World:
                          s["queue_drops"], backlog))
         if a.worker:
             s["first_t"], s["last_t"] = a.worker.first_t, a.worker.last_t
+            s["worker"] = getattr(a.worker, "kind", "netfilterqueue")
         s.update(a.replaced.judge_counts(a.script))
         return s
 
@@ -264,6 +266,9 @@ class World:
         if backend not in ("nfqueue", "kernel", "bare"):
             raise ValueError("backend must be 'nfqueue' or 'kernel'")
         # keep: how many of the latest packets' bytes to keep for a recorded run (recording.py)
+        # worker: "native" or "python" (NetfilterQueue) queue worker; default native on LuaJIT
+        worker_choice = options.pop("worker", None)
+        native_wanted(None, worker_choice)           # a bad choice fails before anything starts
         keep = options.pop("keep", 0)
         if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 100_000:
             raise ValueError(f"keep must be a number of packets from 0 to 100000, not {keep!r}")
@@ -292,7 +297,8 @@ class World:
                 ev["script"] = name
                 sess.send(ev)
 
-            worker = QueueWorker(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
+            worker_class = NativeQueueWorker if native_wanted(script, worker_choice) else QueueWorker
+            worker = worker_class(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
                                  error_verdict=options.get("on_error", "drop"), max_len=queue_len,
                                  ring=max(200, keep))
             thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
