@@ -200,7 +200,8 @@ class _Queue:
 
     def _load(self, script: Script, request: dict, fds):
         g = script._lua.globals()
-        driver = g.loadstring(_lua_source("nfqueue.lua"), b"=nfqueue.lua")(script._engine)
+        flags = script._lua.table_from({k.encode(): v for k, v in results.lua_table().items()})
+        driver = g.loadstring(_lua_source("nfqueue.lua"), b"=nfqueue.lua")(script._engine, flags)
         r = driver.setup(fds[0], fds[1], request["queue"], request["bit"], request["outdev"],
                          request["copy_range"], request["ring"], bytes.fromhex(request["eths"]),
                          bytes.fromhex(request["default_eth"]))

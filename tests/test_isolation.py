@@ -127,7 +127,8 @@ def test_a_flood_is_held_to_the_packet_rate_and_the_others_keep_working(tmp_path
     assert out["blast"]["limited_to"] == limit and out["blast"]["sent"] == 1000
     assert out["elapsed"] >= (1000 - limit // 10) / limit * 0.98, out
     assert out["seen"] == 1000, out
-    assert other["received"] == 100 and other["elapsed"] < 1.5, other
+    # The other student's stream is whole and on time (1 s of sending; slack for a busy machine).
+    assert other["received"] == 100 and other["elapsed"] < 3.0, other
 
 
 OWNER = """

@@ -34,11 +34,13 @@ import time
 import weakref
 from typing import Any, Callable
 
-from packetscript_lab.core.results import BY_CODE
+from packetscript_lab.core import results
+from packetscript_lab.core.netutil import ETH_HLEN
+from packetscript_lab.core.results import BY_CODE, VERDICT
 from packetscript_lab.judge import (FAILED, OK, REPORT, REPORT_HEAD, SERVE, STARTUP_LIMIT,
                                     _Died, _Overran)
 
-from .stats import COUNTER_NAMES, Recent
+from packetscript_lab.runs import COUNTER_NAMES, Recent
 
 ENV_SWITCH = "PACKETSCRIPT_NFQUEUE_WORKER"   # "native" (default on LuaJIT) or "python"
 
@@ -161,11 +163,24 @@ def _decode(recent: Recent, records, by_batch: dict) -> None:
         at += total * (2 if changed else 1)
         eths, befores, afters, off = [], [], [], 0
         for length, code in zip(lens, codes):
-            eths.append(before[off:off + 14])
-            befores.append(before[off + 14:off + length])
-            afters.append(after[off + 14:off + length] if after is not None and code & 32 else None)
+            eths.append(before[off:off + ETH_HLEN])
+            befores.append(before[off + ETH_HLEN:off + length])
+            afters.append(after[off + ETH_HLEN:off + length]
+                          if after is not None and code & results.BODY_CHANGED else None)
             off += length
-        recent.add_batch(t, befores, afters, [BY_CODE[c & 3] for c in codes], by_batch.get(seq, {}), eths)
+        recent.add_batch(t, befores, afters, [BY_CODE[c & VERDICT] for c in codes], by_batch.get(seq, {}), eths)
+
+
+def _allow_fd_copy(pid: int) -> None:
+    """Let the script's process copy our queue socket (pidfd_getfd) where Yama restricts
+    ptrace to ancestors (kernel.yama.ptrace_scope=1, e.g. Ubuntu): name it our ptracer."""
+    import ctypes
+
+    if os.path.exists("/proc/sys/kernel/yama/ptrace_scope"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PTRACER, pid, 0, 0, 0)
+
+
+_PR_SET_PTRACER = 0x59616D61
 
 
 class _LazyRecent(Recent):
@@ -341,6 +356,7 @@ class NativeQueueWorker:
                     return
                 continue
             try:
+                _allow_fd_copy(child.proc.pid)
                 child.send(SERVE, self._request(), time.monotonic() + STARTUP_LIMIT)
                 kind, payload = child.recv(time.monotonic() + STARTUP_LIMIT)
             except (_Overran, _Died) as exc:
@@ -439,8 +455,8 @@ class NativeQueueWorker:
             if code != 0xFF:
                 if state == 1:           # judged, not yet counted
                     counts["seen"] += 1
-                    counts[("dropped", "accepted", "continued", "continued")[code & 3]] += 1
-                    counts["errors"] += bool(code & 8)
+                    counts[("dropped", "accepted", "continued", "continued")[code & VERDICT]] += 1
+                    counts["errors"] += bool(code & results.FAILED)
                 continue
             if not blamed:
                 blamed = True
@@ -458,7 +474,7 @@ class NativeQueueWorker:
             results[i] = code = judge._error_code
             counts["seen"] += 1
             counts["errors"] += 1
-            counts[("dropped", "accepted", "continued", "continued")[code & 3]] += 1
+            counts[("dropped", "accepted", "continued", "continued")[code & VERDICT]] += 1
             self._script_error(error)
         if state == 1:
             self.counters.add(**counts)
@@ -468,7 +484,7 @@ class NativeQueueWorker:
         cont = self.continue_accepts
         out = []
         for pid, mark, code in zip(ids, marks, results):
-            v = code & 3
+            v = code & VERDICT
             if v == 1 or (v == 2 and cont):
                 attrs = _attr(2, struct.pack("!II", 1, pid))
             elif v == 0:

@@ -9,7 +9,8 @@
 -- result byte per packet (0xFF until judged). The watchdog in the lab process reads it to
 -- see progress, and after killing this process it gives the batch's unjudged packets
 -- their verdicts itself.
-local E = ...
+local E, R = ...                     -- the engine, and the result code's flags (core/results.py)
+local VERDICT_BITS, FAILED, ETH_CHANGED, BODY_CHANGED = R.verdict, R.failed, R.eth_changed, R.body_changed
 local ffi = require("ffi")
 local bit = require("bit")
 local band, bor, bswap, rshift = bit.band, bit.bor, bit.bswap, bit.rshift
@@ -191,8 +192,8 @@ local function send_verdicts(n)
   local off = 0
   for i = 0, n - 1 do
     local code, len = results[i], L[i]
-    local v = band(code, 3)
-    local changed = band(code, 32) ~= 0
+    local v = band(code, VERDICT_BITS)
+    local changed = band(code, BODY_CHANGED) ~= 0
     local accept = v == 1 or (v == 2 and cont_accepts)
     if accept and not changed then
       run_last = ids[i]
@@ -215,11 +216,11 @@ local function count(n, bytes)
   local acc, drop, cont, mod, err, ethmod = 0, 0, 0, 0, 0, 0
   for i = 0, n - 1 do
     local code = results[i]
-    local v = band(code, 3)
+    local v = band(code, VERDICT_BITS)
     if v == 1 then acc = acc + 1 elseif v == 0 then drop = drop + 1 else cont = cont + 1 end
-    if band(code, 32) ~= 0 then mod = mod + 1 end
-    if band(code, 8) ~= 0 then err = err + 1 end
-    if band(code, 16) ~= 0 then ethmod = ethmod + 1 end
+    if band(code, BODY_CHANGED) ~= 0 then mod = mod + 1 end
+    if band(code, FAILED) ~= 0 then err = err + 1 end
+    if band(code, ETH_CHANGED) ~= 0 then ethmod = ethmod + 1 end
   end
   t[SEEN], t[BYTES] = t[SEEN] + n, t[BYTES] + (bytes - 14 * n)
   t[ACC], t[DROP], t[CONT] = t[ACC] + acc, t[DROP] + drop, t[CONT] + cont
@@ -309,7 +310,7 @@ function M.run(idle, lag)
           count(n, total)
           shm.state = 2                                       -- counted; verdicts go out
           local any = false
-          for i = 0, n - 1 do if band(results[i], 32) ~= 0 then any = true; break end end
+          for i = 0, n - 1 do if band(results[i], BODY_CHANGED) ~= 0 then any = true; break end end
           local err = send_verdicts(n)
           shm.state = 0
           if err then sockerr = err end
