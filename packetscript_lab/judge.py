@@ -33,7 +33,7 @@ from pathlib import Path
 from packetscript_lab.script import (DEFAULT_ETH_HEADER, MAX_OUTPUT_LINES, ON_ERROR, RunResult,
                                      Script, ScriptError, _ErrorLog)
 from packetscript_lab.core import results
-from packetscript_lab.core.netutil import checked_eth_header
+from packetscript_lab.core.netutil import ETH_HLEN, checked_eth_header
 
 # Message kinds. Every message is a 5-byte header (kind, payload length) and the payload.
 READY, COMPILE, BATCH, OK, FAILED = b"R", b"C", b"B", b"O", b"F"
@@ -409,7 +409,7 @@ class Judge:
         ms = (time.monotonic() if ts is None else ts) * 1000
         codes, blob, errors = self.run_many([self._eth_header + packet], [ms])
         code = codes[0]
-        data = blob[14:] if code & results.BODY_CHANGED and blob is not None else None
+        data = blob[ETH_HLEN:] if code & results.BODY_CHANGED and blob is not None else None
         if code & results.FAILED:
             self.last_error = errors.get(0)
         # The IP packet counts as changed only when bytes after the Ethernet header did.

@@ -14,7 +14,7 @@ from importlib import resources
 
 
 from packetscript_lab.core import protocols, results
-from packetscript_lab.core.netutil import checked_eth_header
+from packetscript_lab.core.netutil import ETH_HLEN, checked_eth_header
 from packetscript_lab.core.pcap import DEFAULT_ETH_HEADER
 from packetscript_lab.core.results import BY_CODE, CHANGED, FAILED, ETH_CHANGED, BODY_CHANGED, PRINTED
 
@@ -334,8 +334,8 @@ class Script:
                 code |= FAILED
             elif r.modified:
                 out = r.data
-                code |= (CHANGED | (ETH_CHANGED if out[:14] != frame[:14] else 0)
-                         | (BODY_CHANGED if out[14:] != frame[14:] else 0))
+                code |= (CHANGED | (ETH_CHANGED if out[:ETH_HLEN] != frame[:ETH_HLEN] else 0)
+                         | (BODY_CHANGED if out[ETH_HLEN:] != frame[ETH_HLEN:] else 0))
             codes[i] = code
             outs.append(r.data)
         changed = any(c & CHANGED for c in codes)

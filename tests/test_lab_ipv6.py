@@ -270,7 +270,7 @@ def test_replay_frames_of_ipv6_flows_carry_ipv6():
     from scapy.layers.l2 import Ether
 
     from kernel_magic.hosts import replay_hosts
-    from kernel_magic.traffic import build_packets
+    from packetscript_lab.backends.flow_frames import build_packets
 
     hosts = replay_hosts("router", ipv6=True)
     frames = build_packets(parse_traffic("udp client server:9000 ip=6 count=2; "

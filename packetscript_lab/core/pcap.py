@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from packetscript_lab.core.netutil import ETH_P_IP, ETH_P_IPV6, eth_header
+from packetscript_lab.core.netutil import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, eth_header
 
 #: Packets per batch the reader yields.
 BATCH = 4096
@@ -49,7 +49,7 @@ class LinkType:
 
 #: The link types every reader and writer accepts, the LuaJIT driver included.
 LINK_TYPES = {lt.code: lt for lt in (
-    LinkType(1, "Ethernet", "ethernet", 14, 12),
+    LinkType(1, "Ethernet", "ethernet", ETH_HLEN, ETH_HLEN - 2),
     LinkType(12, "raw IP (DLT_RAW, OpenBSD)", "raw", 0, None),
     LinkType(14, "raw IP (DLT_RAW, BSD/OS)", "raw", 0, None),
     LinkType(101, "raw IP", "raw", 0, None),
@@ -95,14 +95,14 @@ def framer(linktype: int, header: bytes = DEFAULT_ETH_HEADER):
     if lt.kind == "ethernet":
         return None, None
     if lt.kind == "raw":
-        return (lambda data: eth_for_ip(data, header) + data), (lambda orig, frame: frame[14:])
+        return (lambda data: eth_for_ip(data, header) + data), (lambda orig, frame: frame[ETH_HLEN:])
     hdr, at = lt.header, lt.proto_at
 
     def to_eth(data):
-        return header[:12] + data[at:at + 2] + data[hdr:]
+        return header[:ETH_HLEN - 2] + data[at:at + 2] + data[hdr:]
 
     def from_eth(orig, frame):
-        return orig[:hdr] + frame[14:]
+        return orig[:hdr] + frame[ETH_HLEN:]
     return to_eth, from_eth
 
 

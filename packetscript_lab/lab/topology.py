@@ -264,6 +264,20 @@ def host_of_ip(hosts: dict[str, Host], ip: str) -> str | None:
     return None
 
 
+def link_macs(src, dst) -> tuple[str, str]:
+    """(source MAC, destination MAC) of a frame from ``src`` as it arrives at ``dst``:
+    across a router the last hop is the router's interface facing ``dst``."""
+    iface = dst.interfaces[0] if getattr(dst, "interfaces", None) else None
+    if iface is None:
+        return src.mac, dst.mac
+    if dst is src:
+        return src.mac, src.mac
+    for i in dst.interfaces:
+        if i.peer_ip == src.ip:
+            return i.peer_mac, dst.mac
+    return iface.peer_mac, dst.mac
+
+
 def resolve(hosts: dict[str, Host], name_or_ip: str, ip: int = 4) -> str:
     """A host name or an address -> an address (a host name gives its primary address of IP
     version ``ip``)."""

@@ -15,14 +15,20 @@ import threading
 import time
 
 from ..core import pcap
-from ..core.netutil import checksum
+from ..core.netutil import (ETH_HLEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REPLY,
+                            ICMPV6_ECHO_REQUEST, checksum)
+from ..core.protocols import BY_NAME
 from .netns import NetNS
 from .protocol import LabError
 
 ETH_P_ALL = 0x0003
-ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
+
+
+# Where an IP packet names its destination, from the protocol table.
+_DADDR4 = slice(*BY_NAME["packet_ip"].field("daddr").byte_range)
+_DADDR6 = slice(*BY_NAME["packet_ip6"].field("daddr").byte_range)
 
 
 def family(addr: str) -> int:
@@ -68,9 +74,9 @@ def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interva
             if kind == "l2":
                 l2.send(data)
             elif data[0] >> 4 == 6:
-                l3v6.sendto(data, (socket.inet_ntop(socket.AF_INET6, data[24:40]), 0))
+                l3v6.sendto(data, (socket.inet_ntop(socket.AF_INET6, data[_DADDR6]), 0))
             else:
-                dst = socket.inet_ntoa(data[16:20])
+                dst = socket.inet_ntoa(data[_DADDR4])
                 l3.sendto(data, (dst, 0))
             sent += 1
             if interval:
@@ -90,7 +96,8 @@ def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: fl
     # ICMPv6 raw sockets: the kernel fills in the checksum (it covers a pseudo-header) and
     # hands back the message without the IPv6 header.
     proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
-    request, reply = (128, 129) if v6 else (8, 0)
+    request, reply = (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY) if v6 else \
+        (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
     sock = ns.run(lambda: socket.socket(family(dst), socket.SOCK_RAW, proto))
     ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
     pending: dict[int, float] = {}
@@ -302,7 +309,9 @@ def read_pcap(path: str, src_mac: bytes, dst_mac: bytes, rewrite_macs: bool = Tr
         raise LabError(str(exc)) from None
     lt = pcap.link(linktype)
     if lt.kind == "ethernet":
-        return [("l2", dst_mac + src_mac + d[12:] if rewrite_macs else d) for _t, d in packets]
+        # this hop's MACs, then the frame's own EtherType and payload
+        return [("l2", dst_mac + src_mac + d[ETH_HLEN - 2:] if rewrite_macs else d)
+                for _t, d in packets]
     out = [("l3", d[lt.header:]) for _t, d in packets]
     for n, (_kind, ip) in enumerate(out, 1):
         if ip[:1] and ip[0] >> 4 != 4:
