@@ -563,7 +563,7 @@ class Judge:
             f"not judged: the batch ran past its time limit of {self._seconds(self.batch_time_limit)} "
             "after the script had to be restarted")
         done = len(pieces)
-        rest_codes, rest_blob, rest_errors = self._unjudged(frames[done:], range(n - done), why)
+        rest_codes, _blob, rest_errors = self._unjudged(frames[done:], range(n - done), why)
         codes[done:] = rest_codes
         errors.update({done + i: e for i, e in rest_errors.items()})
         if changed:

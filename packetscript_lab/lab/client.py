@@ -97,7 +97,7 @@ class Capture:
 
 def _to_scapy(frames: list[bytes]) -> list:
     import scapy.layers.inet  # noqa: F401  (binds IP/TCP/UDP/ICMP under Ether)
-    import scapy.layers.inet6  # noqa: F401  (and IPv6/ICMPv6)
+    import scapy.layers.inet6  # noqa: F401  (IPv6/ICMPv6: scapy.layers.inet loads it today, not by promise)
     from scapy.layers.l2 import Ether
 
     return [Ether(f) for f in frames]
