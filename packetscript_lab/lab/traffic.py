@@ -161,7 +161,30 @@ def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: floa
     """
     n = int(count if count is not None else rate * duration)
     size = max(size, 8)
+    rx, tx = _udp_sockets(src, dst_ns, dst, port, sport)
+    seen: dict[int, int] = {}
+    order: list[int] = []
+    done = threading.Event()
+    t = threading.Thread(target=_receive_numbered, args=(rx, n, grace, done, seen, order),
+                         name="udp-rx", daemon=True)
+    t.start()
+    try:
+        sent, elapsed = _send_numbered(tx, n, rate, bytes(size - 8), (dst, port), budget)
+    finally:
+        done.set()
+        t.join()
+        tx.close()
+        rx.close()
+    missing = [i for i in range(n) if i not in seen]
+    reordered = sum(1 for a, b in zip(order, order[1:]) if b < a)
+    return {"sent": n, "sent_ok": sent, "received": len(seen), "missing": missing[:10000],
+            "missing_count": len(missing), "duplicates": sum(v - 1 for v in seen.values()),
+            "reordered": reordered, "elapsed": elapsed,
+            "rate": (n / elapsed) if elapsed > 0 else float(n)}
 
+
+def _udp_sockets(src: NetNS, dst_ns: NetNS, dst: str, port: int, sport: int):
+    """(receiver bound to ``port`` in the receiving host, sender in the sending host)."""
     def open_rx():
         s = _listener(dst, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -175,59 +198,47 @@ def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: floa
             s.bind((_any(dst), sport))
         return s
 
-    rx = dst_ns.run(open_rx)
-    tx = src.run(open_tx)
-    seen: dict[int, int] = {}
-    order: list[int] = []
-    done = threading.Event()
+    return dst_ns.run(open_rx), src.run(open_tx)
 
-    def receive() -> None:
-        rx.settimeout(0.05)
-        end = None
-        while True:
-            if done.is_set():
-                end = end or time.monotonic() + grace
-                if time.monotonic() >= end or len(seen) >= n:
-                    return
-            try:
-                data = rx.recv(65535)
-            except socket.timeout:
-                continue
-            if len(data) >= 8:
-                (sq,) = struct.unpack_from("!Q", data)
-                seen[sq] = seen.get(sq, 0) + 1
-                order.append(sq)
 
-    t = threading.Thread(target=receive, name="udp-rx", daemon=True)
-    t.start()
-    pad = bytes(size - 8)
+def _receive_numbered(rx: socket.socket, n: int, grace: float, done: threading.Event,
+                      seen: dict[int, int], order: list[int]) -> None:
+    """Count datagrams by sequence number until all ``n`` came, or ``grace`` after ``done``."""
+    rx.settimeout(0.05)
+    end = None
+    while True:
+        if done.is_set():
+            end = end or time.monotonic() + grace
+            if time.monotonic() >= end or len(seen) >= n:
+                return
+        try:
+            data = rx.recv(65535)
+        except socket.timeout:
+            continue
+        if len(data) >= 8:
+            (sq,) = struct.unpack_from("!Q", data)
+            seen[sq] = seen.get(sq, 0) + 1
+            order.append(sq)
+
+
+def _send_numbered(tx: socket.socket, n: int, rate: float, pad: bytes, to: tuple,
+                   budget) -> tuple[int, float]:
+    """Send datagrams 0..n-1 at ``rate``/s; (how many the socket took, seconds it took)."""
     start = time.monotonic()
     sent = 0
-    try:
-        for i in range(n):
-            target = start + i / rate if rate > 0 else start
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if budget:
-                budget.take()
-            try:
-                tx.sendto(struct.pack("!Q", i) + pad, (dst, port))
-                sent += 1
-            except OSError:
-                pass  # e.g. EPERM from an OUTPUT drop: the datagram counts as sent, not received
-        elapsed = time.monotonic() - start
-    finally:
-        done.set()
-        t.join()
-        tx.close()
-        rx.close()
-    missing = [i for i in range(n) if i not in seen]
-    reordered = sum(1 for a, b in zip(order, order[1:]) if b < a)
-    return {"sent": n, "sent_ok": sent, "received": len(seen), "missing": missing[:10000],
-            "missing_count": len(missing), "duplicates": sum(v - 1 for v in seen.values()),
-            "reordered": reordered, "elapsed": elapsed,
-            "rate": (n / elapsed) if elapsed > 0 else float(n)}
+    for i in range(n):
+        target = start + i / rate if rate > 0 else start
+        delay = target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if budget:
+            budget.take()
+        try:
+            tx.sendto(struct.pack("!Q", i) + pad, to)
+            sent += 1
+        except OSError:
+            pass  # e.g. EPERM from an OUTPUT drop: the datagram counts as sent, not received
+    return sent, time.monotonic() - start
 
 
 # -- TCP echo ------------------------------------------------------------------------------
