@@ -254,59 +254,65 @@ def _open(path: Path, comments: bool):
         return getattr(reader, "linktype", ETHERNET), iter(())
     linktype = first[1].linktype if pcapng else reader.linktype
 
-    def pcap_batches():
-        done, offset = 0, 24                 # packets read; byte offset of the next record
-        per_ms = 1e6 if getattr(reader, "nano", False) else 1e3   # ns or µs pcap
-        chunk = [first] + list(itertools.islice(packets, BATCH - 1))
-        while chunk:
-            frames = [d for d, _ in chunk]
-            data, meta = chunk[-1]
-            # The common case costs a few C-speed passes; only a suspect batch is walked.
-            if problems.messages or not all(frames) or len(data) < min(meta.caplen, _SCAPY_MTU):
-                _check_pcap_records(path, chunk, done, offset, problems)
-            if max(map(len, frames)) >= _SCAPY_MTU:    # scapy kept only part of a big packet
-                offset += sum(16 + m.caplen for _, m in chunk)
-            else:
-                offset += 16 * len(chunk) + sum(map(len, frames))
-            times = [sec * 1000.0 + frac / per_ms for _, (sec, frac, _w, _c) in chunk]
-            yield (frames, times, [None] * len(frames)) if comments else (frames, times)
-            done += len(chunk)
-            chunk = list(itertools.islice(packets, BATCH))
-        if not isinstance(reader.f, gzip.GzipFile) and offset < path.stat().st_size:
-            raise CaptureError(f"{path}: corrupt capture at packet {done + 1} (byte offset {offset}): "
-                               f"{path.stat().st_size - offset} bytes after packet {done} are not "
-                               "a whole record: the file is truncated")
-
-    def pcapng_batches():
-        frames, times, notes = [], [], []
-        for data, meta in itertools.chain([first], packets):
-            if problems.messages:
-                break
-            if meta.linktype != linktype:
-                raise CaptureError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
-                                   "read one interface at a time (split it with editcap or tshark)")
-            read_[0] += 1
-            frames.append(data)
-            # A simple packet block has no time: 0.
-            times.append(0.0 if meta.tshigh is None else ((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
-            notes.append(meta.comments[0].decode("utf-8", "replace") if meta.comments else None)
-            if len(frames) == BATCH:
-                yield (frames, times, notes) if comments else (frames, times)
-                frames, times, notes = [], [], []
-        if problems.messages:
-            raise _problem_error(path, problems.messages[0])
-        if frames:
-            yield (frames, times, notes) if comments else (frames, times)
-
     def batches():
         try:
-            yield from (pcapng_batches() if pcapng else pcap_batches())
+            yield from (_pcapng_batches(path, linktype, first, packets, problems, comments, read_)
+                        if pcapng else _pcap_batches(path, reader, first, packets, problems, comments))
         except (Scapy_Exception, ValueError, struct.error) as exc:
             raise CaptureError(f"{path}: corrupt capture ({exc})") from None
         finally:
             scapy_log.removeFilter(problems)
             reader.close()
     return linktype, batches()
+
+
+def _pcap_batches(path: Path, reader, first, packets, problems, comments: bool):
+    """Batches of a pcap file, each record checked where a batch looks suspect."""
+    done, offset = 0, 24                 # packets read; byte offset of the next record
+    per_ms = 1e6 if getattr(reader, "nano", False) else 1e3   # ns or µs pcap
+    chunk = [first] + list(itertools.islice(packets, BATCH - 1))
+    while chunk:
+        frames = [d for d, _ in chunk]
+        data, meta = chunk[-1]
+        # The common case costs a few C-speed passes; only a suspect batch is walked.
+        if problems.messages or not all(frames) or len(data) < min(meta.caplen, _SCAPY_MTU):
+            _check_pcap_records(path, chunk, done, offset, problems)
+        if max(map(len, frames)) >= _SCAPY_MTU:    # scapy kept only part of a big packet
+            offset += sum(16 + m.caplen for _, m in chunk)
+        else:
+            offset += 16 * len(chunk) + sum(map(len, frames))
+        times = [sec * 1000.0 + frac / per_ms for _, (sec, frac, _w, _c) in chunk]
+        yield (frames, times, [None] * len(frames)) if comments else (frames, times)
+        done += len(chunk)
+        chunk = list(itertools.islice(packets, BATCH))
+    if not isinstance(reader.f, gzip.GzipFile) and offset < path.stat().st_size:
+        raise CaptureError(f"{path}: corrupt capture at packet {done + 1} (byte offset {offset}): "
+                           f"{path.stat().st_size - offset} bytes after packet {done} are not "
+                           "a whole record: the file is truncated")
+
+
+def _pcapng_batches(path: Path, linktype: int, first, packets, problems, comments: bool,
+                    read_: list[int]):
+    """Batches of a pcapng file's packets, all of one link type."""
+    frames, times, notes = [], [], []
+    for data, meta in itertools.chain([first], packets):
+        if problems.messages:
+            break
+        if meta.linktype != linktype:
+            raise CaptureError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
+                               "read one interface at a time (split it with editcap or tshark)")
+        read_[0] += 1
+        frames.append(data)
+        # A simple packet block has no time: 0.
+        times.append(0.0 if meta.tshigh is None else ((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
+        notes.append(meta.comments[0].decode("utf-8", "replace") if meta.comments else None)
+        if len(frames) == BATCH:
+            yield (frames, times, notes) if comments else (frames, times)
+            frames, times, notes = [], [], []
+    if problems.messages:
+        raise _problem_error(path, problems.messages[0])
+    if frames:
+        yield (frames, times, notes) if comments else (frames, times)
 
 
 def _tell(reader) -> int | None:
