@@ -34,6 +34,7 @@ from packetscript_lab.script import (DEFAULT_ETH_HEADER, MAX_OUTPUT_LINES, ON_ER
                                      Script, ScriptError, _ErrorLog)
 from packetscript_lab.core import results
 from packetscript_lab.core.netutil import ETH_HLEN, checked_eth_header
+from packetscript_lab.core.pcap import eth_for_ip
 
 # Message kinds. Every message is a 5-byte header (kind, payload length) and the payload.
 READY, COMPILE, BATCH, OK, FAILED = b"R", b"C", b"B", b"O", b"F"
@@ -407,7 +408,8 @@ class Judge:
 
     def judge_ip(self, packet: bytes, ts: float | None = None) -> tuple[int, bytes | None]:
         ms = (time.monotonic() if ts is None else ts) * 1000
-        codes, blob, errors = self.run_many([self._eth_header + packet], [ms])
+        # behind the header's MACs with the EtherType of the packet's IP version, as Script does
+        codes, blob, errors = self.run_many([eth_for_ip(packet, self._eth_header) + packet], [ms])
         code = codes[0]
         data = blob[ETH_HLEN:] if code & results.BODY_CHANGED and blob is not None else None
         if code & results.FAILED:
