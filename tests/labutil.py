@@ -126,3 +126,26 @@ def wait_until(condition, timeout: float = 15.0, what: str = "condition"):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# Where every packet of a queue rule went (docs/lab.md, Statistics).
+PARTS = ("judged", "passed_unjudged", "queue_drops", "in_flight")
+
+
+def settled(h, deadline: float = 30.0) -> dict:
+    """Stats once nothing waits in the queue and the worker's count stands still."""
+    end = time.monotonic() + deadline
+    last = None
+    while True:
+        s = h.stats()
+        if s["in_flight"] == 0 and last is not None and s["judged"] == last["judged"]:
+            return s
+        if time.monotonic() > end:
+            raise AssertionError(f"the queue did not settle within {deadline}s: {s}")
+        last = s
+        time.sleep(0.1)
+
+
+def assert_accounted(s: dict, expected: int) -> None:
+    assert s["rule_packets"] == expected, s
+    assert sum(s[k] for k in PARTS) == s["rule_packets"], s

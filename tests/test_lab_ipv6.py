@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from labutil import PYTHON, require_lab
+from labutil import PYTHON, assert_accounted, require_lab, settled
 
 from packetscript_lab import LabError, Script
 from packetscript_lab.core.flows import TrafficError, parse_traffic
@@ -50,7 +49,6 @@ function process_packet(p)
   return NF_ACCEPT
 end
 """
-PARTS = ("judged", "passed_unjudged", "queue_drops", "in_flight")
 
 
 @pytest.fixture
@@ -65,25 +63,6 @@ def router6():
     require_lab()
     with Lab("router", sample_interval=0.2, ipv6=True) as lab:
         yield lab
-
-
-def settled(h, deadline: float = 30.0) -> dict:
-    """Stats once nothing waits in the queue and the worker's count stands still."""
-    end = time.monotonic() + deadline
-    last = None
-    while True:
-        s = h.stats()
-        if s["in_flight"] == 0 and last is not None and s["judged"] == last["judged"]:
-            return s
-        if time.monotonic() > end:
-            raise AssertionError(f"the queue did not settle within {deadline}s: {s}")
-        last = s
-        time.sleep(0.1)
-
-
-def assert_accounted(s: dict, expected: int) -> None:
-    assert s["rule_packets"] == expected, s
-    assert sum(s[k] for k in PARTS) == s["rule_packets"], s
 
 
 # ------------------------------------------------------------------ topologies
