@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,14 @@ def pid_alive(pid: int) -> bool:
 
 
 PYTHON = sys.executable
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+
+
+def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """``python -m packetscript_lab ARGS`` from this checkout."""
+    env = dict(os.environ, PYTHONPATH=CHECKOUT)
+    return subprocess.run([PYTHON, "-m", "packetscript_lab", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
 
 DROP_9000 = """
 function process_packet(p)

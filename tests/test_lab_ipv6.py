@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
-from labutil import PYTHON, assert_accounted, require_lab, settled
+from labutil import assert_accounted, cli, require_lab, settled
 
 from packetscript_lab import LabError, Script
 from packetscript_lab.core.flows import TrafficError, parse_traffic
@@ -17,7 +15,6 @@ from packetscript_lab.lab import Lab
 from packetscript_lab.lab.description import TopologyError, load
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
-ROOT = str(Path(__file__).resolve().parents[1])
 
 DROP_V6_9000 = """
 function process_packet(p)
@@ -274,12 +271,6 @@ def test_replay_frames_of_ipv6_flows_carry_ipv6():
 
 
 # ------------------------------------------------------------------ command line
-def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([PYTHON, "-m", "packetscript_lab", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)
-
-
 def test_cli_run_ipv6(tmp_path):
     require_lab()
     script = tmp_path / "drop6.lua"
