@@ -10,17 +10,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from labutil import ACCEPT_ALL, assert_accounted, pair_lab, settled  # noqa: F401
+from labutil import ACCEPT_ALL, SLOW, assert_accounted, pair_lab, settled  # noqa: F401
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
-SLOW = """
-local n = 0
-function process_packet(p)
-  for i = 1, 20000 do n = n + i % 7 end
-  return NF_ACCEPT
-end
-"""
 BURST = 3000
 
 

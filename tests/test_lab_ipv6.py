@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from labutil import assert_accounted, cli, require_lab, settled
+from labutil import SLOW, assert_accounted, cli, require_lab, settled
 
 from packetscript_lab import LabError, Script
 from packetscript_lab.core.flows import TrafficError, parse_traffic
@@ -36,14 +36,6 @@ function process_packet(p)
   local udp = ip6:data(packet_udp)
   if udp and udp:dport():get() == 9001 then udp:data():set("HELLO IPV6 WORLD") end
   return XT_CONTINUE
-end
-"""
-
-SLOW = """
-local n = 0
-function process_packet(p)
-  for i = 1, 20000 do n = n + i % 7 end
-  return NF_ACCEPT
 end
 """
 
