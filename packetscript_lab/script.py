@@ -79,7 +79,8 @@ _PROTOCOLS_LUA = protocols.lua_source().encode()     # the protocol table, for p
 def _synthetic_headers(header: bytes) -> tuple[bytes, bytes]:
     """The header run_ip puts in front of an IPv4 and of an IPv6 packet: its MACs, each
     version's EtherType."""
-    return eth_header(header[:6], header[6:12], ETH_P_IP), eth_header(header[:6], header[6:12], ETH_P_IPV6)
+    dst, src = header[:6], header[6:12]
+    return eth_header(dst, src, ETH_P_IP), eth_header(dst, src, ETH_P_IPV6)
 
 
 def _error_records(blob: bytes):
