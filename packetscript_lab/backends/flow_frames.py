@@ -31,8 +31,9 @@ def build_packets(flows: list[Flow], hosts: dict, seconds: float) -> list[tuple[
         src = hosts[flow.src]
         if is_address(flow.dst):
             # an address nobody owns: the frame as it leaves the source towards its first hop
+            # (a source without interfaces sends to the default header's destination MAC)
             dst = _Addr(flow.dst, src.interfaces[0].peer_mac if getattr(src, "interfaces", None)
-                        else "02:00:00:00:00:02", ip6=flow.dst)
+                        else pcap.DEFAULT_ETH_HEADER[:6], ip6=flow.dst)
         else:
             dst = hosts[flow.dst]
         if flow.ip == 6:
@@ -83,7 +84,7 @@ def _capture_frames(flow: Flow) -> list[tuple[float, bytes]]:
 @dataclasses.dataclass
 class _Addr:
     ip: str
-    mac: str
+    mac: str | bytes
     interfaces: tuple = ()
     ip6: str | None = None
 
