@@ -137,15 +137,19 @@ def wait_until(condition, timeout: float = 15.0, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-# A deliberately slow script (a legal busy loop, well under the step budget): behind a short
-# queue, a burst overflows it.
-SLOW = """
+def slow_script(loops: int = 20000) -> str:
+    """A deliberately slow script (a legal busy loop, well under the step budget): behind a
+    short queue, a burst overflows it."""
+    return f"""
 local n = 0
 function process_packet(p)
-  for i = 1, 20000 do n = n + i % 7 end
+  for i = 1, {loops} do n = n + i % 7 end
   return NF_ACCEPT
 end
 """
+
+
+SLOW = slow_script()
 
 # Where every packet of a queue rule went (docs/lab.md, Statistics).
 PARTS = ("judged", "passed_unjudged", "queue_drops", "in_flight")

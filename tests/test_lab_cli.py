@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from labutil import DROP_9000, cli, host_network_snapshot, require_lab
+from labutil import DROP_9000, cli, host_network_snapshot, require_lab, slow_script
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -57,13 +57,7 @@ def test_lab_up_status_down():
     assert host_network_snapshot() == before
 
 
-SLOW = """
-local n = 0
-function process_packet(p)
-  for i = 1, 50000 do n = n + i % 7 end
-  return NF_ACCEPT
-end
-"""
+SLOW = slow_script(50000)
 
 
 def test_run_accounts_for_packets_that_passed_unjudged(tmp_path):
