@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+import stockuser  # noqa: E402  (running as a student account, as the tests do)
 FIRST_UID = 62001
 MAX_STUDENTS = 30
 PHASE_TIMEOUT = 120.0
@@ -54,32 +56,14 @@ lab.close()
 """
 
 
-def root_only_dirs() -> list[str]:
-    """Directories under /root the interpreter and checkout live in (closed to other uids)."""
-    paths = (sys.base_prefix, sys.prefix, sys.executable, str(ROOT))
-    return sorted({"/root/" + p.split("/")[2] for p in map(os.path.realpath, paths)
-                   if p.startswith("/root/") and len(p.split("/")) > 2})
-
-
 def student_command(uid: int | None, stage: Path, count: int) -> list[str]:
     argv = [sys.executable, "-c", STUDENT, str(count)]
     if uid is None:
         return argv
     drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv]
-    tops = root_only_dirs()
-    if not tops:
-        return drop
-    # A private mount namespace for this student only shows those directories through a
-    # tmpfs over /root; the host's mounts are not changed.
-    steps = []
-    for i, top in enumerate(tops):
-        (stage / str(i)).mkdir(parents=True, exist_ok=True)
-        steps.append(f"mount --bind {top} {stage / str(i)}")
-    steps.append("mount -t tmpfs -o mode=755 none /root")
-    for i, top in enumerate(tops):
-        steps += [f"mkdir -p {top}", f"mount --bind {stage / str(i)} {top}"]
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-            " && ".join(steps) + ' && exec "$@"', "sh", *drop]
+    # An interpreter or checkout under /root (closed to other uids) shows through a private
+    # mount namespace of this student's own; the host's mounts are not changed.
+    return stockuser.with_root_dirs_visible(drop, stage)
 
 
 def mem_available() -> int:

@@ -16,13 +16,17 @@ def load_ipython_extension(ipython) -> None:
     if _magics is not None and _magics.shell is ipython:
         return        # already loaded here (the PacketScript Lab kernel loads it at start-up)
     from kernel_magic.magics import PacketScriptMagics
+    from packetscript_lab import testing
     _magics = PacketScriptMagics(ipython)
     ipython.register_magics(_magics)
+    testing.use_notebook(_magics.session)     # pt.cell(NAME) reads this kernel's cells
 
 
 def unload_ipython_extension(ipython) -> None:
     global _magics
     if _magics is not None:
+        from packetscript_lab import testing
+        testing.use_notebook(None)
         _magics.session.close()
         _magics = None
 

@@ -7,9 +7,10 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 
 from kernel_magic import options as opts
-from kernel_magic.traffic import build_packets
 from kernel_magic.session import NotebookSession
+from packetscript_lab.backends.flow_frames import build_packets
 from packetscript_lab.core import flows as flows_mod
+from packetscript_lab.core.netutil import ETH_HLEN
 
 LINE_HELP = """Manage the PacketScript lab and the running scripts.
 
@@ -201,7 +202,7 @@ class PacketScriptMagics(Magics):
         total = sum(len(pkts) for _, pkts in per_flow)
         if lab is not None:
             for flow, pkts in per_flow:
-                lab.send(flow.src, [f[14:] for _, f in pkts])   # IP packets: routed by the host
+                lab.send(flow.src, [f[ETH_HLEN:] for _, f in pkts])   # IP packets: routed by the host
             print(f"sent {total} packets")
             return
         targets = [r for r in s.runs.values() if r.active and r.backend == "replay"]

@@ -9,14 +9,14 @@ import time
 from IPython.core.error import UsageError
 
 from kernel_magic import lua_errors, pcaps
-from kernel_magic.traffic import build_packets, capture_frames
-from packetscript_lab.core import flows as flows_mod
 from kernel_magic.cache import CellCache
 from kernel_magic.dashboard import Dashboard
 from kernel_magic.options import RunOptions
 from kernel_magic.outputs import CellOutputs
 from kernel_magic.pump import INTERVAL, Pump
 from kernel_magic.runs import Run
+from packetscript_lab.backends.flow_frames import build_packets, capture_frames
+from packetscript_lab.core import flows as flows_mod
 
 ENV_BACKEND = "PACKETSCRIPT_BACKEND"    # "replay": never try to build a lab (e.g. on Binder)
 GRACE = 0.2                            # let the last verdicts and stats sample arrive

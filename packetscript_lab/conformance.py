@@ -27,14 +27,13 @@ from __future__ import annotations
 import html
 import time
 
-from packetscript_lab.core.netutil import ETH_P_IP, eth_header
+from packetscript_lab.core.netutil import ETH_HLEN, ETH_P_IP, eth_header, ethertype
 from packetscript_lab.script import ScriptError
 from dataclasses import dataclass, field
 
 __all__ = ["compare", "ConformanceResult", "PacketRow", "Outcome", "BACKENDS"]
 
 BACKENDS = ("replay", "faithful", "nfqueue", "kernel", "xtlua-vm")
-_ETHERTYPE_IP = ETH_P_IP.to_bytes(2, "big")
 
 
 @dataclass
@@ -131,8 +130,8 @@ def _ip_packets(packets) -> list[bytes]:
         raw = bytes(p)
         if raw and raw[0] >> 4 == 4:
             out.append(raw)
-        elif len(raw) > 14 and raw[12:14] == _ETHERTYPE_IP:
-            out.append(raw[14:])
+        elif len(raw) > ETH_HLEN and ethertype(raw) == ETH_P_IP:
+            out.append(raw[ETH_HLEN:])
         else:
             raise ValueError(f"packet {len(out)} is not IPv4 (only IPv4 goes through xt_LUA)")
     return out
@@ -155,8 +154,9 @@ def _readdress(packets: list[bytes], src: str, dst: str) -> list[bytes]:
 
 def _summary(ip: bytes) -> str:
     from packetscript_lab.core.fields import summary
+    from packetscript_lab.core.pcap import eth_for_ip
     try:
-        return summary(b"\x00" * 12 + _ETHERTYPE_IP + ip)
+        return summary(eth_for_ip(ip) + ip)
     except Exception:          # a summary is a courtesy; a malformed packet still compares
         return f"{len(ip)} bytes"
 
@@ -194,12 +194,14 @@ def _run_lab(lab, source, packets, backend, options) -> list[Outcome]:
         log = handle.recent() if backend != "kernel" else []
     finally:
         handle.detach()
+    from packetscript_lab.core.fields import ip_field
     arrived = {}
     for frame in frames:
-        ip = frame[14:] if frame[12:14] == _ETHERTYPE_IP else frame
-        ip = ip[:int.from_bytes(ip[2:4], "big")] if len(ip) >= 4 else ip   # no Ethernet padding
-        arrived.setdefault(int.from_bytes(ip[4:6], "big"), ip)
-    ids = [int.from_bytes(p[4:6], "big") for p in packets]
+        ip = frame[ETH_HLEN:] if ethertype(frame) == ETH_P_IP else frame
+        length = ip_field(ip, "ip.tot_len")
+        ip = ip[:length] if length is not None else ip   # no Ethernet padding
+        arrived.setdefault(ip_field(ip, "ip.id"), ip)
+    ids = [ip_field(p, "ip.id") for p in packets]
     verdicts = [e.get("verdict") for e in log][-len(packets):] if log else []
     if len(verdicts) != len(packets):
         verdicts = [None] * len(packets)
@@ -240,9 +242,9 @@ def _diff(row: PacketRow) -> None:
 
 def _changed(a: bytes, b: bytes) -> str:
     from packetscript_lab.core.fields import changed_fields
-    eth = b"\x00" * 12 + _ETHERTYPE_IP
+    from packetscript_lab.core.pcap import eth_for_ip
     try:
-        fields = changed_fields(eth + a, eth + b)
+        fields = changed_fields(eth_for_ip(a) + a, eth_for_ip(b) + b)
     except Exception:
         fields = []
     return ", ".join(fields) or f"{sum(x != y for x, y in zip(a, b))} byte(s)"

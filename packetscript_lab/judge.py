@@ -33,7 +33,8 @@ from pathlib import Path
 from packetscript_lab.script import (DEFAULT_ETH_HEADER, MAX_OUTPUT_LINES, ON_ERROR, RunResult,
                                      Script, ScriptError, _ErrorLog)
 from packetscript_lab.core import results
-from packetscript_lab.core.netutil import checked_eth_header
+from packetscript_lab.core.netutil import ETH_HLEN, checked_eth_header
+from packetscript_lab.core.pcap import eth_for_ip
 
 # Message kinds. Every message is a 5-byte header (kind, payload length) and the payload.
 READY, COMPILE, BATCH, OK, FAILED = b"R", b"C", b"B", b"O", b"F"
@@ -410,9 +411,10 @@ class Judge:
 
     def judge_ip(self, packet: bytes, ts: float | None = None) -> tuple[int, bytes | None]:
         ms = (time.monotonic() if ts is None else ts) * 1000
-        codes, blob, errors = self.run_many([self._eth_header + packet], [ms])
+        # behind the header's MACs with the EtherType of the packet's IP version, as Script does
+        codes, blob, errors = self.run_many([eth_for_ip(packet, self._eth_header) + packet], [ms])
         code = codes[0]
-        data = blob[14:] if code & results.BODY_CHANGED and blob is not None else None
+        data = blob[ETH_HLEN:] if code & results.BODY_CHANGED and blob is not None else None
         if code & results.FAILED:
             self.last_error = errors.get(0)
         # The IP packet counts as changed only when bytes after the Ethernet header did.
@@ -566,7 +568,7 @@ class Judge:
             f"not judged: the batch ran past its time limit of {self._seconds(self.batch_time_limit)} "
             "after the script had to be restarted")
         done = len(pieces)
-        rest_codes, rest_blob, rest_errors = self._unjudged(frames[done:], range(n - done), why)
+        rest_codes, _blob, rest_errors = self._unjudged(frames[done:], range(n - done), why)
         codes[done:] = rest_codes
         errors.update({done + i: e for i, e in rest_errors.items()})
         if changed:

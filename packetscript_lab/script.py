@@ -14,7 +14,7 @@ from importlib import resources
 
 
 from packetscript_lab.core import protocols, results
-from packetscript_lab.core.netutil import checked_eth_header
+from packetscript_lab.core.netutil import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, checked_eth_header, eth_header
 from packetscript_lab.core.pcap import DEFAULT_ETH_HEADER
 from packetscript_lab.core.results import BY_CODE, CHANGED, FAILED, ETH_CHANGED, BODY_CHANGED, PRINTED
 
@@ -74,6 +74,13 @@ def _text(value) -> str:
 
 
 _PROTOCOLS_LUA = protocols.lua_source().encode()     # the protocol table, for packet.lua
+
+
+def _synthetic_headers(header: bytes) -> tuple[bytes, bytes]:
+    """The header run_ip puts in front of an IPv4 and of an IPv6 packet: its MACs, each
+    version's EtherType."""
+    dst, src = header[:6], header[6:12]
+    return eth_header(dst, src, ETH_P_IP), eth_header(dst, src, ETH_P_IPV6)
 
 
 def _error_records(blob: bytes):
@@ -204,6 +211,7 @@ class Script:
             b"seed": self.seed, b"fix_checksums": self.fix_checksums,
             b"on_error_code": ON_ERROR[self.on_error], b"protocols": table,
             b"results": self._lua.table_from({k.encode(): v for k, v in results.lua_table().items()}),
+            b"eth_hlen": ETH_HLEN,
             # Lua cuts long chunk names (and with them the line); errors are reported
             # under the script's own name by ScriptError and the CLI.
             b"chunkname": b"script",
@@ -212,7 +220,7 @@ class Script:
         self._run_one = self._engine.run_one
         self._run_ip = self._engine.run_ip
         self._run_batch = self._engine.run_batch if self.lua == "luajit" else None
-        self._engine.set_eth(self._eth_header)
+        self._engine.set_eth(*_synthetic_headers(self._eth_header))
         try:
             result = self._engine.compile(self._code, self._prelude)
         except self._lua_error as exc:       # out of memory on the top level
@@ -254,7 +262,7 @@ class Script:
     @eth_header.setter
     def eth_header(self, header: bytes) -> None:
         self._eth_header = checked_eth_header(header)
-        self._enter(self._engine.set_eth, self._eth_header)
+        self._enter(self._engine.set_eth, *_synthetic_headers(self._eth_header))
 
     def judge_ip(self, packet: bytes, ts: float | None = None) -> tuple[int, bytes | None]:
         """The per-packet fast path for live backends: ``(code, new_packet)``.
@@ -334,8 +342,8 @@ class Script:
                 code |= FAILED
             elif r.modified:
                 out = r.data
-                code |= (CHANGED | (ETH_CHANGED if out[:14] != frame[:14] else 0)
-                         | (BODY_CHANGED if out[14:] != frame[14:] else 0))
+                code |= (CHANGED | (ETH_CHANGED if out[:ETH_HLEN] != frame[:ETH_HLEN] else 0)
+                         | (BODY_CHANGED if out[ETH_HLEN:] != frame[ETH_HLEN:] else 0))
             codes[i] = code
             outs.append(r.data)
         changed = any(c & CHANGED for c in codes)

@@ -23,16 +23,22 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
-import struct
 import time
 
+from packetscript_lab.core import frames as _frames
 from packetscript_lab.core import results as _verdicts
-from packetscript_lab.core.netutil import TCP_FLAGS, eth_header
+from packetscript_lab.core.fields import field_value, ip_field
+from packetscript_lab.core.netutil import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_FLAGS, eth_header
 
 __all__ = ["ExerciseFailure", "Submission", "cell", "submission", "udp", "tcp", "ping",
            "verdicts_of", "expect_verdicts", "expect_changes", "expect_delivery"]
 
 _ids = itertools.count(0x5100)     # IP ids: each test packet is found again by its id
+
+# The notebook's runs, handed down by the notebook extension (kernel_magic, a floor above
+# this module) when it loads: ``runs`` (name -> run with ``source`` and ``options``) and
+# ``topology``. None outside a notebook.
+_notebook = None
 
 
 class ExerciseFailure(AssertionError):
@@ -73,14 +79,16 @@ def submission(source: str, **hook) -> Submission:
     return Submission(source, **{"line_offset": 0, **hook})
 
 
+def use_notebook(session) -> None:
+    """Where :func:`cell` finds the notebook's cells (the extension calls this; None: none)."""
+    global _notebook
+    _notebook = session
+
+
 def cell(name: str, **override) -> Submission:
     """The script of the last ``%%packetscript NAME`` cell run in this kernel, with its hook
     (host, table, chain, match) and compile options; ``override`` changes any of them."""
-    try:
-        import kernel_magic
-        session = kernel_magic.get_session()
-    except (ImportError, RuntimeError):
-        session = None
+    session = _notebook
     run = session.runs.get(name) if session is not None else None
     if run is None:
         ran = ", ".join(session.runs) if session is not None and session.runs else "none"
@@ -105,13 +113,17 @@ class Packet:
     text: str
     topology: str | dict = "pair"
 
+    def field(self, name: str):
+        """A header field of the packet by its protocol-table name (``ip.id``, ``ip.daddr``)."""
+        return ip_field(self.ip, name)
+
     @property
     def ident(self) -> int:
-        return struct.unpack("!H", self.ip[4:6])[0]
+        return self.field("ip.id")
 
     def frame(self, hosts: dict, dst_host: str | None) -> bytes:
         """The Ethernet frame as the receiving host's hook sees it."""
-        from kernel_magic.hosts import link_macs
+        from packetscript_lab.lab.topology import link_macs
         src = hosts.get(self.src_host)
         dst = hosts.get(dst_host) if dst_host else None
         if src is not None and dst is not None:
@@ -142,17 +154,14 @@ def _endpoint(name_or_ip: str, topology) -> tuple[str | None, str]:
 
 
 def _ip_packet(src: str, dst: str, proto: int, l4: bytes, ttl: int) -> bytes:
-    from kernel_magic import frames
-    return frames.frame("00:00:00:00:00:00", "00:00:00:00:00:00", src, dst, proto, l4,
-                        ident=next(_ids), ttl=ttl)[14:]
+    return _frames.ip4(src, dst, proto, l4, ident=next(_ids), ttl=ttl)
 
 
 def udp(src: str, dst: str, dport: int = 9000, sport: int = 40000, payload: bytes = b"",
         ttl: int = 64, topology="pair") -> Packet:
     """A UDP packet from host (or lab address) ``src`` to ``dst``."""
-    from kernel_magic import frames
-    (sh, sip), (_dh, dip) = _endpoint(src, topology), _endpoint(dst, topology)
-    ip = _ip_packet(sip, dip, 17, frames.udp(sip, dip, sport, dport, payload), ttl)
+    (sh, sip), (_, dip) = _endpoint(src, topology), _endpoint(dst, topology)
+    ip = _ip_packet(sip, dip, IPPROTO_UDP, _frames.udp(sip, dip, sport, dport, payload), ttl)
     return Packet(sh, ip, f"UDP {sip}:{sport} > {dip}:{dport}", topology)
 
 
@@ -160,21 +169,20 @@ def tcp(src: str, dst: str, dport: int = 80, sport: int = 41000, flags: str = "S
         seq: int = 1000, ack: int = 0, payload: bytes = b"", ttl: int = 64,
         topology="pair") -> Packet:
     """A TCP segment; ``flags`` as letters, e.g. "S", "SA", "A", "PA", "FA", "R"."""
-    from kernel_magic import frames
     bad = set(flags) - set(TCP_FLAGS)
     if bad:
         raise ValueError(f"TCP flags are letters of {''.join(TCP_FLAGS)}, not {''.join(bad)}")
     bits = sum(TCP_FLAGS[f] for f in set(flags))
-    (sh, sip), (_dh, dip) = _endpoint(src, topology), _endpoint(dst, topology)
-    ip = _ip_packet(sip, dip, 6, frames.tcp(sip, dip, sport, dport, seq, ack, bits, payload), ttl)
+    (sh, sip), (_, dip) = _endpoint(src, topology), _endpoint(dst, topology)
+    ip = _ip_packet(sip, dip, IPPROTO_TCP,
+                    _frames.tcp(sip, dip, sport, dport, seq, ack, bits, payload), ttl)
     return Packet(sh, ip, f"TCP {sip}:{sport} > {dip}:{dport} [{flags}]", topology)
 
 
 def ping(src: str, dst: str, seq: int = 0, ttl: int = 64, topology="pair") -> Packet:
     """An ICMP echo request."""
-    from kernel_magic import frames
-    (sh, sip), (_dh, dip) = _endpoint(src, topology), _endpoint(dst, topology)
-    ip = _ip_packet(sip, dip, 1, frames.icmp_echo(0x5053, seq, b"packetscript-lab"), ttl)
+    (sh, sip), (_, dip) = _endpoint(src, topology), _endpoint(dst, topology)
+    ip = _ip_packet(sip, dip, IPPROTO_ICMP, _frames.icmp_echo(0x5053, seq, b"packetscript-lab"), ttl)
     return Packet(sh, ip, f"ping {sip} > {dip} seq {seq}", topology)
 
 
@@ -190,7 +198,7 @@ class Outcome:
 
 def _dst_host(sub: Submission, p: Packet) -> str | None:
     from packetscript_lab.lab.topology import describe, host_of_ip
-    return host_of_ip(describe(sub.topology), ".".join(map(str, p.ip[16:20])))
+    return host_of_ip(describe(sub.topology), p.field("ip.daddr"))
 
 
 def verdicts_of(sub: Submission, packets: list[Packet], live: bool = False) -> list[Outcome]:
@@ -237,7 +245,7 @@ def _live_outcomes(sub: Submission, packets: list[Packet]) -> list[Outcome]:
         h.detach()
     by_id = {}
     for _t, before, after, verdict, error in kept:
-        ident = struct.unpack("!H", before[18:20])[0]
+        ident = field_value(before, "ip.id")
         by_id.setdefault(ident, (before, after, verdict, error))
     out = []
     for p in packets:
@@ -289,8 +297,6 @@ _FIELD_ALIASES = {"ip.src": "ip.saddr", "ip.dst": "ip.daddr", "ip.saddr": "ip.sa
 def _field_value(frame: bytes, field: str):
     """The value of ``layer.field`` in an Ethernet frame (addresses as text, others ints),
     read through the protocol table."""
-    from packetscript_lab.core.fields import field_value
-
     if field not in _FIELD_ALIASES:
         raise ValueError(f"field {field!r}: use one of {', '.join(sorted(_FIELD_ALIASES))}")
     return field_value(frame, _FIELD_ALIASES[field])
@@ -352,7 +358,7 @@ def expect_delivery(sub: Submission, traffic: str, received, seconds: float = 5.
         got = sum(r.get("received", r.get("ok", 0)) for r in rows)
         first_error = f"{errors[0]['message']} (line {errors[0]['line']})" if errors else None
     else:
-        from kernel_magic.traffic import build_packets
+        from packetscript_lab.backends.flow_frames import build_packets
         from packetscript_lab.judge import Judge
         from packetscript_lab.recording import judge_entries
         from packetscript_lab.script import ScriptError

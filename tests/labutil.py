@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,14 @@ def pid_alive(pid: int) -> bool:
 
 
 PYTHON = sys.executable
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+
+
+def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """``python -m packetscript_lab ARGS`` from this checkout."""
+    env = dict(os.environ, PYTHONPATH=CHECKOUT)
+    return subprocess.run([PYTHON, "-m", "packetscript_lab", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
 
 DROP_9000 = """
 function process_packet(p)
@@ -126,3 +135,40 @@ def wait_until(condition, timeout: float = 15.0, what: str = "condition"):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def slow_script(loops: int = 20000) -> str:
+    """A deliberately slow script (a legal busy loop, well under the step budget): behind a
+    short queue, a burst overflows it."""
+    return f"""
+local n = 0
+function process_packet(p)
+  for i = 1, {loops} do n = n + i % 7 end
+  return NF_ACCEPT
+end
+"""
+
+
+SLOW = slow_script()
+
+# Where every packet of a queue rule went (docs/lab.md, Statistics).
+PARTS = ("judged", "passed_unjudged", "queue_drops", "in_flight")
+
+
+def settled(h, deadline: float = 30.0) -> dict:
+    """Stats once nothing waits in the queue and the worker's count stands still."""
+    end = time.monotonic() + deadline
+    last = None
+    while True:
+        s = h.stats()
+        if s["in_flight"] == 0 and last is not None and s["judged"] == last["judged"]:
+            return s
+        if time.monotonic() > end:
+            raise AssertionError(f"the queue did not settle within {deadline}s: {s}")
+        last = s
+        time.sleep(0.1)
+
+
+def assert_accounted(s: dict, expected: int) -> None:
+    assert s["rule_packets"] == expected, s
+    assert sum(s[k] for k in PARTS) == s["rule_packets"], s

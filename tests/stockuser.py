@@ -49,7 +49,7 @@ def venv_program(name: str) -> str:
     return str(path)
 
 
-def _root_only_dirs() -> list[str]:
+def root_only_dirs() -> list[str]:
     """Top directories under /root that the command needs (an interpreter in /root/.pyenv,
     a checkout in /root): /root itself is closed to other accounts."""
     paths = (sys.base_prefix, sys.prefix, sys.executable, str(ROOT))
@@ -67,19 +67,28 @@ def command(argv: list[str], stage: Path, name: str = STUDENT) -> list[str]:
     account = student(name)
     drop = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
             "--clear-groups", "--", *argv]
-    tops = _root_only_dirs()
-    if not tops:
-        return drop
+    return with_root_dirs_visible(drop, stage)
+
+
+def with_root_dirs_visible(argv: list[str], stage: Path, extra_steps=()) -> list[str]:
+    """``argv`` in a private mount namespace (this command only) where the directories of
+    :func:`root_only_dirs` show through a tmpfs over /root, then ``extra_steps`` run (shell
+    commands, e.g. mounting a hidepid /proc); the host's mounts are not changed. ``stage`` holds the
+    bind points. ``argv`` itself when there is nothing to mount."""
+    tops = root_only_dirs()
     steps = []
     for i, top in enumerate(tops):
         os.makedirs(stage / str(i), exist_ok=True)
         steps.append(f"mount --bind {top} {stage / str(i)}")
-    steps.append("mount -t tmpfs -o mode=755 none /root")
+    if tops:
+        steps.append("mount -t tmpfs -o mode=755 none /root")
     for i, top in enumerate(tops):
         steps += [f"mkdir -p {top}", f"mount --bind {stage / str(i)} {top}"]
-    script = " && ".join(steps) + ' && exec "$@"'
+    steps += list(extra_steps)
+    if not steps:
+        return argv
     return [programs.find("unshare"), "--mount", "--propagation", "private", "--",
-            "sh", "-c", script, "sh", *drop]
+            "sh", "-c", " && ".join(steps) + ' && exec "$@"', "sh", *argv]
 
 
 def run(argv: list[str], stage: Path, timeout: float = 120, name: str = STUDENT,

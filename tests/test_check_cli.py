@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 CORPUS = Path(__file__).parent / "lua_corpus"
 
 

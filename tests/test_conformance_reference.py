@@ -288,3 +288,18 @@ def test_dynamic_callback_name_that_is_no_function_is_named(lua):
     r = Script(src, lua=lua).run(udp_frame())
     assert r.error is not None and "no_such_getter" in r.error.message
     assert "no global function" in _differences()
+
+
+@pytest.mark.parametrize("lua", RUNTIMES)
+def test_segments_and_fields_are_locked_tables_declared(lua):
+    """The module's segments and field objects are userdata; here they are tables whose
+    state a script cannot reach: assigning a key to either is an error."""
+    body = """
+local ip = p:data(packet_eth):data(packet_ip)
+print(type(p), type(ip), type(ip:ttl()))
+"""
+    assert _printed(body, udp_frame(), lua=lua) == ["table\ttable\ttable"]
+    for target in ("p", "p:data(packet_eth):data(packet_ip):ttl()"):
+        r = _script(f"local t = {target}\nt.offset = 0", lua=lua).run(udp_frame())
+        assert r.error is not None and "through their methods" in r.error.message, (target, r)
+    assert "segments and fields are userdata" in _differences()

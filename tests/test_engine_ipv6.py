@@ -11,7 +11,7 @@ from scapy.packet import Raw
 from scapy.utils import wrpcap
 
 from engine_util import RUNTIMES, udp_frame
-from packetscript_lab import Script, replay
+from packetscript_lab import Judge, Script, replay
 from packetscript_lab.core.fields import changed_fields, field_changes, summary
 
 pytestmark = pytest.mark.parametrize("lua", RUNTIMES)
@@ -213,6 +213,9 @@ def test_replay_of_an_ipv6_capture(lua, tmp_path, raw_ip):
 def test_run_ip_presents_ipv6_behind_an_ipv6_ethernet_header(lua):
     packet = bytes(IPv6(src=SRC, dst=DST) / UDP(sport=1, dport=2) / Raw(b"z"))
     r = Script(DNAT6, lua=lua).run_ip(packet)
+    assert r.modified and not r.eth_modified and IPv6(r.data).dst == "fd77:2::2"
+    with Judge(DNAT6, lua=lua) as watched:          # the watched engine does the same
+        r = watched.run_ip(packet)
     assert r.modified and not r.eth_modified and IPv6(r.data).dst == "fd77:2::2"
 
 

@@ -5,13 +5,11 @@ The live-lab side of each surface is in test_lab_flows.py.
 """
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from labutil import ACCEPT_ALL, PYTHON
+from labutil import ACCEPT_ALL, cli
 
 from packetscript_lab.cli import build_parser
 from packetscript_lab.cli.run import choose_traffic
@@ -113,12 +111,6 @@ GOOD = ["udp client server:9000 rate=200 count=20",
         "udp client 10.77.0.2:9000 count=3 to=server"]
 BAD = ["udp client server rat=5", "upd client server", "udp rate=200 duration=3",
        "udp client 8.8.8.8"]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([PYTHON, "-m", "packetscript_lab", *args], capture_output=True,
-                          text=True, env=env, timeout=60)
 
 
 @pytest.mark.parametrize("spec", GOOD)

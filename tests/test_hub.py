@@ -22,7 +22,7 @@ import pytest
 
 from labutil import require_lab
 from packetscript_lab.lab import programs
-from stockuser import _root_only_dirs
+from stockuser import with_root_dirs_visible
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "deploy" / "hub" / "jupyterhub_config.py"
@@ -95,18 +95,7 @@ def hub_command(stage: Path) -> list[str]:
     """jupyterhub, in a private mount namespace where a Python living under /root (closed to
     other accounts) is visible to the students' servers; the host's mounts are not changed."""
     argv = [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(CONFIG)]
-    tops = _root_only_dirs()
-    if not tops:
-        return argv
-    steps = []
-    for i, top in enumerate(tops):
-        (stage / str(i)).mkdir(parents=True, exist_ok=True)
-        steps.append(f"mount --bind {top} {stage / str(i)}")
-    steps.append("mount -t tmpfs -o mode=755 none /root")
-    for i, top in enumerate(tops):
-        steps += [f"mkdir -p {top}", f"mount --bind {stage / str(i)} {top}"]
-    return [programs.find("unshare"), "--mount", "--propagation", "private", "--", "sh", "-c",
-            " && ".join(steps) + ' && exec "$@"', "sh", *argv]
+    return with_root_dirs_visible(argv, stage)
 
 
 def api(base: str, token: str, method: str, path: str, body=None):

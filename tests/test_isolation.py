@@ -5,17 +5,14 @@ descriptors and script), nor see its packets, nor slow it down with a flood."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import stockuser
 from labutil import require_lab
 
-from packetscript_lab.lab import programs
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.lab]
 OTHER = "psl-student-b"
@@ -211,20 +208,12 @@ def _hidepid_view(tmp_path, pid: int) -> str:
     """With /proc mounted hidepid=invisible (docs/classroom.md, Limits), another student
     does not even see the lab's processes (nor their interface counters)."""
     other = stockuser.student(OTHER)
-    tops = stockuser._root_only_dirs()
-    steps = []
-    for i, top in enumerate(tops):
-        os.makedirs(tmp_path / "hp" / str(i), exist_ok=True)
-        steps.append(f"mount --bind {top} {tmp_path / 'hp' / str(i)}")
-    steps.append("mount -t tmpfs -o mode=755 none /root") if tops else None
-    for i, top in enumerate(tops):
-        steps += [f"mkdir -p {top}", f"mount --bind {tmp_path / 'hp' / str(i)} {top}"]
-    steps.append("mount -t proc -o hidepid=invisible proc /proc")
     probe = (f"import os; print('visible' if os.path.exists('/proc/{pid}/task') "
              "else 'invisible')")
-    argv = [programs.find("unshare"), "--mount", "--propagation", "private", "--", "sh", "-c",
-            " && ".join(steps) + ' && exec "$@"', "sh", "setpriv", f"--reuid={other.pw_uid}",
-            f"--regid={other.pw_gid}", "--clear-groups", "--", sys.executable, "-c", probe]
+    argv = stockuser.with_root_dirs_visible(
+        ["setpriv", f"--reuid={other.pw_uid}", f"--regid={other.pw_gid}", "--clear-groups", "--",
+         sys.executable, "-c", probe], tmp_path / "hp",
+        extra_steps=["mount -t proc -o hidepid=invisible proc /proc"])
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60,
                          env=stockuser.stock_env(other))
     assert res.returncode == 0, res.stderr

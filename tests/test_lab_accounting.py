@@ -10,38 +10,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from labutil import ACCEPT_ALL, pair_lab  # noqa: F401
+from labutil import ACCEPT_ALL, SLOW, assert_accounted, pair_lab, settled  # noqa: F401
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
-SLOW = """
-local n = 0
-function process_packet(p)
-  for i = 1, 20000 do n = n + i % 7 end
-  return NF_ACCEPT
-end
-"""
 BURST = 3000
-PARTS = ("judged", "passed_unjudged", "queue_drops", "in_flight")
-
-
-def settled(h, deadline: float = 30.0) -> dict:
-    """Stats once nothing waits in the queue and the worker's count stands still."""
-    end = time.monotonic() + deadline
-    last = None
-    while True:
-        s = h.stats()
-        if s["in_flight"] == 0 and last is not None and s["judged"] == last["judged"]:
-            return s
-        if time.monotonic() > end:
-            raise AssertionError(f"the queue did not settle within {deadline}s: {s}")
-        last = s
-        time.sleep(0.1)
-
-
-def assert_accounted(s: dict, expected: int) -> None:
-    assert s["rule_packets"] == expected, s
-    assert sum(s[k] for k in PARTS) == s["rule_packets"], s
 
 
 def test_fail_open_counts_the_packets_that_passed_unjudged(pair_lab):

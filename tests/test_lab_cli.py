@@ -3,20 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
-from labutil import DROP_9000, PYTHON, host_network_snapshot, require_lab
+from labutil import DROP_9000, cli, host_network_snapshot, require_lab, slow_script
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
-ROOT = str(Path(__file__).resolve().parents[1])
-
-
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([PYTHON, "-m", "packetscript_lab", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)
 
 
 def test_run_drop_script_with_traffic(tmp_path):
@@ -66,13 +57,7 @@ def test_lab_up_status_down():
     assert host_network_snapshot() == before
 
 
-SLOW = """
-local n = 0
-function process_packet(p)
-  for i = 1, 50000 do n = n + i % 7 end
-  return NF_ACCEPT
-end
-"""
+SLOW = slow_script(50000)
 
 
 def test_run_accounts_for_packets_that_passed_unjudged(tmp_path):

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
-from labutil import PYTHON, require_lab
+from labutil import SLOW, assert_accounted, cli, require_lab, settled
 
 from packetscript_lab import LabError, Script
 from packetscript_lab.core.flows import TrafficError, parse_traffic
@@ -18,7 +15,6 @@ from packetscript_lab.lab import Lab
 from packetscript_lab.lab.description import TopologyError, load
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
-ROOT = str(Path(__file__).resolve().parents[1])
 
 DROP_V6_9000 = """
 function process_packet(p)
@@ -43,15 +39,6 @@ function process_packet(p)
 end
 """
 
-SLOW = """
-local n = 0
-function process_packet(p)
-  for i = 1, 20000 do n = n + i % 7 end
-  return NF_ACCEPT
-end
-"""
-PARTS = ("judged", "passed_unjudged", "queue_drops", "in_flight")
-
 
 @pytest.fixture
 def pair6():
@@ -65,25 +52,6 @@ def router6():
     require_lab()
     with Lab("router", sample_interval=0.2, ipv6=True) as lab:
         yield lab
-
-
-def settled(h, deadline: float = 30.0) -> dict:
-    """Stats once nothing waits in the queue and the worker's count stands still."""
-    end = time.monotonic() + deadline
-    last = None
-    while True:
-        s = h.stats()
-        if s["in_flight"] == 0 and last is not None and s["judged"] == last["judged"]:
-            return s
-        if time.monotonic() > end:
-            raise AssertionError(f"the queue did not settle within {deadline}s: {s}")
-        last = s
-        time.sleep(0.1)
-
-
-def assert_accounted(s: dict, expected: int) -> None:
-    assert s["rule_packets"] == expected, s
-    assert sum(s[k] for k in PARTS) == s["rule_packets"], s
 
 
 # ------------------------------------------------------------------ topologies
@@ -270,7 +238,7 @@ def test_replay_frames_of_ipv6_flows_carry_ipv6():
     from scapy.layers.l2 import Ether
 
     from kernel_magic.hosts import replay_hosts
-    from kernel_magic.traffic import build_packets
+    from packetscript_lab.backends.flow_frames import build_packets
 
     hosts = replay_hosts("router", ipv6=True)
     frames = build_packets(parse_traffic("udp client server:9000 ip=6 count=2; "
@@ -295,12 +263,6 @@ def test_replay_frames_of_ipv6_flows_carry_ipv6():
 
 
 # ------------------------------------------------------------------ command line
-def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([PYTHON, "-m", "packetscript_lab", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)
-
-
 def test_cli_run_ipv6(tmp_path):
     require_lab()
     script = tmp_path / "drop6.lua"

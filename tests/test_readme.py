@@ -76,3 +76,10 @@ def test_the_python_example_runs(checkout_like):
     received, stats = res.stdout.split(" ", 1)
     assert received == "200"                           # every datagram reached the server
     assert "'modified': 200" in stats and "'continued': 200" in stats
+
+
+def test_the_dnat_example_file_is_the_one_the_package_offers():
+    """examples/dnat.lua (for the README's commands) and packetscript_lab.examples.dnat()
+    (for code and tests) are the same script: one cannot change without the other."""
+    from packetscript_lab.examples import dnat
+    assert (ROOT / "examples" / "dnat.lua").read_text().endswith(dnat())

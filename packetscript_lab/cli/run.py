@@ -1,6 +1,7 @@
 """``packetscript run SCRIPT.lua``: attach a script in a lab, drive traffic, watch verdicts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -114,9 +115,6 @@ def _short(flow: flows.Flow, r: dict) -> str:
 
 
 def run(args) -> int:
-    from packetscript_lab import ScriptError
-    from packetscript_lab.lab import Lab, LabError, daemon
-
     path = Path(args.script)
     if not path.is_file():
         raise CliError(f"no such script file: {args.script}")
@@ -128,11 +126,34 @@ def run(args) -> int:
             check_target(args.record)
         except RecordError as exc:
             raise CliError(f"--record: {exc}") from None
-    seconds = _seconds(args)
-    # The run lasts at least --duration (or, with no traffic, the default) and until the
-    # traffic has ended.
-    watch = args.duration if args.duration is not None else (0.0 if traffic else seconds)
     live = not args.json and sys.stdout.isatty()
+    lab = _open_lab(args)
+    try:
+        h = _attach(lab, args, path, source, traffic)
+        if not args.json:
+            what = "; ".join(map(str, traffic)) or "no generated traffic"
+            print(f"{path.name} on {args.host} {args.table}/{args.chain} {args.match!r} "
+                  f"({lab.topology} lab); traffic: {what}")
+        outcome = _watch(lab, h, args, traffic, live)
+    finally:
+        lab.close()
+    if args.json:
+        rows = [dict(r, kind=f.kind) for f, r in zip(traffic, outcome.results)]
+        print(json.dumps({"script": str(path), "host": args.host, "table": args.table,
+                          "chain": args.chain, "match": args.match, "stats": outcome.stats,
+                          "errors": outcome.errors, "output": outcome.output[-50:],
+                          "traffic": rows,
+                          "record": str(outcome.record) if outcome.record else None}))
+        return 0
+    if live:
+        print()
+    _print_outcome(outcome, traffic)
+    return 0
+
+
+def _open_lab(args):
+    """The running lab ``--lab NAME``, or a new one of ``--topology``."""
+    from packetscript_lab.lab import Lab, LabError, daemon
     try:
         lab = daemon.connect(args.lab) if args.lab else Lab(args.topology, ipv6=args.ipv6)
     except LabError as exc:
@@ -140,72 +161,78 @@ def run(args) -> int:
     if args.ipv6 and not lab.description.get("ipv6"):
         lab.close()
         raise CliError(f"lab {args.lab!r} is IPv4 only: start it with `packetscript lab up --ipv6`")
-    results: list[dict] = []
+    return lab
+
+
+def _attach(lab, args, path: Path, source: str, traffic: list[flows.Flow]):
+    from packetscript_lab import ScriptError
+    from packetscript_lab.lab import LabError
     try:
+        flows.check_hosts(traffic, lab.hosts)
+        return lab.attach(source, host=args.host, table=args.table, chain=args.chain,
+                          match=args.match, name=path.stem, lua=args.lua, profile=args.profile,
+                          on_error=args.on_error, on_overload=args.on_overload,
+                          queue_len=args.queue_len, ip=args.ip,
+                          record=args.record_limit if args.record else 0)
+    except flows.TrafficError as exc:
+        raise CliError(f"--traffic: {exc}") from None
+    except ScriptError as exc:
+        raise CliError(f"{path}: {exc}") from None
+    except (LabError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+@dataclasses.dataclass
+class _Outcome:
+    results: list[dict]       # one row per flow
+    stats: dict               # the final counts, after the queue has drained
+    errors: list[dict]
+    recent: list[dict]
+    output: list[str]
+    record: Path | None
+
+
+def _watch(lab, h, args, traffic: list[flows.Flow], live: bool) -> _Outcome:
+    """Drive the traffic, show the counters while it runs, then read and detach."""
+    seconds = _seconds(args)
+    # The run lasts at least --duration (or, with no traffic, the default) and until the
+    # traffic has ended.
+    watch = args.duration if args.duration is not None else (0.0 if traffic else seconds)
+    results: list[dict] = []
+    driver = threading.Thread(target=lambda: results.extend(flows.drive(lab, traffic, seconds)),
+                              name="traffic", daemon=True)
+    driver.start()
+    start = time.monotonic()
+    while time.monotonic() < start + watch or driver.is_alive():
+        driver.join(0.5)
+        if live:
+            print("\r" + _line(h.stats()), end="", flush=True)
+        if time.monotonic() > start + watch + seconds + 60:
+            break                    # a generator that never returns must not hang the CLI
+    errors, recent, output = h.errors(), h.recent(5), h.output()
+    record = None
+    if args.record:
+        from packetscript_lab.recording import RecordError
         try:
-            flows.check_hosts(traffic, lab.hosts)
-            h = lab.attach(source, host=args.host, table=args.table, chain=args.chain,
-                           match=args.match, name=path.stem, lua=args.lua, profile=args.profile,
-                           on_error=args.on_error, on_overload=args.on_overload,
-                           queue_len=args.queue_len, ip=args.ip,
-                           record=args.record_limit if args.record else 0)
-        except flows.TrafficError as exc:
-            raise CliError(f"--traffic: {exc}") from None
-        except ScriptError as exc:
-            raise CliError(f"{path}: {exc}") from None
-        except (LabError, ValueError) as exc:
-            raise CliError(str(exc)) from None
+            record = h.record(args.record, traffic={"flows": [str(f) for f in traffic],
+                                                    "results": results})
+        except (RecordError, OSError) as exc:
+            raise CliError(f"--record: {exc}") from None
+    return _Outcome(results, h.detach(), errors, recent, output, record)
 
-        driver = threading.Thread(target=lambda: results.extend(flows.drive(lab, traffic, seconds)),
-                                  name="traffic", daemon=True)
-        driver.start()
-        if not args.json:
-            what = "; ".join(map(str, traffic)) or "no generated traffic"
-            print(f"{path.name} on {args.host} {args.table}/{args.chain} {args.match!r} "
-                  f"({lab.topology} lab); traffic: {what}")
-        start = time.monotonic()
-        while time.monotonic() < start + watch or driver.is_alive():
-            driver.join(0.5)
-            if live:
-                print("\r" + _line(h.stats()), end="", flush=True)
-            if time.monotonic() > start + watch + seconds + 60:
-                break                    # a generator that never returns must not hang the CLI
-        errors = h.errors()
-        recent = h.recent(5)
-        output = h.output()
-        record = None
-        if args.record:
-            from packetscript_lab.recording import RecordError
-            try:
-                record = h.record(args.record, traffic={"flows": [str(f) for f in traffic],
-                                                        "results": results})
-            except (RecordError, OSError) as exc:
-                raise CliError(f"--record: {exc}") from None
-        stats = h.detach()   # the final counts, after the queue has drained
-    finally:
-        lab.close()
 
-    rows = [dict(r, kind=f.kind) for f, r in zip(traffic, results)]
-    if args.json:
-        print(json.dumps({"script": str(path), "host": args.host, "table": args.table,
-                          "chain": args.chain, "match": args.match, "stats": stats,
-                          "errors": errors, "output": output[-50:], "traffic": rows,
-                          "record": str(record) if record else None}))
-        return 0
-    if live:
-        print()
-    print(_line(stats))
-    if _accounting(stats):
-        print(_accounting(stats))
-    for flow, r in zip(traffic, results):
+def _print_outcome(o: _Outcome, traffic: list[flows.Flow]) -> None:
+    print(_line(o.stats))
+    if _accounting(o.stats):
+        print(_accounting(o.stats))
+    for flow, r in zip(traffic, o.results):
         print("  " + _short(flow, r))
-    for e in errors[:5]:
+    for e in o.errors[:5]:
         print(f"  error line {e['line']}: {e['message']} (x{e['count']})")
-    for line in output[-10:]:
+    for line in o.output[-10:]:
         print(f"  print: {line}")
-    if record:
-        print(f"  recorded in {record} (seen.pcapng, left.pcapng, script.lua, record.json)")
-    for r in recent:
+    if o.record:
+        print(f"  recorded in {o.record} (seen.pcapng, left.pcapng, script.lua, record.json)")
+    for r in o.recent:
         print(f"  {r['verdict']:<8} {r['summary']}" + (f"  changed {','.join(r['changed'])}"
                                                        if r["changed"] else ""))
-    return 0

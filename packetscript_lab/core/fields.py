@@ -9,7 +9,9 @@ import ipaddress
 import struct
 from functools import lru_cache
 
-from packetscript_lab.core.netutil import tcp_flag_letters
+from packetscript_lab.core.netutil import (ETH_HLEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+                                           ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, tcp_flag_letters)
+from packetscript_lab.core.pcap import eth_for_ip
 from packetscript_lab.core.protocols import BY_NAME, PROTOCOLS, Protocol, header_length, ip6_walk, next_protocol
 
 
@@ -111,6 +113,11 @@ def field_value(frame: bytes, name: str):
     return None
 
 
+def ip_field(packet: bytes, name: str):
+    """:func:`field_value` of an IP packet without its Ethernet header (``ip.id``)."""
+    return field_value(eth_for_ip(packet) + packet, name)
+
+
 def _value(name: str, raw: bytes) -> str:
     if name.endswith("mac"):
         return ":".join(f"{x:02x}" for x in raw)
@@ -121,9 +128,11 @@ def _value(name: str, raw: bytes) -> str:
     return str(int.from_bytes(raw, "big")) if len(raw) <= 4 else raw.hex()
 
 
-_ICMP_KINDS = {"packet_icmp": {0: "echo-reply", 8: "echo-request", 3: "unreachable", 11: "time-exceeded"},
-               "packet_icmp6": {128: "echo-request", 129: "echo-reply", 1: "unreachable",
-                                3: "time-exceeded", 135: "neighbor-solicit", 136: "neighbor-advert"}}
+_ICMP_KINDS = {"packet_icmp": {ICMP_ECHO_REPLY: "echo-reply", ICMP_ECHO_REQUEST: "echo-request",
+                               3: "unreachable", 11: "time-exceeded"},
+               "packet_icmp6": {ICMPV6_ECHO_REQUEST: "echo-request", ICMPV6_ECHO_REPLY: "echo-reply",
+                                1: "unreachable", 3: "time-exceeded", 135: "neighbor-solicit",
+                                136: "neighbor-advert"}}
 
 
 def _addresses(proto: Protocol, frame: bytes, start: int) -> tuple[str, str]:
@@ -136,16 +145,16 @@ def _addresses(proto: Protocol, frame: bytes, start: int) -> tuple[str, str]:
 
 def summary(frame: bytes) -> str:
     """A one-line description: ``UDP 10.77.0.1:1234 > 10.77.0.2:9000 len 60``."""
-    if len(frame) < 14:
+    if len(frame) < ETH_HLEN:
         return f"truncated frame, {len(frame)} bytes"
     eth = BY_NAME["packet_eth"]
     ip = next_protocol(eth, frame, 0)
-    hlen = ip and header_length(ip, frame, 14)
-    if ip is None or hlen is None or len(frame) < 14 + max(hlen, 20):
+    hlen = ip and header_length(ip, frame, ETH_HLEN)
+    if ip is None or hlen is None or len(frame) < ETH_HLEN + max(hlen, 20):
         return f"ethertype 0x{frame[12]:02x}{frame[13]:02x} len {len(frame)}"
-    src, dst = _addresses(ip, frame, 14)
-    l4 = 14 + hlen
-    upper = next_protocol(ip, frame, 14)
+    src, dst = _addresses(ip, frame, ETH_HLEN)
+    l4 = ETH_HLEN + hlen
+    upper = next_protocol(ip, frame, ETH_HLEN)
     v6 = ip.name == "packet_ip6"
     if upper is not None and upper.name in ("packet_tcp", "packet_udp") and len(frame) >= l4 + 4:
         sport, dport = struct.unpack_from("!HH", frame, l4)
@@ -161,5 +170,5 @@ def summary(frame: bytes) -> str:
         kind = _ICMP_KINDS[upper.name].get(frame[l4], f"type {frame[l4]}")
         return f"{upper.short.upper()} {src} > {dst} {kind} len {len(frame)}"
     if v6:
-        return f"IP6 {src} > {dst} next header {ip6_walk(frame, 14)[0]} len {len(frame)}"
-    return f"IP {src} > {dst} proto {frame[23]} len {len(frame)}"
+        return f"IP6 {src} > {dst} next header {ip6_walk(frame, ETH_HLEN)[0]} len {len(frame)}"
+    return f"IP {src} > {dst} proto {field_value(frame, 'ip.protocol')} len {len(frame)}"

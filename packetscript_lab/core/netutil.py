@@ -8,6 +8,11 @@ import struct
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 #: Bytes of an Ethernet header: destination MAC, source MAC, EtherType.
 ETH_HLEN = 14
+#: IP protocol numbers (IPv4 protocol, IPv6 next header) of the layers the lab carries.
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
+#: ICMP and ICMPv6 message types of an echo (ping).
+ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
+ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
 #: TCP flag bits by their letters, in tcpdump's order.
 TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20}
 
@@ -57,6 +62,11 @@ def checked_eth_header(header: bytes) -> bytes:
         raise ValueError(f"an Ethernet header is {ETH_HLEN} bytes: destination MAC, source MAC, "
                          f"type (not {len(header)})")
     return bytes(header)
+
+
+def ethertype(frame: bytes) -> int:
+    """The EtherType of an Ethernet frame (its last two header bytes)."""
+    return int.from_bytes(frame[ETH_HLEN - 2:ETH_HLEN], "big")
 
 
 def eth_header(dst_mac: str | bytes, src_mac: str | bytes, ethertype: int = ETH_P_IP) -> bytes:

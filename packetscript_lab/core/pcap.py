@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from packetscript_lab.core.netutil import ETH_P_IP, ETH_P_IPV6, eth_header
+from packetscript_lab.core.netutil import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, eth_header
 
 #: Packets per batch the reader yields.
 BATCH = 4096
@@ -49,7 +49,7 @@ class LinkType:
 
 #: The link types every reader and writer accepts, the LuaJIT driver included.
 LINK_TYPES = {lt.code: lt for lt in (
-    LinkType(1, "Ethernet", "ethernet", 14, 12),
+    LinkType(1, "Ethernet", "ethernet", ETH_HLEN, ETH_HLEN - 2),
     LinkType(12, "raw IP (DLT_RAW, OpenBSD)", "raw", 0, None),
     LinkType(14, "raw IP (DLT_RAW, BSD/OS)", "raw", 0, None),
     LinkType(101, "raw IP", "raw", 0, None),
@@ -95,14 +95,14 @@ def framer(linktype: int, header: bytes = DEFAULT_ETH_HEADER):
     if lt.kind == "ethernet":
         return None, None
     if lt.kind == "raw":
-        return (lambda data: eth_for_ip(data, header) + data), (lambda orig, frame: frame[14:])
+        return (lambda data: eth_for_ip(data, header) + data), (lambda orig, frame: frame[ETH_HLEN:])
     hdr, at = lt.header, lt.proto_at
 
     def to_eth(data):
-        return header[:12] + data[at:at + 2] + data[hdr:]
+        return header[:ETH_HLEN - 2] + data[at:at + 2] + data[hdr:]
 
     def from_eth(orig, frame):
-        return orig[:hdr] + frame[14:]
+        return orig[:hdr] + frame[ETH_HLEN:]
     return to_eth, from_eth
 
 
@@ -254,59 +254,65 @@ def _open(path: Path, comments: bool):
         return getattr(reader, "linktype", ETHERNET), iter(())
     linktype = first[1].linktype if pcapng else reader.linktype
 
-    def pcap_batches():
-        done, offset = 0, 24                 # packets read; byte offset of the next record
-        per_ms = 1e6 if getattr(reader, "nano", False) else 1e3   # ns or µs pcap
-        chunk = [first] + list(itertools.islice(packets, BATCH - 1))
-        while chunk:
-            frames = [d for d, _ in chunk]
-            data, meta = chunk[-1]
-            # The common case costs a few C-speed passes; only a suspect batch is walked.
-            if problems.messages or not all(frames) or len(data) < min(meta.caplen, _SCAPY_MTU):
-                _check_pcap_records(path, chunk, done, offset, problems)
-            if max(map(len, frames)) >= _SCAPY_MTU:    # scapy kept only part of a big packet
-                offset += sum(16 + m.caplen for _, m in chunk)
-            else:
-                offset += 16 * len(chunk) + sum(map(len, frames))
-            times = [sec * 1000.0 + frac / per_ms for _, (sec, frac, _w, _c) in chunk]
-            yield (frames, times, [None] * len(frames)) if comments else (frames, times)
-            done += len(chunk)
-            chunk = list(itertools.islice(packets, BATCH))
-        if not isinstance(reader.f, gzip.GzipFile) and offset < path.stat().st_size:
-            raise CaptureError(f"{path}: corrupt capture at packet {done + 1} (byte offset {offset}): "
-                               f"{path.stat().st_size - offset} bytes after packet {done} are not "
-                               "a whole record: the file is truncated")
-
-    def pcapng_batches():
-        frames, times, notes = [], [], []
-        for data, meta in itertools.chain([first], packets):
-            if problems.messages:
-                break
-            if meta.linktype != linktype:
-                raise CaptureError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
-                                   "read one interface at a time (split it with editcap or tshark)")
-            read_[0] += 1
-            frames.append(data)
-            # A simple packet block has no time: 0.
-            times.append(0.0 if meta.tshigh is None else ((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
-            notes.append(meta.comments[0].decode("utf-8", "replace") if meta.comments else None)
-            if len(frames) == BATCH:
-                yield (frames, times, notes) if comments else (frames, times)
-                frames, times, notes = [], [], []
-        if problems.messages:
-            raise _problem_error(path, problems.messages[0])
-        if frames:
-            yield (frames, times, notes) if comments else (frames, times)
-
     def batches():
         try:
-            yield from (pcapng_batches() if pcapng else pcap_batches())
+            yield from (_pcapng_batches(path, linktype, first, packets, problems, comments, read_)
+                        if pcapng else _pcap_batches(path, reader, first, packets, problems, comments))
         except (Scapy_Exception, ValueError, struct.error) as exc:
             raise CaptureError(f"{path}: corrupt capture ({exc})") from None
         finally:
             scapy_log.removeFilter(problems)
             reader.close()
     return linktype, batches()
+
+
+def _pcap_batches(path: Path, reader, first, packets, problems, comments: bool):
+    """Batches of a pcap file, each record checked where a batch looks suspect."""
+    done, offset = 0, 24                 # packets read; byte offset of the next record
+    per_ms = 1e6 if getattr(reader, "nano", False) else 1e3   # ns or µs pcap
+    chunk = [first] + list(itertools.islice(packets, BATCH - 1))
+    while chunk:
+        frames = [d for d, _ in chunk]
+        data, meta = chunk[-1]
+        # The common case costs a few C-speed passes; only a suspect batch is walked.
+        if problems.messages or not all(frames) or len(data) < min(meta.caplen, _SCAPY_MTU):
+            _check_pcap_records(path, chunk, done, offset, problems)
+        if max(map(len, frames)) >= _SCAPY_MTU:    # scapy kept only part of a big packet
+            offset += sum(16 + m.caplen for _, m in chunk)
+        else:
+            offset += 16 * len(chunk) + sum(map(len, frames))
+        times = [sec * 1000.0 + frac / per_ms for _, (sec, frac, _w, _c) in chunk]
+        yield (frames, times, [None] * len(frames)) if comments else (frames, times)
+        done += len(chunk)
+        chunk = list(itertools.islice(packets, BATCH))
+    if not isinstance(reader.f, gzip.GzipFile) and offset < path.stat().st_size:
+        raise CaptureError(f"{path}: corrupt capture at packet {done + 1} (byte offset {offset}): "
+                           f"{path.stat().st_size - offset} bytes after packet {done} are not "
+                           "a whole record: the file is truncated")
+
+
+def _pcapng_batches(path: Path, linktype: int, first, packets, problems, comments: bool,
+                    read_: list[int]):
+    """Batches of a pcapng file's packets, all of one link type."""
+    frames, times, notes = [], [], []
+    for data, meta in itertools.chain([first], packets):
+        if problems.messages:
+            break
+        if meta.linktype != linktype:
+            raise CaptureError(f"{path}: mixes link types {linktype} and {meta.linktype}; "
+                               "read one interface at a time (split it with editcap or tshark)")
+        read_[0] += 1
+        frames.append(data)
+        # A simple packet block has no time: 0.
+        times.append(0.0 if meta.tshigh is None else ((meta.tshigh << 32) | meta.tslow) * 1000 / meta.tsresol)
+        notes.append(meta.comments[0].decode("utf-8", "replace") if meta.comments else None)
+        if len(frames) == BATCH:
+            yield (frames, times, notes) if comments else (frames, times)
+            frames, times, notes = [], [], []
+    if problems.messages:
+        raise _problem_error(path, problems.messages[0])
+    if frames:
+        yield (frames, times, notes) if comments else (frames, times)
 
 
 def _tell(reader) -> int | None:

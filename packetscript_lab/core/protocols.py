@@ -28,6 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from packetscript_lab.core.netutil import (ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP,
+                                           IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP)
+
 ANY = "any"          # a payload that converts to any protocol (raw, TCP, UDP)
 
 
@@ -78,8 +81,8 @@ PROTOCOLS: tuple[Protocol, ...] = (
     Protocol(0, "packet_raw", (F("data", 0, 0),), payload="data", next=ANY),
     Protocol(1, "packet_eth",
              (F("dmac", 0, 48), F("smac", 48, 48), F("type", 96, 16), F("data", 112, 0)),
-             payload="data", next_by="type", next={0x0800: "packet_ip", 0x86DD: "packet_ip6"},
-             header=14),
+             payload="data", next_by="type",
+             next={ETH_P_IP: "packet_ip", ETH_P_IPV6: "packet_ip6"}, header=ETH_HLEN),
     Protocol(2, "packet_ip", (
         F("version", 0, 4, "nibble", limits=(0, 15, "version number invalid")),
         F("ihl", 4, 4, "nibble", limits=(5, 15, "ip header length invalid")),
@@ -89,7 +92,8 @@ PROTOCOLS: tuple[Protocol, ...] = (
         F("saddr", 96, 32, "addr4"), F("daddr", 128, 32, "addr4"),
         F("data", 160, 0, _DATA, locate="ip_data")),
         payload="data", next_by="protocol",
-        next={1: "packet_icmp", 6: "packet_tcp", 17: "packet_udp"}, header=(0, False, 4)),
+        next={IPPROTO_ICMP: "packet_icmp", IPPROTO_TCP: "packet_tcp", IPPROTO_UDP: "packet_udp"},
+        header=(0, False, 4)),
     Protocol(3, "packet_icmp", (
         F("type", 0, 8), F("code", 8, 8), F("checksum", 16, 16), F("id", 32, 16),
         F("sequence", 48, 16)), header=8),
@@ -125,7 +129,8 @@ PROTOCOLS: tuple[Protocol, ...] = (
         F("saddr", 64, 128, "addr6"), F("daddr", 192, 128, "addr6"),
         F("data", 320, 0, _DATA, locate="ip6_data")),
         payload="data", next_by="next_header",
-        next={6: "packet_tcp", 17: "packet_udp", 58: "packet_icmp6"}, header=40, xt_lua=False),
+        next={IPPROTO_TCP: "packet_tcp", IPPROTO_UDP: "packet_udp",
+              IPPROTO_ICMPV6: "packet_icmp6"}, header=40, xt_lua=False),
     Protocol(17, "packet_icmp6", (
         F("type", 0, 8, _INT), F("code", 8, 8, _INT), F("checksum", 16, 16, _INT),
         F("id", 32, 16, _INT), F("sequence", 48, 16, _INT), F("data", 64, 0, _DATA)),

@@ -97,7 +97,8 @@ class Capture:
 
 def _to_scapy(frames: list[bytes]) -> list:
     import scapy.layers.inet  # noqa: F401  (binds IP/TCP/UDP/ICMP under Ether)
-    import scapy.layers.inet6  # noqa: F401  (and IPv6/ICMPv6)
+    # IPv6/ICMPv6 under Ether: scapy.layers.inet happens to load it today, by no promise
+    import scapy.layers.inet6  # noqa: F401
     from scapy.layers.l2 import Ether
 
     return [Ether(f) for f in frames]

@@ -144,12 +144,39 @@ def validate(desc: dict) -> dict:
     """Check a description whole; return a normalised copy with every address worked out.
 
     The result adds ``hosts``: {name: [{"lan", "ip", "prefix"} ...]} in interface order.
+    Every part is checked and every problem listed before one TopologyError names them all.
     """
     problems: list[str] = []
     d = copy.deepcopy(desc)
     if not isinstance(d, dict):
         raise TopologyError("a topology description is a mapping with 'lans' (and optionally "
                             "'name', 'routes', 'forward', 'rules')")
+    name, ipv6 = _name_and_stack(d, problems)
+    lans = d.get("lans")
+    if not isinstance(lans, dict) or not lans:
+        raise TopologyError("the description needs 'lans': a mapping of LAN name -> "
+                            "{subnet, hosts: {host: address number}, gateway?}")
+    hosts, nets = _lans(lans, ipv6, problems)
+    forward = _forward(d, lans, hosts, problems)
+    routes = _routes(d, hosts, nets, ipv6, problems)
+    rules = _rules(d, "rules", hosts, problems)
+    rules6 = _rules(d, "rules6", hosts, problems)
+
+    if problems:
+        raise TopologyError("the topology description has problems (nothing was built):\n  - "
+                            + "\n  - ".join(problems))
+
+    out = {"name": name, "lans": lans, "routes": routes, "forward": forward, "rules": rules,
+           "hosts": hosts}
+    if ipv6:
+        out.update(ipv6=True, rules6=rules6)
+    if "notes" in d:
+        out["notes"] = d["notes"]
+    return out
+
+
+def _name_and_stack(d: dict, problems: list[str]) -> tuple[str, bool]:
+    """The description's keys, its name and whether it is dual-stack."""
     unknown = set(d) - _KEYS - {"hosts"}
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}; a description has {sorted(_KEYS)}")
@@ -162,11 +189,11 @@ def validate(desc: dict) -> dict:
         ipv6 = False
     if "rules6" in d and not ipv6:
         problems.append("'rules6' (ip6tables rules) needs \"ipv6\": true")
-    lans = d.get("lans")
-    if not isinstance(lans, dict) or not lans:
-        raise TopologyError("the description needs 'lans': a mapping of LAN name -> "
-                            "{subnet, hosts: {host: address number}, gateway?}")
+    return name, ipv6
 
+
+def _lans(lans: dict, ipv6: bool, problems: list[str]):
+    """(hosts: {host: [interface]}, nets: {lan: subnet}) of the LANs, within the lab's limits."""
     hosts: dict[str, list[dict]] = {}
     nets: dict[str, ipaddress.IPv4Network] = {}
     for lan, spec in lans.items():
@@ -188,27 +215,7 @@ def validate(desc: dict) -> dict:
             if net.overlaps(onet):
                 problems.append(f"{where}: subnet {net} overlaps lan {other!r} ({onet})")
         nets[lan] = net
-        used: dict[str, str] = {}
-        for host, num in members.items():
-            if not isinstance(host, str) or not _NAME.match(host):
-                problems.append(f"{where}: host name {host!r} must start with a lower-case letter "
-                                "and have at most 15 letters, digits, '-' or '_'")
-                continue
-            if isinstance(num, bool) or not isinstance(num, int):
-                problems.append(f"{where}: {host}'s address number must be an integer, not {num!r}")
-                continue
-            if not 0 < num < net.num_addresses - 1:
-                problems.append(f"{where}: {host}'s address number {num} is not a host address of "
-                                f"{net} (1..{net.num_addresses - 2})")
-                continue
-            ip = str(net.network_address + num)
-            if ip in used:
-                problems.append(f"{where}: {host} and {used[ip]} both have address {ip}")
-                continue
-            used[ip] = host
-            iface = {"lan": lan, "ip": ip, "prefix": net.prefixlen}
-            if ipv6:
-                iface.update(ip6=ip6_of(net, num), prefix6=64)
+        for host, iface in _members(lan, net, members, ipv6, problems):
             hosts.setdefault(host, []).append(iface)
         gw = spec.get("gateway")
         if gw is not None and gw not in members:
@@ -219,18 +226,52 @@ def validate(desc: dict) -> dict:
     for host, ifaces in hosts.items():
         if len(ifaces) > MAX_INTERFACES:
             problems.append(f"host {host} is on {len(ifaces)} LANs; at most {MAX_INTERFACES}")
+    return hosts, nets
 
+
+def _members(lan: str, net, members: dict, ipv6: bool, problems: list[str]):
+    """(host, interface) of each well-formed member of one LAN, addresses worked out."""
+    where = f"lan {lan!r}"
+    used: dict[str, str] = {}
+    for host, num in members.items():
+        if not isinstance(host, str) or not _NAME.match(host):
+            problems.append(f"{where}: host name {host!r} must start with a lower-case letter "
+                            "and have at most 15 letters, digits, '-' or '_'")
+            continue
+        if isinstance(num, bool) or not isinstance(num, int):
+            problems.append(f"{where}: {host}'s address number must be an integer, not {num!r}")
+            continue
+        if not 0 < num < net.num_addresses - 1:
+            problems.append(f"{where}: {host}'s address number {num} is not a host address of "
+                            f"{net} (1..{net.num_addresses - 2})")
+            continue
+        ip = str(net.network_address + num)
+        if ip in used:
+            problems.append(f"{where}: {host} and {used[ip]} both have address {ip}")
+            continue
+        used[ip] = host
+        iface = {"lan": lan, "ip": ip, "prefix": net.prefixlen}
+        if ipv6:
+            iface.update(ip6=ip6_of(net, num), prefix6=64)
+        yield host, iface
+
+
+def _forward(d: dict, lans: dict, hosts: dict, problems: list[str]) -> list[str]:
+    """The hosts that forward: those listed, then every LAN's gateway."""
     forward = d.get("forward", [])
     if not isinstance(forward, list) or any(h not in hosts for h in forward):
         problems.append(f"'forward' must list hosts of the lab ({', '.join(hosts)}), got {forward!r}")
         forward = []
     gateways = [s.get("gateway") for s in lans.values() if isinstance(s, dict) and s.get("gateway")]
-    forward = list(dict.fromkeys([*forward, *[g for g in gateways if g in hosts]]))
+    return list(dict.fromkeys([*forward, *[g for g in gateways if g in hosts]]))
 
+
+def _routes(d: dict, hosts: dict, nets: dict, ipv6: bool, problems: list[str]) -> dict:
+    """The static routes, each via an address on one of its host's LANs."""
     routes = d.get("routes", {})
     if not isinstance(routes, dict):
         problems.append("'routes' must map a host to a list of {to, via}")
-        routes = {}
+        return {}
     for host, lst in routes.items():
         if host not in hosts:
             problems.append(f"routes: no host {host!r} in the lab")
@@ -239,37 +280,27 @@ def validate(desc: dict) -> dict:
             problems.append(f"routes of {host}: a list of {{to, via}}, got {lst!r}")
             continue
         for r in lst:
-            if not isinstance(r, dict) or set(r) != {"to", "via"}:
-                problems.append(f"routes of {host}: each route is {{'to': subnet, 'via': address}}, got {r!r}")
-                continue
-            to = _net(r["to"], f"routes of {host}", problems, ipv6)
-            try:
-                via = ipaddress.ip_address(str(r["via"]))
-            except ValueError:
-                problems.append(f"routes of {host}: via {r['via']!r} is not an address")
-                continue
-            if to is not None and to.version != via.version:
-                problems.append(f"routes of {host}: {to} via {via} mixes IPv4 and IPv6")
-                continue
-            on = [nets[i["lan"]] if via.version == 4 else subnet6_of(nets[i["lan"]])
-                  for i in hosts[host] if i["lan"] in nets]
-            if not any(via in net for net in on):
-                problems.append(f"routes of {host}: via {via} is not on any of {host}'s LANs")
+            _check_route(host, r, hosts, nets, ipv6, problems)
+    return routes
 
-    rules = _rules(d, "rules", hosts, problems)
-    rules6 = _rules(d, "rules6", hosts, problems)
 
-    if problems:
-        raise TopologyError("the topology description has problems (nothing was built):\n  - "
-                            + "\n  - ".join(problems))
-
-    out = {"name": name, "lans": lans, "routes": routes, "forward": forward, "rules": rules,
-           "hosts": hosts}
-    if ipv6:
-        out.update(ipv6=True, rules6=rules6)
-    if "notes" in d:
-        out["notes"] = d["notes"]
-    return out
+def _check_route(host: str, r, hosts: dict, nets: dict, ipv6: bool, problems: list[str]) -> None:
+    if not isinstance(r, dict) or set(r) != {"to", "via"}:
+        problems.append(f"routes of {host}: each route is {{'to': subnet, 'via': address}}, got {r!r}")
+        return
+    to = _net(r["to"], f"routes of {host}", problems, ipv6)
+    try:
+        via = ipaddress.ip_address(str(r["via"]))
+    except ValueError:
+        problems.append(f"routes of {host}: via {r['via']!r} is not an address")
+        return
+    if to is not None and to.version != via.version:
+        problems.append(f"routes of {host}: {to} via {via} mixes IPv4 and IPv6")
+        return
+    on = [nets[i["lan"]] if via.version == 4 else subnet6_of(nets[i["lan"]])
+          for i in hosts[host] if i["lan"] in nets]
+    if not any(via in net for net in on):
+        problems.append(f"routes of {host}: via {via} is not on any of {host}'s LANs")
 
 
 def _rules(d: dict, key: str, hosts: dict, problems: list[str]) -> dict:

@@ -251,6 +251,37 @@ class World:
                chain: str = "INPUT", match: str = "", name: str | None = None,
                backend: str = "nfqueue", on_overload: str = "accept", position: int | None = None,
                queue_len: int = 4096, ip: int | None = None, **options) -> dict:
+        """Hook a script at ``host`` ``table``/``chain``: checked, named, then attached
+        through a queue or as an xt_LUA rule; a failure leaves no name, rule or queue taken."""
+        versions = self._check_attach(host, table, chain, backend, ip, on_overload, queue_len)
+        # worker: "native" or "python" (NetfilterQueue) queue worker; default native on LuaJIT
+        worker_choice = options.pop("worker", None)
+        native_wanted(None, worker_choice)           # a bad choice fails before anything starts
+        # keep: how many of the latest packets' bytes to keep for a recorded run (recording.py)
+        keep = options.pop("keep", 0)
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 100_000:
+            raise ValueError(f"keep must be a number of packets from 0 to 100000, not {keep!r}")
+        name = self._reserve_name(name)
+        try:
+            if backend == "kernel":
+                return self._attach_kernel(sess, source, host, table, chain, match, name, options)
+            a = self._attach_queue(sess, source, host, table, chain, match, name, backend,
+                                   on_overload, position, queue_len, versions, keep, options,
+                                   worker_choice)
+            with self.lock:
+                self.attached[name] = a
+            self._rules_changed(host, True)
+            sess.handles.add(name)
+            return a.info()
+        except BaseException:
+            with self.lock:
+                if self.attached.get(name) is None:
+                    self.attached.pop(name, None)
+            raise
+
+    def _check_attach(self, host: str, table: str, chain: str, backend: str, ip: int | None,
+                      on_overload: str, queue_len) -> tuple[int, ...]:
+        """The IP versions an attach hooks; a clear error for any argument out of place."""
         self.host(host)
         ipt.check_hook(table, chain)
         if backend == "kernel" and ip == 6:
@@ -265,13 +296,10 @@ class World:
                              f"not {queue_len!r}")
         if backend not in ("nfqueue", "kernel", "bare"):
             raise ValueError("backend must be 'nfqueue' or 'kernel'")
-        # keep: how many of the latest packets' bytes to keep for a recorded run (recording.py)
-        # worker: "native" or "python" (NetfilterQueue) queue worker; default native on LuaJIT
-        worker_choice = options.pop("worker", None)
-        native_wanted(None, worker_choice)           # a bad choice fails before anything starts
-        keep = options.pop("keep", 0)
-        if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 100_000:
-            raise ValueError(f"keep must be a number of packets from 0 to 100000, not {keep!r}")
+        return versions
+
+    def _reserve_name(self, name: str | None) -> str:
+        """``name``, or the first free ``scriptN``, held for an attach under way."""
         with self.lock:
             if name is None:
                 i = 1
@@ -280,56 +308,58 @@ class World:
                 name = f"script{i}"
             if name in self.attached:
                 raise LabError(f"a script named {name!r} is already attached; detach it or pick another name")
-            self.attached[name] = None  # reserve the name
+            self.attached[name] = None
+        return name
+
+    def _attach_queue(self, sess, source, host, table, chain, match, name, backend, on_overload,
+                      position, queue_len, versions, keep, options, worker_choice) -> Attached:
+        """A queue worker judging ``source`` (none for the bare baseline) and its rules."""
+        script = None if backend == "bare" else self._compile(source, name, options)
+        with self.lock:
+            if not self.free_queues:
+                raise LabError(f"at most {MAX_QUEUES} scripts can be attached at once")
+            qnum = self.free_queues.pop(0)
+        bit = ipt.mark_bit(qnum)
+        egress = chain in ipt.EGRESS_CHAINS
+        eth = topology.eth_headers(self.hosts[host], egress, self.ifindex[host])
+
+        def on_event(ev, name=name):
+            ev["script"] = name
+            sess.send(ev)
+
+        worker_class = NativeQueueWorker if native_wanted(script, worker_choice) else QueueWorker
+        worker = worker_class(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
+                              error_verdict=options.get("on_error", "drop"), max_len=queue_len,
+                              ring=max(200, keep))
+        thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
         try:
-            if backend == "kernel":
-                return self._attach_kernel(sess, source, host, table, chain, match, name, options)
-            script = None if backend == "bare" else self._compile(source, name, options)
-            with self.lock:
-                if not self.free_queues:
-                    raise LabError(f"at most {MAX_QUEUES} scripts can be attached at once")
-                qnum = self.free_queues.pop(0)
-            bit = ipt.mark_bit(qnum)
-            egress = chain in ipt.EGRESS_CHAINS
-            eth = topology.eth_headers(self.hosts[host], egress, self.ifindex[host])
-
-            def on_event(ev, name=name):
-                ev["script"] = name
-                sess.send(ev)
-
-            worker_class = NativeQueueWorker if native_wanted(script, worker_choice) else QueueWorker
-            worker = worker_class(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
-                                 error_verdict=options.get("on_error", "drop"), max_len=queue_len,
-                                 ring=max(200, keep))
-            thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
-            added = []
-            try:
-                worker.wait_bound()
-                rule = ipt.queue_rule(chain, match, qnum, bit)
-                for v in versions:      # the same rule and queue for each IP version
-                    self._add_rule(v, host, table, rule, position, len(versions) > 1)
-                    added.append(v)
-            except BaseException:
-                for v in added:
-                    self.tables_of[v][host].delete(table, rule)
-                worker.stop()
-                thread.join(2)
-                with self.lock:
-                    self.free_queues.append(qnum)
-                raise
-            a = Attached(name, host, table, chain, match, rule, qnum, worker, thread, options, sess,
-                         backend)
-            a.versions = versions
-            with self.lock:
-                self.attached[name] = a
-            self._rules_changed(host, True)
-            sess.handles.add(name)
-            return a.info()
+            worker.wait_bound()
+            rule = self._add_rules(host, table, ipt.queue_rule(chain, match, qnum, bit),
+                                   position, versions)
         except BaseException:
+            worker.stop()
+            thread.join(2)
             with self.lock:
-                if self.attached.get(name) is None:
-                    self.attached.pop(name, None)
+                self.free_queues.append(qnum)
             raise
+        a = Attached(name, host, table, chain, match, rule, qnum, worker, thread, options, sess,
+                     backend)
+        a.versions = versions
+        return a
+
+    def _add_rules(self, host: str, table: str, rule: list[str], position: int | None,
+                   versions: tuple[int, ...]) -> list[str]:
+        """The same rule (and queue) for each IP version; none of them if one fails."""
+        added = []
+        try:
+            for v in versions:
+                self._add_rule(v, host, table, rule, position, len(versions) > 1)
+                added.append(v)
+        except BaseException:
+            for v in added:
+                self.tables_of[v][host].delete(table, rule)
+            raise
+        return rule
 
     def _add_rule(self, version: int, host: str, table: str, rule: list[str],
                   position: int | None, both: bool) -> None:

@@ -135,6 +135,18 @@ def build(topology="pair", iptables: str = "iptables", ip6tables: str | None = N
     ipv6 = bool(desc.get("ipv6"))
     hosts = describe(desc)
     spaces = {name: NetNS.create(name) for name in hosts}
+    _set_sysctls(desc, spaces, ipv6)
+    for lan, spec in desc["lans"].items():
+        _link_lan(desc, lan, list(spec["hosts"]), hosts, spaces)
+    indexes = _configure_hosts(desc, hosts, spaces, ipv6)
+    if ipv6:
+        for name, ns in spaces.items():
+            _wait_ipv6_ready(ns, name)
+    _default_rules(desc, spaces, iptables, ip6tables)
+    return hosts, spaces, indexes
+
+
+def _set_sysctls(desc: dict, spaces: dict[str, NetNS], ipv6: bool) -> None:
     for ns in spaces.values():
         # Without IPv6: no router solicitations or DAD packets in captures and counters.
         for scope in ("all", "default"):
@@ -148,46 +160,54 @@ def build(topology="pair", iptables: str = "iptables", ip6tables: str | None = N
         if ipv6:
             spaces[name].write_sysctl("net.ipv6.conf.all.forwarding", "1")
 
-    def ifname_on(host: str, lan: str) -> str:
-        return next(f"eth{n}" for n, i in enumerate(desc["hosts"][host]) if i["lan"] == lan)
 
-    def add_veth(ns: NetNS, ia: str, maca: str | None, ib: str, macb: str | None, peer_fd: int) -> None:
-        def go() -> None:
-            with IPRoute() as ipr:
-                peer = {"ifname": ib, "net_ns_fd": peer_fd}
-                if macb:
-                    peer["address"] = macb
-                kw = {"address": maca} if maca else {}
-                ipr.link("add", ifname=ia, kind="veth", peer=peer, **kw)
-        ns.run(go)
+def _ifname_on(desc: dict, host: str, lan: str) -> str:
+    return next(f"eth{n}" for n, i in enumerate(desc["hosts"][host]) if i["lan"] == lan)
 
-    for lan, spec in desc["lans"].items():
-        members = list(spec["hosts"])
-        if len(members) == 2:
-            a, b = members
-            ia, ib = ifname_on(a, lan), ifname_on(b, lan)
-            add_veth(spaces[a], ia, _iface(hosts[a], ia).mac, ib, _iface(hosts[b], ib).mac,
-                     spaces[b].fd)
-            continue
-        switch = NetNS.create(f"lan-{lan}")
-        _SWITCHES.append(switch)
-        switch.write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
-        switch.write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-        for n, m in enumerate(members):
-            im = ifname_on(m, lan)
-            add_veth(spaces[m], im, _iface(hosts[m], im).mac, f"port{n}", None, switch.fd)
 
-        def bridge(count=len(members)) -> None:
-            with IPRoute() as ipr:
-                ipr.link("add", ifname="br0", kind="bridge")
-                br = ipr.link_lookup(ifname="br0")[0]
-                for n in range(count):
-                    port = ipr.link_lookup(ifname=f"port{n}")[0]
-                    ipr.link("set", index=port, master=br, state="up")
-                ipr.link("set", index=br, state="up")
+def _add_veth(ns: NetNS, ia: str, maca: str | None, ib: str, macb: str | None, peer_fd: int) -> None:
+    def go() -> None:
+        with IPRoute() as ipr:
+            peer = {"ifname": ib, "net_ns_fd": peer_fd}
+            if macb:
+                peer["address"] = macb
+            kw = {"address": maca} if maca else {}
+            ipr.link("add", ifname=ia, kind="veth", peer=peer, **kw)
+    ns.run(go)
 
-        switch.run(bridge)
 
+def _link_lan(desc: dict, lan: str, members: list[str], hosts: dict[str, Host],
+              spaces: dict[str, NetNS]) -> None:
+    """A LAN of two hosts is one veth pair; a larger one, a bridge in a namespace of its own."""
+    if len(members) == 2:
+        a, b = members
+        ia, ib = _ifname_on(desc, a, lan), _ifname_on(desc, b, lan)
+        _add_veth(spaces[a], ia, _iface(hosts[a], ia).mac, ib, _iface(hosts[b], ib).mac,
+                  spaces[b].fd)
+        return
+    switch = NetNS.create(f"lan-{lan}")
+    _SWITCHES.append(switch)
+    switch.write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+    switch.write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+    for n, m in enumerate(members):
+        im = _ifname_on(desc, m, lan)
+        _add_veth(spaces[m], im, _iface(hosts[m], im).mac, f"port{n}", None, switch.fd)
+
+    def bridge(count=len(members)) -> None:
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="br0", kind="bridge")
+            br = ipr.link_lookup(ifname="br0")[0]
+            for n in range(count):
+                port = ipr.link_lookup(ifname=f"port{n}")[0]
+                ipr.link("set", index=port, master=br, state="up")
+            ipr.link("set", index=br, state="up")
+
+    switch.run(bridge)
+
+
+def _configure_hosts(desc: dict, hosts: dict[str, Host], spaces: dict[str, NetNS],
+                     ipv6: bool) -> dict[str, dict[str, int]]:
+    """Addresses, static neighbours and routes of every host; its interface indexes."""
     routes = all_routes(desc)
     routes6 = all_routes(desc, 6) if ipv6 else {}
     indexes: dict[str, dict[str, int]] = {}
@@ -200,33 +220,36 @@ def build(topology="pair", iptables: str = "iptables", ip6tables: str | None = N
                                for other, js in desc["hosts"].items() if other != name
                                for j in js if j["lan"] == lan for k in keys]
                       for ifname, lan in lan_of.items()}
+        indexes[name] = spaces[name].run(_configure, host, routes[name] + routes6.get(name, []),
+                                         neighbours)
+    return indexes
 
-        def configure(host=host, routes=routes[name] + routes6.get(name, []),
-                      neighbours=neighbours) -> dict[str, int]:
-            idx = {}
-            with IPRoute() as ipr:
-                lo = ipr.link_lookup(ifname="lo")[0]
-                ipr.link("set", index=lo, state="up")
-                for iface in host.interfaces:
-                    i = ipr.link_lookup(ifname=iface.ifname)[0]
-                    idx[iface.ifname] = i
-                    ipr.addr("add", index=i, address=iface.ip, prefixlen=iface.prefix)
-                    if iface.ip6:
-                        ipr.addr("add", index=i, address=iface.ip6, prefixlen=64,
-                                 flags=IFA_F_NODAD)
-                    ipr.link("set", index=i, state="up")
-                    for ip, mac in neighbours[iface.ifname]:
-                        ipr.neigh("add", dst=ip, lladdr=mac, ifindex=i, state="permanent",
-                                  family=socket.AF_INET6 if ":" in ip else socket.AF_INET)
-                for dst, gw in routes:
-                    ipr.route("add", dst=dst, gateway=gw,
-                              family=socket.AF_INET6 if ":" in dst else socket.AF_INET)
-            return idx
 
-        indexes[name] = spaces[name].run(configure)
-    if ipv6:
-        for name, ns in spaces.items():
-            _wait_ipv6_ready(ns, name)
+def _configure(host: Host, routes: list, neighbours: dict) -> dict[str, int]:
+    """Run inside the host's namespace: bring its links up, addressed and routed."""
+    idx = {}
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=lo, state="up")
+        for iface in host.interfaces:
+            i = ipr.link_lookup(ifname=iface.ifname)[0]
+            idx[iface.ifname] = i
+            ipr.addr("add", index=i, address=iface.ip, prefixlen=iface.prefix)
+            if iface.ip6:
+                ipr.addr("add", index=i, address=iface.ip6, prefixlen=64,
+                         flags=IFA_F_NODAD)
+            ipr.link("set", index=i, state="up")
+            for ip, mac in neighbours[iface.ifname]:
+                ipr.neigh("add", dst=ip, lladdr=mac, ifindex=i, state="permanent",
+                          family=socket.AF_INET6 if ":" in ip else socket.AF_INET)
+        for dst, gw in routes:
+            ipr.route("add", dst=dst, gateway=gw,
+                      family=socket.AF_INET6 if ":" in dst else socket.AF_INET)
+    return idx
+
+
+def _default_rules(desc: dict, spaces: dict[str, NetNS], iptables: str,
+                   ip6tables: str | None) -> None:
     for key, program in (("rules", iptables), ("rules6", ip6tables)):
         for name, rules in desc.get(key, {}).items():
             for rule in rules:
@@ -234,7 +257,6 @@ def build(topology="pair", iptables: str = "iptables", ip6tables: str | None = N
                 if res.returncode != 0:
                     raise TopologyError(f"default rule of {name} {rule!r} was refused by {program}: "
                                         f"{(res.stderr or res.stdout).strip()}")
-    return hosts, spaces, indexes
 
 
 def _wait_ipv6_ready(ns: NetNS, name: str, timeout: float = 5.0) -> None:
@@ -262,6 +284,20 @@ def host_of_ip(hosts: dict[str, Host], ip: str) -> str | None:
         if any(ip in (i.ip, i.ip6) for i in h.interfaces):
             return h.name
     return None
+
+
+def link_macs(src, dst) -> tuple[str, str]:
+    """(source MAC, destination MAC) of a frame from ``src`` as it arrives at ``dst``:
+    across a router the last hop is the router's interface facing ``dst``."""
+    iface = dst.interfaces[0] if getattr(dst, "interfaces", None) else None
+    if iface is None:
+        return src.mac, dst.mac
+    if dst is src:
+        return src.mac, src.mac
+    for i in dst.interfaces:
+        if i.peer_ip == src.ip:
+            return i.peer_mac, dst.mac
+    return iface.peer_mac, dst.mac
 
 
 def resolve(hosts: dict[str, Host], name_or_ip: str, ip: int = 4) -> str:

@@ -15,14 +15,20 @@ import threading
 import time
 
 from ..core import pcap
-from ..core.netutil import checksum
+from ..core.netutil import (ETH_HLEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REPLY,
+                            ICMPV6_ECHO_REQUEST, checksum)
+from ..core.protocols import BY_NAME
 from .netns import NetNS
 from .protocol import LabError
 
 ETH_P_ALL = 0x0003
-ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
+
+
+# Where an IP packet names its destination, from the protocol table.
+_DADDR4 = slice(*BY_NAME["packet_ip"].field("daddr").byte_range)
+_DADDR6 = slice(*BY_NAME["packet_ip6"].field("daddr").byte_range)
 
 
 def family(addr: str) -> int:
@@ -68,9 +74,9 @@ def send_frames(ns: NetNS, ifname: str, frames: list[tuple[str, bytes]], interva
             if kind == "l2":
                 l2.send(data)
             elif data[0] >> 4 == 6:
-                l3v6.sendto(data, (socket.inet_ntop(socket.AF_INET6, data[24:40]), 0))
+                l3v6.sendto(data, (socket.inet_ntop(socket.AF_INET6, data[_DADDR6]), 0))
             else:
-                dst = socket.inet_ntoa(data[16:20])
+                dst = socket.inet_ntoa(data[_DADDR4])
                 l3.sendto(data, (dst, 0))
             sent += 1
             if interval:
@@ -90,7 +96,8 @@ def ping(ns: NetNS, dst: str, count: int = 3, interval: float = 0.2, timeout: fl
     # ICMPv6 raw sockets: the kernel fills in the checksum (it covers a pseudo-header) and
     # hands back the message without the IPv6 header.
     proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
-    request, reply = (128, 129) if v6 else (8, 0)
+    request, reply = (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY) if v6 else \
+        (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
     sock = ns.run(lambda: socket.socket(family(dst), socket.SOCK_RAW, proto))
     ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
     pending: dict[int, float] = {}
@@ -154,7 +161,30 @@ def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: floa
     """
     n = int(count if count is not None else rate * duration)
     size = max(size, 8)
+    rx, tx = _udp_sockets(src, dst_ns, dst, port, sport)
+    seen: dict[int, int] = {}
+    order: list[int] = []
+    done = threading.Event()
+    t = threading.Thread(target=_receive_numbered, args=(rx, n, grace, done, seen, order),
+                         name="udp-rx", daemon=True)
+    t.start()
+    try:
+        sent, elapsed = _send_numbered(tx, n, rate, bytes(size - 8), (dst, port), budget)
+    finally:
+        done.set()
+        t.join()
+        tx.close()
+        rx.close()
+    missing = [i for i in range(n) if i not in seen]
+    reordered = sum(1 for a, b in zip(order, order[1:]) if b < a)
+    return {"sent": n, "sent_ok": sent, "received": len(seen), "missing": missing[:10000],
+            "missing_count": len(missing), "duplicates": sum(v - 1 for v in seen.values()),
+            "reordered": reordered, "elapsed": elapsed,
+            "rate": (n / elapsed) if elapsed > 0 else float(n)}
 
+
+def _udp_sockets(src: NetNS, dst_ns: NetNS, dst: str, port: int, sport: int):
+    """(receiver bound to ``port`` in the receiving host, sender in the sending host)."""
     def open_rx():
         s = _listener(dst, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -168,59 +198,47 @@ def udp_stream(src: NetNS, dst_ns: NetNS, dst: str, port: int = 9000, rate: floa
             s.bind((_any(dst), sport))
         return s
 
-    rx = dst_ns.run(open_rx)
-    tx = src.run(open_tx)
-    seen: dict[int, int] = {}
-    order: list[int] = []
-    done = threading.Event()
+    return dst_ns.run(open_rx), src.run(open_tx)
 
-    def receive() -> None:
-        rx.settimeout(0.05)
-        end = None
-        while True:
-            if done.is_set():
-                end = end or time.monotonic() + grace
-                if time.monotonic() >= end or len(seen) >= n:
-                    return
-            try:
-                data = rx.recv(65535)
-            except socket.timeout:
-                continue
-            if len(data) >= 8:
-                (sq,) = struct.unpack_from("!Q", data)
-                seen[sq] = seen.get(sq, 0) + 1
-                order.append(sq)
 
-    t = threading.Thread(target=receive, name="udp-rx", daemon=True)
-    t.start()
-    pad = bytes(size - 8)
+def _receive_numbered(rx: socket.socket, n: int, grace: float, done: threading.Event,
+                      seen: dict[int, int], order: list[int]) -> None:
+    """Count datagrams by sequence number until all ``n`` came, or ``grace`` after ``done``."""
+    rx.settimeout(0.05)
+    end = None
+    while True:
+        if done.is_set():
+            end = end or time.monotonic() + grace
+            if time.monotonic() >= end or len(seen) >= n:
+                return
+        try:
+            data = rx.recv(65535)
+        except socket.timeout:
+            continue
+        if len(data) >= 8:
+            (sq,) = struct.unpack_from("!Q", data)
+            seen[sq] = seen.get(sq, 0) + 1
+            order.append(sq)
+
+
+def _send_numbered(tx: socket.socket, n: int, rate: float, pad: bytes, to: tuple,
+                   budget) -> tuple[int, float]:
+    """Send datagrams 0..n-1 at ``rate``/s; (how many the socket took, seconds it took)."""
     start = time.monotonic()
     sent = 0
-    try:
-        for i in range(n):
-            target = start + i / rate if rate > 0 else start
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if budget:
-                budget.take()
-            try:
-                tx.sendto(struct.pack("!Q", i) + pad, (dst, port))
-                sent += 1
-            except OSError:
-                pass  # e.g. EPERM from an OUTPUT drop: the datagram counts as sent, not received
-        elapsed = time.monotonic() - start
-    finally:
-        done.set()
-        t.join()
-        tx.close()
-        rx.close()
-    missing = [i for i in range(n) if i not in seen]
-    reordered = sum(1 for a, b in zip(order, order[1:]) if b < a)
-    return {"sent": n, "sent_ok": sent, "received": len(seen), "missing": missing[:10000],
-            "missing_count": len(missing), "duplicates": sum(v - 1 for v in seen.values()),
-            "reordered": reordered, "elapsed": elapsed,
-            "rate": (n / elapsed) if elapsed > 0 else float(n)}
+    for i in range(n):
+        target = start + i / rate if rate > 0 else start
+        delay = target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if budget:
+            budget.take()
+        try:
+            tx.sendto(struct.pack("!Q", i) + pad, to)
+            sent += 1
+        except OSError:
+            pass  # e.g. EPERM from an OUTPUT drop: the datagram counts as sent, not received
+    return sent, time.monotonic() - start
 
 
 # -- TCP echo ------------------------------------------------------------------------------
@@ -302,7 +320,9 @@ def read_pcap(path: str, src_mac: bytes, dst_mac: bytes, rewrite_macs: bool = Tr
         raise LabError(str(exc)) from None
     lt = pcap.link(linktype)
     if lt.kind == "ethernet":
-        return [("l2", dst_mac + src_mac + d[12:] if rewrite_macs else d) for _t, d in packets]
+        # this hop's MACs, then the frame's own EtherType and payload
+        return [("l2", dst_mac + src_mac + d[ETH_HLEN - 2:] if rewrite_macs else d)
+                for _t, d in packets]
     out = [("l3", d[lt.header:]) for _t, d in packets]
     for n, (_kind, ip) in enumerate(out, 1):
         if ip[:1] and ip[0] >> 4 != 4:

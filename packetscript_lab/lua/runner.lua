@@ -375,15 +375,17 @@ end
 -- + CHANGED + BODY_CHANGED if the IP packet changed, + FAILED if the script failed,
 -- + ETH_CHANGED if the Ethernet header changed, + PRINTED if lines were printed), and the
 -- new IP packet when it changed.
--- The header's type says IPv4 (0x0800) or, for a packet whose version nibble is 6, IPv6.
-local ETH4, ETH6, LAST_ERR = string.rep("\0", 14), string.rep("\0", 14), nil
-function E.set_eth(h) ETH4, ETH6 = ssub(h, 1, 12) .. "\8\0", ssub(h, 1, 12) .. "\134\221" end
+-- set_eth gets the header twice, with the EtherType of IPv4 and of IPv6 (core.netutil);
+-- a packet whose version nibble is 6 goes behind the second.
+local EH = cfg.eth_hlen                          -- bytes of an Ethernet header
+local ETH4, ETH6, LAST_ERR = string.rep("\0", EH), string.rep("\0", EH), nil
+function E.set_eth(h4, h6) ETH4, ETH6 = h4, h6 end
 function E.last_error() return LAST_ERR[1], LAST_ERR[2] end
 function E.run_ip(s, ts)
-  local n = #s + 14
+  local n = #s + EH
   local ETH = (sbyte(s, 1) or 0) >= 0x60 and (sbyte(s, 1) or 0) < 0x70 and ETH6 or ETH4
   ensure(n)
-  if ffi then ffi.copy(buf, ETH, 14); ffi.copy(buf + 14, s, n - 14) else load_string(ETH .. s, n) end
+  if ffi then ffi.copy(buf, ETH, EH); ffi.copy(buf + EH, s, n - EH) else load_string(ETH .. s, n) end
   A.set_buffer(buf)
   local code, wrote, err = process(n, ts)
   if #OUT > 0 then code = code + PRINTED end
@@ -394,15 +396,15 @@ function E.run_ip(s, ts)
   if not wrote then return code end
   local eth_changed, ip_changed
   if ffi then
-    eth_changed, ip_changed = memcmp(buf, ETH, 14) ~= 0, memcmp(buf + 14, s, n - 14) ~= 0
+    eth_changed, ip_changed = memcmp(buf, ETH, EH) ~= 0, memcmp(buf + EH, s, n - EH) ~= 0
   else
     local now = table_string(n)
-    eth_changed, ip_changed = ssub(now, 1, 14) ~= ETH, ssub(now, 15) ~= s
+    eth_changed, ip_changed = ssub(now, 1, EH) ~= ETH, ssub(now, EH + 1) ~= s
   end
   if eth_changed then code = code + ETH_CHANGED end
   if not ip_changed then return code end
   if FIX then A.fix_checksums(n) end
-  return code + CHANGED + BODY_CHANGED, ffi and ffi.string(buf + 14, n - 14) or ssub(table_string(n), 15)
+  return code + CHANGED + BODY_CHANGED, ffi and ffi.string(buf + EH, n - EH) or ssub(table_string(n), EH + 1)
 end
 
 -- Frames in FFI memory, judged in place: base holds them back to back, original is a copy
@@ -430,7 +432,7 @@ local function judge_in_place(base, original, L, T, count, results)
       local code = verdict_code(v)
       if not code then pending = bad_verdict(v); error(pending, 0) end
       if A.dirty() then
-        local head = n < 14 and n or 14
+        local head = n < EH and n or EH
         local eth = memcmp(base + off, original + off, head) ~= 0
         local rest = memcmp(base + off + head, original + off + head, n - head) ~= 0
         if eth or rest then

@@ -5,9 +5,9 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from kernel_magic import traffic
-from kernel_magic.hosts import replay_hosts
+from packetscript_lab.backends import flow_frames
 from packetscript_lab.core.flows import TrafficError, parse_traffic
+from packetscript_lab.lab.topology import describe
 
 
 def checksums_ok(frame: bytes) -> bool:
@@ -22,10 +22,10 @@ def checksums_ok(frame: bytes) -> bool:
 
 
 def test_generated_frames_are_valid_and_paced():
-    hosts = replay_hosts("pair")
+    hosts = describe("pair")
     flows = parse_traffic("udp client server:9000 rate=50 size=40; ping client server "
                           "count=2; tcp client server connections=2")
-    frames = traffic.build_packets(flows, hosts, 1.0)
+    frames = flow_frames.build_packets(flows, hosts, 1.0)
     times = [t for t, _ in frames]
     assert times == sorted(times)
     pkts = [Ether(f) for _, f in frames]
@@ -41,28 +41,28 @@ def test_generated_frames_are_valid_and_paced():
 
 
 def test_router_topology_frames_arrive_from_the_router():
-    hosts = replay_hosts("router")
-    (t, f), = traffic.build_packets(parse_traffic("udp client server count=1"), hosts, 1)
+    hosts = describe("router")
+    (t, f), = flow_frames.build_packets(parse_traffic("udp client server count=1"), hosts, 1)
     p = Ether(f)
     assert (p[IP].src, p[IP].dst) == ("10.77.1.1", "10.77.2.2")
     assert (p.src, p.dst) == ("02:77:02:00:00:fe", "02:77:02:00:00:02")   # last hop
-    (t, f), = traffic.build_packets(
+    (t, f), = flow_frames.build_packets(
         parse_traffic("udp client 10.77.2.100 count=1 to=server"), hosts, 1)
     p = Ether(f)
     assert p[IP].dst == "10.77.2.100" and p.dst == "02:77:01:00:00:fe"     # first hop
 
 
 def test_unknown_host_and_too_many_packets():
-    hosts = replay_hosts("pair")
+    hosts = describe("pair")
     with pytest.raises(TrafficError, match="no host 'router'"):
-        traffic.build_packets(parse_traffic("ping client router"), hosts, 1)
+        flow_frames.build_packets(parse_traffic("ping client router"), hosts, 1)
     with pytest.raises(TrafficError, match="at most"):
-        traffic.build_packets(parse_traffic("udp client server rate=20000"), hosts, 3600)
+        flow_frames.build_packets(parse_traffic("udp client server rate=20000"), hosts, 3600)
 
 
 def test_defaults_match_the_live_generators_and_duration_sets_the_count():
-    hosts = replay_hosts("pair")
-    frames = traffic.build_packets(parse_traffic(
+    hosts = describe("pair")
+    frames = flow_frames.build_packets(parse_traffic(
         "udp client server duration=0.5 sport=5353; ping client server count=1"), hosts, 10)
     pkts = [Ether(f) for _, f in frames]
     udp = [p for p in pkts if UDP in p]
@@ -76,14 +76,14 @@ def test_pcap_flows_join_generated_ones_and_rate_repaces_them(tmp_path):
     from scapy.utils import wrpcap
     eth = tmp_path / "eth.pcap"
     wrpcap(str(eth), [Ether() / IP(src="10.77.0.1", dst="10.77.0.2") / UDP(dport=53)] * 4)
-    frames = traffic.build_packets(
-        parse_traffic(f"pcap {eth} rate=10; udp client server count=1"), replay_hosts("pair"), 1)
+    frames = flow_frames.build_packets(
+        parse_traffic(f"pcap {eth} rate=10; udp client server count=1"), describe("pair"), 1)
     assert [t for t, f in frames if UDP in Ether(f) and Ether(f)[UDP].dport == 53] == \
         [0.0, 0.1, 0.2, 0.3]
     raw = tmp_path / "raw.pcap"
     wrpcap(str(raw), [IP(dst="10.77.0.2") / UDP()], linktype=101)
     with pytest.raises(TrafficError, match="raw IP packets.*alone"):
-        traffic.build_packets(parse_traffic(f"pcap {raw}; udp client server"),
-                              replay_hosts("pair"), 1)
-    frames, raw_ip = traffic.capture_frames(parse_traffic(f"pcap {raw}")[0])
+        flow_frames.build_packets(parse_traffic(f"pcap {raw}; udp client server"),
+                              describe("pair"), 1)
+    frames, raw_ip = flow_frames.capture_frames(parse_traffic(f"pcap {raw}")[0])
     assert raw_ip and len(frames) == 1
