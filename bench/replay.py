@@ -9,7 +9,8 @@ machine is shared; absolute speeds wander):
 2. ``replay(dnat, path)`` called in this process (counts; the output kept as a file) against
    a loop that only reads the file with scapy's RawPcapReader: packets/s ratio, target >= 3.
 
-Peak memory (max RSS) of the CLI's processes and of tcprewrite is reported too.
+Peak memory (max RSS) of the CLI's processes and of tcprewrite is reported too, and the CPU time
+ratio (user + system), which varies less than wall time when other work shares the cores.
 tcprewrite comes with Debian's tcpreplay package: ``apt-get install tcpreplay``.
 
     python bench/replay.py [--packets 2000000] [--rounds 3] [--lua luajit]
@@ -58,18 +59,26 @@ def make_pcap(path: Path, count: int) -> None:
         f.write(b"".join(chunk))
 
 
-def timed_run(argv) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB, the largest of the process and the children it waited
-    for) of one command."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    took = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"{argv[0]} failed: {proc.stderr.read().decode()[-500:]}")
-    proc.stderr.close()
-    proc.returncode = 0
-    return took, usage.ru_maxrss
+GNU_TIME = "/usr/bin/time"
+
+
+def timed_run(argv) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (KiB) and CPU seconds (user + system, the children it waited
+    for included) of one command. The peak comes from GNU time when it is there: a process
+    started straight from this one would report this process's size as its own peak (the
+    kernel keeps the high-water mark across exec); without it, that larger figure is shown."""
+    with tempfile.NamedTemporaryFile() as rss_file:
+        wrap = [GNU_TIME, "-f", "%M", "-o", rss_file.name] if os.access(GNU_TIME, os.X_OK) else []
+        start = time.perf_counter()
+        proc = subprocess.Popen(wrap + argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        took = time.perf_counter() - start
+        if status != 0:
+            raise SystemExit(f"{argv[0]} failed: {proc.stderr.read().decode()[-500:]}")
+        proc.stderr.close()
+        proc.returncode = 0
+        peak = int(open(rss_file.name).read().split()[-1]) if wrap else usage.ru_maxrss
+    return took, peak, usage.ru_utime + usage.ru_stime
 
 
 def read_only(path: Path) -> float:
@@ -114,11 +123,12 @@ def main() -> int:
                     "--out", str(tmp / "ours.pcap"), "--lua", args.lua, "--json"]
         theirs_cmd = [tcprewrite, "--dstipmap=0.0.0.0/0:10.77.2.2/32", "--infile", str(big),
                       "--outfile", str(tmp / "theirs.pcap")]
-        cli, cli_rss, tr, tr_rss, cli_ratios = [], [], [], [], []
+        cli, cli_rss, tr, tr_rss, cli_ratios, cpu_ratios = [], [], [], [], [], []
         pps, base, in_ratios = [], [], []
         for _ in range(args.rounds):
-            t_ours, rss_ours = timed_run(ours_cmd)
-            t_theirs, rss_theirs = timed_run(theirs_cmd)
+            t_ours, rss_ours, cpu_ours = timed_run(ours_cmd)
+            t_theirs, rss_theirs, cpu_theirs = timed_run(theirs_cmd)
+            cpu_ratios.append(cpu_ours / cpu_theirs)
             cli.append(t_ours)
             cli_rss.append(rss_ours)
             tr.append(t_theirs)
@@ -136,6 +146,8 @@ def main() -> int:
           f"{max(cli_rss) / 1024:.0f} MiB (largest of its processes)")
     print(f"  ratio to tcprewrite: {cli_ratio:.2f} (per round: {', '.join(f'{x:.2f}' for x in cli_ratios)}; "
           f"target <= {CLI_TARGET})")
+    print(f"  CPU time (user + system) ratio: {statistics.median(cpu_ratios):.2f} (per round: "
+          f"{', '.join(f'{x:.2f}' for x in cpu_ratios)}; steadier than wall time on a shared machine)")
     print(f"in process, {args.read_packets:,} packets: read-only RawPcapReader loop "
           f"{statistics.median(base):,.0f} packets/s, replay() {statistics.median(pps):,.0f} packets/s")
     print(f"  ratio: {in_ratio:.2f} (per round: {', '.join(f'{x:.2f}' for x in in_ratios)}; "

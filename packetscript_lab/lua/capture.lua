@@ -60,7 +60,6 @@ local function alloc(ct, n, size)
 end
 local BIG = WORK + MAX_RECORD + 64
 local work = alloc("uint8_t *", BIG, 1)
-local orig = alloc("uint8_t *", BIG, 1)
 local outb = alloc("uint8_t *", BIG + 16 * MAXN, 1)
 local L = alloc("int32_t *", MAXN, 4)
 local T = alloc("double *", MAXN, 8)
@@ -284,8 +283,7 @@ function M.run(off, maxn, out_off, forced)
   local errs, nout = "", 0
   if n > 0 then
     if forced < 0 then
-      ffi.copy(orig, work, wpos)
-      errs, nout = E.run_frames(work, orig, L, T, n, R)
+      errs, nout = E.run_frames(work, L, T, n, R)
     else
       ffi.fill(R, n, forced)
     end

@@ -302,7 +302,7 @@ function M.run(idle, lag)
           ffi.fill(results, n, 0xff)
           seq = seq + 1
           shm.n, shm.seq, shm.state = n, seq, 1
-          local e, lines = E.run_frames(work, orig, L, T, n, results)
+          local e, lines = E.run_frames(work, L, T, n, results)
           nout = lines
           local wall = now(0)
           if shm.first_t == 0 then shm.first_t = wall end

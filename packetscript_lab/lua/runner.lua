@@ -407,21 +407,34 @@ function E.run_ip(s, ts)
   return code + CHANGED + BODY_CHANGED, ffi and ffi.string(buf + EH, n - EH) or ssub(table_string(n), EH + 1)
 end
 
--- Frames in FFI memory, judged in place: base holds them back to back, original is a copy
--- to compare with, L their int32 lengths, T their times in ms. One result byte per packet
--- goes to results (code, + CHANGED if it changed, + ETH_CHANGED if its first 14 bytes (the
+-- Frames in FFI memory, judged in place: base holds them back to back, L their int32
+-- lengths, T their times in ms. Each frame is copied into one scratch buffer (PK) the script
+-- works on: no pointer is made per packet (nothing for the collector), and base keeps the
+-- input to compare with; a changed frame is copied back. One result byte per packet goes
+-- to results (code, + CHANGED if it changed, + ETH_CHANGED if its first 14 bytes (the
 -- Ethernet header) changed, + BODY_CHANGED if bytes after them changed, + FAILED if the
--- script failed). Returns
--- the errors as one string of "index:line:length:message" records.
+-- script failed; a failed packet keeps its input bytes). Returns the errors as one string
+-- of "index:line:length:message" records.
 local sformat = string.format
-local function judge_in_place(base, original, L, T, count, results)
+local PKCAP = 65536 + 64
+local PK = ffi and ffi.new("uint8_t[?]", PKCAP)
+local function judge_in_place(base, L, T, count, results)
   local errs, i, off = {}, 0, 0
+  local most = 0
+  for j = 0, count - 1 do if L[j] > most then most = L[j] end end
+  if most > PKCAP then
+    PKCAP = math.max(most, 65536 + 64)
+    PK = ffi.new("uint8_t[?]", PKCAP)
+  end
+  local pk = PK
   -- One protected call for the whole batch; a failing packet ends it, is recorded,
   -- and the loop resumes with the next packet.
   local function loop()
+    A.set_buffer(pk)
     while i < count do
       local n = L[i]
-      A.set_buffer(base + off)
+      local frame = base + off
+      ffi.copy(pk, frame, n)
       A.begin(n)
       now_ms = floor(T[i])
       cur_p = A.packet(n)
@@ -433,10 +446,11 @@ local function judge_in_place(base, original, L, T, count, results)
       if not code then pending = bad_verdict(v); error(pending, 0) end
       if A.dirty() then
         local head = n < EH and n or EH
-        local eth = memcmp(base + off, original + off, head) ~= 0
-        local rest = memcmp(base + off + head, original + off + head, n - head) ~= 0
+        local eth = memcmp(pk, frame, head) ~= 0
+        local rest = memcmp(pk + head, frame + head, n - head) ~= 0
         if eth or rest then
           if FIX then A.fix_checksums(n) end
+          ffi.copy(frame, pk, n)
           code = code + CHANGED + (eth and ETH_CHANGED or 0) + (rest and BODY_CHANGED or 0)
         end
       end
@@ -450,9 +464,6 @@ local function judge_in_place(base, original, L, T, count, results)
     if ok then break end
     err = as_error(err)
     errs[#errs + 1] = sformat("%d:%d:%d:", i, err[2] or 0, #err[1]) .. err[1]
-    -- The packet's bytes are not used (the input stands): put the input back so the
-    -- frames stay unchanged where the script failed half-way.
-    ffi.copy(base + off, original + off, L[i])
     results[i] = ON_ERROR + FAILED
     off = off + L[i]
     i = i + 1
@@ -471,8 +482,7 @@ if ffi then
     ensure(total)
     ffi.copy(buf, blob, total)
     if count > rcap then rcap = count; results = ffi.new("uint8_t[?]", rcap) end
-    local errs = judge_in_place(buf, ffi.cast("const uint8_t *", blob),
-                                ffi.cast("const int32_t *", ffi.cast("const char *", lens)),
+    local errs = judge_in_place(buf, ffi.cast("const int32_t *", ffi.cast("const char *", lens)),
                                 ffi.cast("const double *", ffi.cast("const char *", tss)), count, results)
     local any = false
     for i = 0, count - 1 do
@@ -483,8 +493,8 @@ if ffi then
 
   -- Frames already in FFI memory (the capture driver, capture.lua, reads them straight
   -- from the file), judged in place. Returns the errors and the printed lines waiting.
-  function E.run_frames(base, original, L, T, count, results)
-    return judge_in_place(base, original, L, T, count, results), #OUT
+  function E.run_frames(base, L, T, count, results)
+    return judge_in_place(base, L, T, count, results), #OUT
   end
 end
 
