@@ -38,56 +38,72 @@ def find_port() -> str:
 
 def main(job_dir: str) -> int:
     spec = json.load(open(os.path.join(job_dir, "lab.json")))
-    port = os.open(find_port(), os.O_RDWR)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = dict(spec["env"], PATH="/usr/sbin:/usr/bin:/sbin:/bin",
                XTABLES_LIBDIR=os.environ.get("XTABLES_LIBDIR", ""), HOME="/tmp")
-    lab = subprocess.Popen([*spec["argv"], "--fd", str(theirs.fileno())], env=env,
+    port = os.open(find_port(), os.O_RDWR)
+    print("PSVM-LAB-STARTED", flush=True)
+    code = bridge(port, spec["argv"], env)
+    print(f"PSVM-LAB-ENDED {code}", flush=True)
+    return 0
+
+
+def bridge(port: int, argv: list, env: dict, poll: float = 0.5, grace: float = 5.0) -> int:
+    """Run `argv --fd N` and copy bytes between `port` and its socket until either ends;
+    returns the lab process's exit status."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    lab = subprocess.Popen([*argv, "--fd", str(theirs.fileno())], env=env,
                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
     theirs.close()
-    print("PSVM-LAB-STARTED", flush=True)
     done = threading.Event()
 
     def host_to_lab():
         seen = False
-        while not done.is_set():
-            data = os.read(port, 65536)
-            if not data:
-                # End of file: the host's end is not connected. Before the first byte that
-                # can mean "not yet"; after it, the host's Lab is gone.
-                if seen:
-                    break
-                time.sleep(0.05)
-                continue
-            seen = True
-            ours.sendall(data)
+        try:
+            while not done.is_set():
+                data = os.read(port, 65536)
+                if not data:
+                    # End of file: the host's end is not connected. Before the first byte
+                    # that can mean "not yet"; after it, the host's Lab is gone.
+                    if seen:
+                        break
+                    time.sleep(0.05)
+                    continue
+                seen = True
+                ours.sendall(data)
+        except OSError:
+            pass
         done.set()
 
     def lab_to_host():
-        while True:
-            data = ours.recv(65536)
-            if not data:
-                break
-            view = memoryview(data)
-            while view:
-                n = os.write(port, view)
-                view = view[n:]
+        try:
+            while True:
+                data = ours.recv(65536)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(port, view):]
+        except OSError:
+            pass
         done.set()
 
     for fn in (host_to_lab, lab_to_host):
         threading.Thread(target=fn, daemon=True).start()
-    while not done.wait(0.5):
+    while not done.wait(poll):
         if lab.poll() is not None:
-            time.sleep(0.5)            # let its last replies through
+            time.sleep(poll)            # let its last replies through
             done.set()
-    if lab.poll() is None:
+    ours.close()          # a lab process whose client is gone ends by itself...
+    try:
+        lab.wait(grace)
+    except subprocess.TimeoutExpired:     # ...or is stopped
         lab.send_signal(signal.SIGTERM)
         try:
             lab.wait(5)
         except subprocess.TimeoutExpired:
             lab.kill()
-    print(f"PSVM-LAB-ENDED {lab.returncode}", flush=True)
-    return 0
+            lab.wait()
+    return lab.returncode
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from ...lab.errors import LabError
 from .build import Build, BuildError, cache_dir, kvm_available, load_build
 from .machine import _SILENT_KVM, KVM_PROBE_SECONDS, MODULES, _rss_mb, initramfs, qemu_argv
 
-__all__ = ["LAB_MODULES", "MEMORY_MB", "LabVM", "NoBuild", "require_build", "start"]
+__all__ = ["ENV_KERNEL_LAB", "LAB_MODULES", "MEMORY_MB", "LabVM", "NoBuild", "lab_backend_for_kernel",
+           "require_build", "start"]
 
 # What the lab needs beyond the batch runner's modules: the port to the host, NFQUEUE and
 # the matches of its queue rules, nat/raw tables and IPv6 tables for dual-stack labs.
@@ -41,6 +42,7 @@ MEMORY_MB = 512
 PORT_NAME = "packetscript-lab"
 BOOT_TIMEOUT = 240.0     # QEMU start to the lab's "ready" under TCG emulation, at most
 IPTABLES = "/usr/sbin/iptables-legacy"     # the LUA extension is a legacy xtables one
+ENV_KERNEL_LAB = "PACKETSCRIPT_KERNEL_LAB"  # where a kernel-backend lab runs: auto, vm or host
 
 
 class NoBuild(LabError):
@@ -245,3 +247,36 @@ def start(topology: str, interval: float, extra: list[str], slot: int | None = N
     vm = LabVM(build, argv, guest_env(), pass_fds=(slot,) if slot is not None else ())
     vm.launch()
     return vm
+
+
+def host_has_module() -> bool:
+    """xt_LUA loaded or loadable on this machine, and iptables' LUA extension present
+    (read-only checks: nothing is loaded or added)."""
+    from packetscript_lab.xtlua import backend
+
+    def run(argv):
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    return bool(backend.detect(run))
+
+
+def lab_backend_for_kernel() -> str:
+    """The Lab backend a kernel-backend script needs here: "namespaces" when this machine
+    has the module (or the tests' stand-in is on), else "xtlua-vm" when a build exists;
+    NoBuild (what to run) when neither. PACKETSCRIPT_KERNEL_LAB=vm|host decides instead."""
+    choice = os.environ.get(ENV_KERNEL_LAB, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "vm", "host"):
+        raise LabError(f"{ENV_KERNEL_LAB}={choice!r}: choose auto, vm (the xt_LUA lab VM) or "
+                       "host (this machine's own module)")
+    if choice == "host" or (choice == "auto" and (
+            os.environ.get("PACKETSCRIPT_XT_LUA_STANDIN") == "1" or host_has_module())):
+        return "namespaces"
+    try:
+        require_build()
+    except NoBuild as exc:
+        if choice == "vm":
+            raise
+        raise NoBuild("the xt_LUA module is not loadable on this machine and no build for "
+                      "the lab VM exists: run `packetscript kernel build --patches DIR` (DIR: "
+                      "OpenWrt's net/xtables-addons/patches) once, then run the cell again; "
+                      "or use --backend nfqueue (same script, in userspace)") from None
+    return "xtlua-vm"
