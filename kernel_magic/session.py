@@ -138,7 +138,7 @@ class NotebookSession:
             if getattr(self.lab, "backend", "namespaces") == "xtlua-vm":
                 return "xtlua-vm"
         try:
-            from packetscript_lab.xtlua.vm.labvm import lab_backend_for_kernel
+            from packetscript_lab.lab.vmlab import lab_backend_for_kernel
             wanted = lab_backend_for_kernel()
         except LabError as exc:
             raise UsageError(str(exc)) from None

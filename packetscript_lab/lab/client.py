@@ -114,7 +114,7 @@ class Lab:
         # bad description fails with one TopologyError before any process or namespace exists.
         # ipv6=True makes it dual-stack (as "ipv6": true in the description does).
         # backend: "namespaces" (namespaces on this machine) or "xtlua-vm" (the same lab
-        # process inside a QEMU guest with the real xt_LUA module: xtlua/vm/labvm.py).
+        # process inside a QEMU guest with the real xt_LUA module: vmlab.py).
         if backend not in LAB_BACKENDS:
             raise LabError(f"backend {backend!r}: choose one of {', '.join(LAB_BACKENDS)}")
         if not isinstance(ipv6, bool):
@@ -183,10 +183,10 @@ class Lab:
             load_description(self.topology) else json.dumps(self.description)
 
     def _start_vm(self) -> None:
-        from ..xtlua.vm import labvm
+        from . import vmlab
         slot, extra = limits.for_new_lab()     # QEMU holds the account's lab slot
         try:
-            self.vm = labvm.start(self._topology_arg(), self.sample_interval, extra, slot)
+            self.vm = vmlab.start(self._topology_arg(), self.sample_interval, extra, slot)
         finally:
             if slot is not None:
                 os.close(slot)
@@ -388,6 +388,8 @@ class Lab:
         ``ip`` is the IP version whose packets the rule takes: 4 or 6, or None for every
         version the lab has (IPv4, and IPv6 in a dual-stack lab, through the same queue).
         """
+        if self.vm is not None:      # an emulated guest is slower: the time limits scale
+            script_options = {**self.vm.script_time_limits(), **script_options}
         opts = dict(lua=lua, profile=profile, on_error=on_error, budget=budget,
                     fix_checksums=fix_checksums, **script_options)
         if record:

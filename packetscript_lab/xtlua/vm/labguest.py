@@ -41,7 +41,10 @@ def main(job_dir: str) -> int:
     env = dict(spec["env"], PATH="/usr/sbin:/usr/bin:/sbin:/bin",
                XTABLES_LIBDIR=os.environ.get("XTABLES_LIBDIR", ""), HOME="/tmp")
     port = os.open(find_port(), os.O_RDWR)
-    print("PSVM-LAB-STARTED", flush=True)
+    mem = {k: v.split()[0] for k, v in (ln.split(":", 1) for ln in open("/proc/meminfo"))
+           if k in ("MemTotal", "MemAvailable")}
+    print(f"PSVM-LAB-STARTED mem_total_kb={mem.get('MemTotal')} "
+          f"mem_available_kb={mem.get('MemAvailable')}", flush=True)
     code = bridge(port, spec["argv"], env)
     print(f"PSVM-LAB-ENDED {code}", flush=True)
     return 0

@@ -4,7 +4,7 @@ The lab process (lab/process.py) runs in the guest, which boots the built kernel
 xt_LUA loaded and chroots into the host's root (read-only), so it is the same program with
 the same packages; iptables there is iptables-legacy with libxt_LUA.so on XTABLES_LIBDIR.
 The host's ``Lab`` keeps talking the lab protocol over one socket: its other end is a QEMU
-virtio-serial port in the guest, where `labguest.py` hands the bytes to the lab process.
+virtio-serial port in the guest, where `xtlua/vm/labguest.py` hands the bytes to the lab process.
 
 Lifetime: the VM is the lab process. ``Lab.close()`` ends the lab process, the guest
 powers off and QEMU exits; if the notebook process dies (kill -9 included) its end of the
@@ -26,21 +26,24 @@ import threading
 import time
 from pathlib import Path
 
-from ...lab.errors import LabError
-from .build import Build, BuildError, cache_dir, kvm_available, load_build
-from .machine import _SILENT_KVM, KVM_PROBE_SECONDS, MODULES, _rss_mb, initramfs, qemu_argv
+from ..xtlua.vm.build import Build, BuildError, cache_dir, kvm_available, load_build
+from ..xtlua.vm.machine import _SILENT_KVM, KVM_PROBE_SECONDS, MODULES, _rss_mb, initramfs, qemu_argv
+from .errors import LabError
 
 __all__ = ["ENV_KERNEL_LAB", "LAB_MODULES", "MEMORY_MB", "LabVM", "NoBuild", "lab_backend_for_kernel",
            "require_build", "start"]
 
 # What the lab needs beyond the batch runner's modules: the port to the host, NFQUEUE and
 # the matches of its queue rules, nat/raw tables and IPv6 tables for dual-stack labs.
-LAB_MODULES = MODULES + ("virtio_console", "nfnetlink_queue", "xt_NFQUEUE", "xt_mark",
+# crc32c_generic first: libcrc32c (under nf_conntrack and nf_nat) asks for it by a soft
+# dependency, which the initramfs's insmod does not follow.
+LAB_MODULES = ("crc32c_generic",) + MODULES + ("virtio_console", "nfnetlink_queue", "xt_NFQUEUE", "xt_mark",
                          "xt_tcpudp", "xt_conntrack", "iptable_nat", "iptable_raw",
                          "ip6table_filter", "ip6table_mangle")
 MEMORY_MB = 512
 PORT_NAME = "packetscript-lab"
 BOOT_TIMEOUT = 240.0     # QEMU start to the lab's "ready" under TCG emulation, at most
+LABGUEST = Path(__file__).resolve().parents[1] / "xtlua" / "vm" / "labguest.py"
 IPTABLES = "/usr/sbin/iptables-legacy"     # the LUA extension is a legacy xtables one
 ENV_KERNEL_LAB = "PACKETSCRIPT_KERNEL_LAB"  # where a kernel-backend lab runs: auto, vm or host
 
@@ -97,6 +100,7 @@ class LabVM:
         self.boot_seconds: float | None = None     # QEMU start to the guest's init
         self.ready_seconds: float | None = None    # QEMU start to the lab's "ready"
         self.rss_mb = 0.0
+        self.guest_memory: dict = {}               # MemTotal/MemAvailable before the lab process
         self.start_timeout = BOOT_TIMEOUT
         self._pass_fds = pass_fds
         self._last_console = ""
@@ -104,7 +108,7 @@ class LabVM:
 
     def _argv(self, fd: int) -> list[str]:
         xt = f"{Path(self.build.extension).parent}:{'/usr/lib/x86_64-linux-gnu/xtables'}"
-        return qemu_argv(self.build, self.initrd, self.job, Path(__file__).with_name("labguest.py"),
+        return qemu_argv(self.build, self.initrd, self.job, LABGUEST,
                          self.accel, self.memory_mb, xt) + [
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=lab,fd={fd}",
@@ -167,6 +171,10 @@ class LabVM:
         if "PSVM-READY" in text and self.boot_seconds is None:
             self.boot_seconds = self.ready_seconds   # upper bound when not seen earlier
         self.rss_mb = round(_rss_mb(self.proc.pid), 1) if self.proc else 0.0
+        for word in text.split("PSVM-LAB-STARTED", 1)[-1].split("\n", 1)[0].split():
+            key, _, value = word.partition("=")
+            if key in ("mem_total_kb", "mem_available_kb") and value.isdigit():
+                self.guest_memory[key] = int(value)
 
     def explain_failure(self, log: str, err: dict | None, answered: bool, timeout: float) -> str:
         """Why the VM's lab did not come up, with its console's last lines."""
@@ -182,10 +190,16 @@ class LabVM:
         return (f"cannot start the xt_LUA lab VM: {why}."
                 + (f"\nQEMU: {qemu}" if qemu else "") + (f"\nconsole:\n{tail}" if tail else ""))
 
+    def script_time_limits(self) -> dict:
+        """Judge time limits for scripts compiled or judged in this guest: under TCG
+        emulation starting a Lua runtime alone takes seconds, so the defaults (0.25 s a
+        packet, 3 s for a top level or batch) would refuse ordinary scripts."""
+        return {"time_limit": 2.5, "batch_time_limit": 30.0} if self.accel == "tcg" else {}
+
     def info(self) -> dict:
         return {"accel": self.accel, "memory_mb": self.memory_mb,
                 "boot_seconds": self.boot_seconds, "ready_seconds": self.ready_seconds,
-                "qemu_rss_mb": self.rss_mb, "kernel": self.build.kernel_release,
+                "qemu_rss_mb": self.rss_mb, **self.guest_memory, "kernel": self.build.kernel_release,
                 "pid": self.proc.pid if self.proc else None}
 
     def qemu_errors(self) -> str:
@@ -231,7 +245,7 @@ class LabVM:
 def guest_env() -> dict:
     """The lab process's environment in the guest: this package on PYTHONPATH and the
     PACKETSCRIPT_* settings, but never the stand-in (the guest has the real module)."""
-    pkg_root = str(Path(__file__).resolve().parents[3])
+    pkg_root = str(Path(__file__).resolve().parents[2])
     env = {k: v for k, v in os.environ.items()
            if k.startswith("PACKETSCRIPT_") and k != "PACKETSCRIPT_XT_LUA_STANDIN"}
     env["PYTHONPATH"] = pkg_root
