@@ -231,3 +231,39 @@ def test_closing_the_vm_lab_leaves_no_qemu(vm_lab):
     assert lab.vm.proc.poll() is not None
     assert qemu_pids() - before == set()
     assert not job.exists()
+
+
+@pytest.mark.xtlua_vm
+def test_magic_kernel_cell_starts_the_vm_lab_and_runs_in_the_real_module(monkeypatch):
+    if not PATCHES:
+        pytest.fail("set PACKETSCRIPT_XTLUA_PATCHES to OpenWrt's net/xtables-addons/patches")
+    from IPython.utils.capture import capture_output
+
+    import kernel_magic
+    from test_magic import DROP_UDP, get_shell, summary_of
+    from test_magic_lab import traffic_of
+    from packetscript_lab.xtlua.vm import build
+    build(PATCHES, progress=lambda m: None)
+    for var in ("PACKETSCRIPT_BACKEND", "PACKETSCRIPT_XT_LUA_STANDIN", vmlab.ENV_KERNEL_LAB):
+        monkeypatch.delenv(var, raising=False)
+    if vmlab.host_has_module():          # this machine has xt_LUA: ask for the VM
+        monkeypatch.setenv(vmlab.ENV_KERNEL_LAB, "vm")
+    before = qemu_pids()
+    shell = get_shell()
+    kernel_magic.load_ipython_extension(shell)
+    try:
+        with capture_output() as cap:
+            shell.run_cell_magic("packetscript", "k --backend kernel --duration 2 "
+                                 "--no-dashboard --traffic 'udp client server count=6'", DROP_UDP)
+        assert "runs in a VM with the real xt_LUA" in cap.stdout
+        lab = kernel_magic.get_session().lab
+        assert lab.backend == "xtlua-vm"
+        s = summary_of(cap)
+        assert s["backend"] == "kernel" and s["seen"] == 6
+        (udp,) = traffic_of(cap)
+        assert udp["sent"] == 6 and udp["received"] == 0       # the module dropped them all
+        with capture_output():
+            shell.run_line_magic("packetscript", "down")
+        assert lab.closed and qemu_pids() - before == set()
+    finally:
+        kernel_magic.unload_ipython_extension(shell)
