@@ -267,3 +267,35 @@ def test_magic_kernel_cell_starts_the_vm_lab_and_runs_in_the_real_module(monkeyp
         assert lab.closed and qemu_pids() - before == set()
     finally:
         kernel_magic.unload_ipython_extension(shell)
+
+
+KILLED_CLIENT = """
+import sys, threading
+from packetscript_lab.lab import Lab
+box = []
+t = threading.Thread(target=lambda: box.append(Lab("pair", backend="xtlua-vm")))
+t.start(); t.join()            # made in a thread that has ended since
+print(box[0].vm.proc.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.xtlua_vm
+def test_killing_the_client_powers_the_vm_off():
+    import subprocess
+    import time
+    if not PATCHES:
+        pytest.fail("set PACKETSCRIPT_XTLUA_PATCHES to OpenWrt's net/xtables-addons/patches")
+    client = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        pid = int(client.stdout.readline())
+        assert pid in qemu_pids()       # still up: its starting thread ended, the client did not
+    finally:
+        client.kill()                   # kill -9: no close(), no atexit
+        client.wait()
+    deadline = time.monotonic() + 30
+    while pid in qemu_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid not in qemu_pids()

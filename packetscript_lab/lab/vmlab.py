@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -72,6 +73,40 @@ def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG
     os.setsid()                            # the notebook's interrupt must not reach it
+
+
+_spawns: queue.SimpleQueue = queue.SimpleQueue()
+
+
+def _spawner() -> None:
+    while True:
+        fn, box, done = _spawns.get()
+        try:
+            box.append(fn())
+        except BaseException as exc:       # handed to the caller
+            box.append(exc)
+        done.set()
+
+
+_spawner_lock = threading.Lock()
+_spawner_thread: list = []
+
+
+def _from_lasting_thread(fn):
+    """Run fn (a Popen) in a thread that lives as long as this process: PR_SET_PDEATHSIG
+    fires when the *thread* that forked ends, and a Lab may be made in a short-lived one."""
+    with _spawner_lock:
+        if not _spawner_thread:
+            t = threading.Thread(target=_spawner, name="lab-vm-spawner", daemon=True)
+            t.start()
+            _spawner_thread.append(t)
+    box: list = []
+    done = threading.Event()
+    _spawns.put((fn, box, done))
+    done.wait()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
 
 
 class LabVM:
@@ -140,10 +175,10 @@ class LabVM:
         self.started = time.monotonic()
         try:
             with open(self.job / "qemu.log", "wb") as qlog:
-                self.proc = subprocess.Popen(
-                    self._argv(theirs.fileno()), stdin=subprocess.DEVNULL, stdout=qlog,
-                    stderr=qlog, pass_fds=(theirs.fileno(), *self._pass_fds),
-                    preexec_fn=_die_with_parent)
+                argv = self._argv(theirs.fileno())
+                self.proc = _from_lasting_thread(lambda: subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog,
+                    pass_fds=(theirs.fileno(), *self._pass_fds), preexec_fn=_die_with_parent))
         except OSError as exc:
             ours.close()
             raise LabError(f"cannot start QEMU for the xt_LUA lab: {exc}") from None
