@@ -299,3 +299,19 @@ def test_killing_the_client_powers_the_vm_off():
     while pid in qemu_pids() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pid not in qemu_pids()
+
+
+@pytest.mark.xtlua_vm
+def test_a_guest_hung_by_the_module_fails_the_labs_calls_instead_of_blocking():
+    if not PATCHES:
+        pytest.fail("set PACKETSCRIPT_XTLUA_PATCHES to OpenWrt's net/xtables-addons/patches")
+    before = qemu_pids()
+    # A runtime error in xt_LUA drops the packet and keeps the module's lock: the next
+    # packet hangs the guest for good (docs/kernel.md, measured findings).
+    failing = "function process_packet(p) local t = nil; return t.x end\n"
+    with Lab("pair", backend="xtlua-vm", sample_interval=0.3) as lab:
+        lab.attach(failing, name="bad", backend="kernel")
+        with pytest.raises(LabError, match=r"sent nothing for \d+ s"):
+            lab.udp_stream("client", "server", count=3, rate=50)
+        assert lab.closed
+    assert qemu_pids() - before == set()

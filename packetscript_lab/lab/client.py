@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -192,6 +193,8 @@ class Lab:
                 os.close(slot)
         self._proc, self._log_fd = self.vm.proc, self.vm.log_fd
         self._conn = Connection(self.vm.sock)
+        self._heard = time.monotonic()
+        self.vm.watch(lambda: self._heard, lambda: self._ready_msg is not None)
 
     def _start(self, iptables: str) -> None:
         argv = lab_command()
@@ -257,6 +260,7 @@ class Lab:
             msg = self._conn.recv()
             if msg is None:
                 break
+            self._heard = time.monotonic()      # the VM lab's watchdog reads it
             if "id" in msg:
                 with self._lock:
                     slot = self._pending.pop(msg["id"], None)

@@ -43,6 +43,7 @@ LAB_MODULES = ("crc32c_generic",) + MODULES + ("virtio_console", "nfnetlink_queu
                          "ip6table_filter", "ip6table_mangle")
 MEMORY_MB = 512
 PORT_NAME = "packetscript-lab"
+SILENCE_SECONDS = 90.0   # a lab that sent nothing (not even a stats sample) for this long is hung
 BOOT_TIMEOUT = 240.0     # QEMU start to the lab's "ready" under TCG emulation, at most
 LABGUEST = Path(__file__).resolve().parents[1] / "xtlua" / "vm" / "labguest.py"
 IPTABLES = "/usr/sbin/iptables-legacy"     # the LUA extension is a legacy xtables one
@@ -125,6 +126,7 @@ class LabVM:
         self.initrd = initramfs(build, LAB_MODULES)
         jobs = cache_dir() / "jobs"
         jobs.mkdir(parents=True, exist_ok=True)
+        _remove_stale_jobs(jobs)
         self.job = Path(tempfile.mkdtemp(prefix="lab-", dir=jobs))  # not /tmp: the guest mounts over it
         (self.job / "lab.json").write_text(json.dumps({"argv": lab_argv, "env": env}))
         self.console = self.job / "console.log"
@@ -185,6 +187,7 @@ class LabVM:
         finally:
             theirs.close()
         self.sock = ours
+        (self.job / "qemu.pid").write_text(str(self.proc.pid))
         threading.Thread(target=self._watch_boot, args=(self.proc,), daemon=True,
                          name="lab-vm-boot").start()
 
@@ -210,6 +213,25 @@ class LabVM:
             key, _, value = word.partition("=")
             if key in ("mem_total_kb", "mem_available_kb") and value.isdigit():
                 self.guest_memory[key] = int(value)
+
+    def watch(self, last_heard, is_up) -> None:
+        """Power off a guest whose lab has gone silent: a script error leaves xt_LUA's lock
+        held and the next packet hangs the whole guest (docs/kernel.md), which would leave
+        every Lab call waiting. Ending QEMU closes the socket, so they fail instead."""
+        proc = self.proc
+
+        def run():
+            while proc.poll() is None:
+                time.sleep(1.0)
+                if is_up() and time.monotonic() - last_heard() > SILENCE_SECONDS \
+                        and proc.poll() is None:
+                    with open(self.console, "a") as f:   # the Lab's log: its errors quote it
+                        f.write(f"\nPSVM-HUNG the VM's lab sent nothing for {SILENCE_SECONDS:.0f} s "
+                                "(a script error in xt_LUA hangs the guest at the next packet); "
+                                "the VM was powered off: start a new lab\n")
+                    proc.kill()
+                    return
+        threading.Thread(target=run, name="lab-vm-watchdog", daemon=True).start()
 
     def explain_failure(self, log: str, err: dict | None, answered: bool, timeout: float) -> str:
         """Why the VM's lab did not come up, with its console's last lines."""
@@ -275,6 +297,22 @@ class LabVM:
         if not os.environ.get("PACKETSCRIPT_VM_KEEP"):
             shutil.rmtree(self.job, ignore_errors=True)
         return text
+
+
+def _remove_stale_jobs(jobs: Path) -> None:
+    """Job directories of VM labs whose QEMU is gone (its client was killed, so nothing
+    removed them): the QEMU that used one has the directory's path in its command line."""
+    for d in jobs.glob("lab-*"):
+        try:
+            pid = int((d / "qemu.pid").read_text())
+            alive = str(d).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            try:
+                alive = time.time() - d.stat().st_mtime < 600   # starting now, or unknown
+            except OSError:
+                continue
+        if not alive:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def guest_env() -> dict:
