@@ -31,16 +31,16 @@ from ..xtlua.vm.build import Build, BuildError, cache_dir, kvm_available, load_b
 from ..xtlua.vm.machine import _SILENT_KVM, KVM_PROBE_SECONDS, MODULES, _rss_mb, initramfs, qemu_argv
 from .errors import LabError
 
-__all__ = ["ENV_KERNEL_LAB", "LAB_MODULES", "MEMORY_MB", "LabVM", "NoBuild", "lab_backend_for_kernel",
-           "require_build", "start"]
+__all__ = ["ENV_KERNEL_LAB", "LAB_MODULES", "MEMORY_MB", "LabVM", "NoBuild",
+           "lab_backend_for_kernel", "require_build", "start"]
 
 # What the lab needs beyond the batch runner's modules: the port to the host, NFQUEUE and
 # the matches of its queue rules, nat/raw tables and IPv6 tables for dual-stack labs.
 # crc32c_generic first: libcrc32c (under nf_conntrack and nf_nat) asks for it by a soft
 # dependency, which the initramfs's insmod does not follow.
-LAB_MODULES = ("crc32c_generic",) + MODULES + ("virtio_console", "nfnetlink_queue", "xt_NFQUEUE", "xt_mark",
-                         "xt_tcpudp", "xt_conntrack", "iptable_nat", "iptable_raw",
-                         "ip6table_filter", "ip6table_mangle")
+LAB_MODULES = ("crc32c_generic", *MODULES, "virtio_console", "nfnetlink_queue", "xt_NFQUEUE",
+               "xt_mark", "xt_tcpudp", "xt_conntrack", "iptable_nat", "iptable_raw",
+               "ip6table_filter", "ip6table_mangle")
 MEMORY_MB = 512
 PORT_NAME = "packetscript-lab"
 SILENCE_SECONDS = 90.0   # a lab that sent nothing (not even a stats sample) for this long is hung
