@@ -40,8 +40,11 @@ class NotebookSession:
         self.pump = Pump(self)
 
     # --- the lab ------------------------------------------------------------------------
-    def ensure_lab(self, topology: str | None = None, ipv6: bool | None = None):
-        """The running Lab, or None (after saying once why) when none can be built here."""
+    def ensure_lab(self, topology: str | None = None, ipv6: bool | None = None,
+                   lab_backend: str = "namespaces"):
+        """The running Lab, or None (after saying once why) when none can be built here.
+        ``lab_backend="xtlua-vm"`` starts it inside the xt_LUA VM, and a failure there is an
+        error (a kernel-backend cell must not quietly run elsewhere)."""
         if topology is not None and self.lab is not None and topology != self.topology:
             raise UsageError(f"the lab is up with topology {self.topology!r}; "
                              "run %packetscript down first")
@@ -60,6 +63,17 @@ class NotebookSession:
             print("PacketScript Lab: the lab process had ended; building a new lab.")
             self.lab = None
         if self.lab is not None:
+            return self.lab
+        if lab_backend == "xtlua-vm":
+            from packetscript_lab import Lab, LabError
+            try:
+                lab = Lab(topology=self.topology, ipv6=self.ipv6, backend="xtlua-vm")
+            except LabError as exc:
+                raise UsageError(str(exc)) from None
+            self.lab = lab.__enter__() or lab
+            info = lab.vm.info()
+            print(f"PacketScript Lab: the lab runs in a VM with the real xt_LUA "
+                  f"(kernel {info['kernel']}, {info['accel']}, up in {info['ready_seconds']} s).")
             return self.lab
         if self.lab_unavailable is not None:
             return None
@@ -103,12 +117,36 @@ class NotebookSession:
     def choose_backend(self, options: RunOptions, outputs: CellOutputs | None = None) -> str:
         if options.backend == "replay":
             return "replay"
-        if outputs is not None and self.lab is None and self.lab_unavailable is None \
+        lab_backend = "namespaces"
+        if options.backend == "kernel":
+            lab_backend = self.kernel_lab_backend()
+        if outputs is not None and self.lab is None and lab_backend == "xtlua-vm":
+            outputs.status(f"{options.name}: booting the xt_LUA lab VM (about a minute under "
+                           "emulation)…")
+        elif outputs is not None and self.lab is None and self.lab_unavailable is None \
                 and os.environ.get(ENV_BACKEND, "").lower() != "replay":
             outputs.status(f"{options.name}: starting the lab network…")
-        if self.ensure_lab() is None:
+        if self.ensure_lab(lab_backend=lab_backend) is None:
             return "replay"
         return options.backend or "nfqueue"
+
+    def kernel_lab_backend(self) -> str:
+        """Where a --backend kernel cell's lab runs: this machine when it has xt_LUA, else
+        the xt_LUA VM (a build must exist); PACKETSCRIPT_KERNEL_LAB=vm|host decides instead."""
+        from packetscript_lab import LabError
+        if self.lab is not None and not getattr(self.lab, "closed", False):
+            if getattr(self.lab, "backend", "namespaces") == "xtlua-vm":
+                return "xtlua-vm"
+        try:
+            from packetscript_lab.lab.vmlab import lab_backend_for_kernel
+            wanted = lab_backend_for_kernel()
+        except LabError as exc:
+            raise UsageError(str(exc)) from None
+        if wanted == "xtlua-vm" and self.lab is not None and not getattr(self.lab, "closed", False):
+            raise UsageError("the lab is up on this machine, whose kernel has no xt_LUA: run "
+                             "`%packetscript down`, then this cell starts the lab in the xt_LUA "
+                             "VM (or use --backend nfqueue)")
+        return wanted
 
     # --- runs ---------------------------------------------------------------------------
     def start_cell(self, options: RunOptions, source: str, cell_lines: list[str], *,

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,6 +38,7 @@ from .description import load as load_description
 from .topology import TOPOLOGIES, Host
 
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])
+LAB_BACKENDS = ("namespaces", "xtlua-vm")
 REPLAY_HINT = ("The replay backend needs no privileges and runs the same scripts over a pcap: "
                "`packetscript replay SCRIPT.lua CAPTURE.pcap` or packetscript_lab.replay(script, packets).")
 
@@ -109,10 +111,14 @@ class Lab:
 
     def __init__(self, topology="pair", sample_interval: float = 0.5, *,
                  ipv6: bool = False, iptables: str = "iptables", start_timeout: float = 30.0,
-                 _connect: str | None = None):
+                 backend: str = "namespaces", _connect: str | None = None):
         # A preset name, a description dict or a .json/.yaml file: checked whole here, so a
         # bad description fails with one TopologyError before any process or namespace exists.
         # ipv6=True makes it dual-stack (as "ipv6": true in the description does).
+        # backend: "namespaces" (namespaces on this machine) or "xtlua-vm" (the same lab
+        # process inside a QEMU guest with the real xt_LUA module: vmlab.py).
+        if backend not in LAB_BACKENDS:
+            raise LabError(f"backend {backend!r}: choose one of {', '.join(LAB_BACKENDS)}")
         if not isinstance(ipv6, bool):
             raise LabError(f"ipv6 must be True (a dual-stack lab) or False, not {ipv6!r}")
         self.description = load_description(topology)
@@ -134,6 +140,8 @@ class Lab:
         self._log_fd: int | None = None
         self._last_log = ""
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.backend = backend
+        self.vm = None            # the LabVM of an "xtlua-vm" lab (figures: self.vm.info())
         if _connect is not None:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -143,6 +151,9 @@ class Lab:
                 raise LabError(f"no lab is running at {_connect.lstrip(chr(0))!r} ({exc}); "
                                "start one with `packetscript lab up`") from None
             self._conn = Connection(s)
+        elif backend == "xtlua-vm":
+            self._start_vm()
+            start_timeout = max(start_timeout, self.vm.start_timeout)
         else:
             self._start(iptables)
         threading.Thread(target=self._reader, name="lab-reader", daemon=True).start()
@@ -156,14 +167,35 @@ class Lab:
             err = self._ready_msg.get("error") if self._ready_msg else None
             log = self.log()
             self._shutdown_process()
+            if self.vm is not None:
+                raise LabError(self.vm.explain_failure(log, err, ready, start_timeout))
             if err is not None:
                 raise LabError(explain_start_failure(log + "\n" + err["message"]))
             raise LabError(explain_start_failure(log))
         self.hosts: dict[str, Host] = self._ready_msg["hosts"]
         self.topology = self._ready_msg["topology"]
         self.description = self._ready_msg.get("description", self.description)
+        if self.vm is not None:
+            self.vm.ready()
 
     # -- process --
+
+    def _topology_arg(self) -> str:
+        return self.topology if self.topology in TOPOLOGIES and self.description == \
+            load_description(self.topology) else json.dumps(self.description)
+
+    def _start_vm(self) -> None:
+        from . import vmlab
+        slot, extra = limits.for_new_lab()     # QEMU holds the account's lab slot
+        try:
+            self.vm = vmlab.start(self._topology_arg(), self.sample_interval, extra, slot)
+        finally:
+            if slot is not None:
+                os.close(slot)
+        self._proc, self._log_fd = self.vm.proc, self.vm.log_fd
+        self._conn = Connection(self.vm.sock)
+        self._heard = time.monotonic()
+        self.vm.watch(lambda: self._heard, lambda: self._ready_msg is not None)
 
     def _start(self, iptables: str) -> None:
         argv = lab_command()
@@ -174,8 +206,7 @@ class Lab:
         fd, path = tempfile.mkstemp(prefix="packetscript-lab-", suffix=".log")
         os.unlink(path)
         self._log_fd = fd
-        topo = self.topology if self.topology in TOPOLOGIES and self.description == \
-            load_description(self.topology) else json.dumps(self.description)
+        topo = self._topology_arg()
         argv += ["--fd", str(child.fileno()), "--topology", topo,
                  "--interval", str(self.sample_interval), "--iptables", iptables]
         try:
@@ -230,6 +261,7 @@ class Lab:
             msg = self._conn.recv()
             if msg is None:
                 break
+            self._heard = time.monotonic()      # the VM lab's watchdog reads it
             if "id" in msg:
                 with self._lock:
                     slot = self._pending.pop(msg["id"], None)
@@ -321,6 +353,12 @@ class Lab:
             self._conn.close()
         except Exception:
             pass
+        if self.vm is not None:
+            # the guest powers off once its lab process has ended; QEMU is killed otherwise
+            self.vm.stop(10)
+            self._last_log = self.vm.cleanup()
+            self._log_fd = None
+            return
         if self._proc is not None:
             try:
                 self._proc.wait(5)
@@ -355,6 +393,8 @@ class Lab:
         ``ip`` is the IP version whose packets the rule takes: 4 or 6, or None for every
         version the lab has (IPv4, and IPv6 in a dual-stack lab, through the same queue).
         """
+        if self.vm is not None:      # an emulated guest is slower: the time limits scale
+            script_options = {**self.vm.script_time_limits(), **script_options}
         opts = dict(lua=lua, profile=profile, on_error=on_error, budget=budget,
                     fix_checksums=fix_checksums, **script_options)
         if record:

@@ -16,6 +16,7 @@ the next packet.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -158,12 +159,15 @@ $B poweroff -f
 """
 
 
-def initramfs(build: Build) -> Path:
-    """Build (once per build) the initramfs: busybox, the modules in order, the init script."""
-    target = Path(build.extension).parent.parent / "initramfs.cpio.gz"
+def initramfs(build: Build, modules=MODULES) -> Path:
+    """Build (once per build and module list) the initramfs: busybox, the modules in order,
+    the init script."""
+    name = "initramfs.cpio.gz" if tuple(modules) == MODULES else \
+        f"initramfs-{hashlib.sha1(' '.join(modules).encode()).hexdigest()[:10]}.cpio.gz"
+    target = Path(build.extension).parent.parent / name
     if target.exists():
         return target
-    mods = _module_closure(build, MODULES)
+    mods = _module_closure(build, modules)
     entries = [("bin", 0o40755, None), ("modules", 0o40755, None),
                ("bin/busybox", 0o100755, Path(build.busybox).read_bytes()),
                ("init", 0o100755, INIT.encode())]
@@ -194,18 +198,8 @@ class XtLuaVM:
         self.xtables_libdir = f"{Path(build.extension).parent}:{XTABLES_LIBDIR}"
 
     def _command(self, job: Path) -> list[str]:
-        accel = ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg,tb-size=64"]
-        append = (f"console=ttyS0 quiet panic=-1 oops=panic psjob={job} "
-                  f"psxt={self.xtables_libdir} pspython={sys.executable} "
-                  f"psguest={Path(__file__).with_name('guest.py')}")
-        return ["qemu-system-x86_64", *accel, "-m", str(self.memory_mb), "-smp", "1",
-                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-                "-serial", f"file:{job / 'console.log'}",
-                "-kernel", self.build.vmlinuz, "-initrd", str(self.initrd), "-append", append,
-                "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on",
-                "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
-                "-fsdev", f"local,id=job,path={job},security_model=none",
-                "-device", "virtio-9p-pci,fsdev=job,mount_tag=job"]
+        return qemu_argv(self.build, self.initrd, job, Path(__file__).with_name("guest.py"),
+                         self.accel, self.memory_mb, self.xtables_libdir)
 
     def run(self, source: str, packets: list[bytes], *, function: str | None = None,
             state_id: int | None = None) -> VMRun:
@@ -342,6 +336,23 @@ class XtLuaVM:
                     pass        # a line cut by the hang
         return {"boot": round(boot if boot is not None else 0.0, 3), "rss": rss,
                 "lines": lines, "console": console, "finished": "PSVM-DONE" in console}
+
+
+def qemu_argv(build: Build, initrd: Path, job: Path, guest: Path, accel: str, memory_mb: int,
+              xtables_libdir: str) -> list[str]:
+    """QEMU with the built kernel, `initrd`, the host's root (read-only) and `job` shared
+    over 9p; the guest's init runs `guest` (a python file) with the job directory."""
+    accel_args = ["-accel", "kvm"] if accel == "kvm" else ["-accel", "tcg,tb-size=64"]
+    append = (f"console=ttyS0 quiet panic=-1 oops=panic psjob={job} "
+              f"psxt={xtables_libdir} pspython={sys.executable} psguest={guest}")
+    return ["qemu-system-x86_64", *accel_args, "-m", str(memory_mb), "-smp", "1",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-serial", f"file:{job / 'console.log'}",
+            "-kernel", build.vmlinuz, "-initrd", str(initrd), "-append", append,
+            "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on",
+            "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+            "-fsdev", f"local,id=job,path={job},security_model=none",
+            "-device", "virtio-9p-pci,fsdev=job,mount_tag=job"]
 
 
 def _rss_mb(pid: int) -> float:
