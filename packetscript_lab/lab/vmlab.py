@@ -359,7 +359,7 @@ def lab_backend_for_kernel() -> str:
         return "namespaces"
     try:
         require_build()
-    except NoBuild as exc:
+    except NoBuild:
         if choice == "vm":
             raise
         raise NoBuild("the xt_LUA module is not loadable on this machine and no build for "
