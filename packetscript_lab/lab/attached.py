@@ -41,19 +41,29 @@ class Attached:
                 "ip": list(self.versions),
                 "mark": ipt.mark_bit(self.queue_num) if self.queue_num is not None else None}
 
+    def _settled(self) -> None:
+        """Let a worker whose reports trail its verdicts (the native one) catch up."""
+        settle = getattr(self.worker, "settle", None)
+        if settle is not None:
+            settle()
+
     def errors(self) -> list[dict]:
+        self._settled()
         return self.replaced.all_errors(self.script)
 
     def output(self) -> list[str]:
+        self._settled()
         return self.replaced.all_output(self.script)
 
     def recent(self, limit: int | None = None) -> list[dict]:
+        self._settled()
         return self.worker.recent.entries(limit) if self.worker is not None else []
 
     def recorded(self) -> list[tuple]:
         """The kept packets as the script saw them (Ethernet frames) and what it did."""
         if self.worker is None:
             return []
+        self._settled()
         return [(t, eth + before, None if after is None else eth + after, verdict,
                  None if error is None else str(error))
                 for t, before, after, verdict, error, eth in self.worker.recent.items()]

@@ -171,6 +171,16 @@ def _decode(recent: Recent, records, by_batch: dict) -> None:
         recent.add_batch(t, befores, afters, [BY_CODE[c & VERDICT] for c in codes], by_batch.get(seq, {}), eths)
 
 
+def _last_batch(records) -> int:
+    """The number of the latest batch in a report's records (0: none)."""
+    at, last = 0, 0
+    while at + _REC.size <= len(records):
+        seq, n, total, changed, _t = _REC.unpack_from(records, at)
+        last = max(last, seq)
+        at += _REC.size + 5 * n + total * (2 if changed else 1)
+    return last
+
+
 def _allow_fd_copy(pid: int) -> None:
     """Let the script's process copy our queue socket (pidfd_getfd) where Yama restricts
     ptrace to ancestors (kernel.yama.ptrace_scope=1, e.g. Ubuntu): name it our ptracer."""
@@ -240,6 +250,7 @@ class NativeQueueWorker:
         self._serving = None         # the Judge whose process serves the queue now
         self._failure: str | None = None   # why the worker stopped on its own
         self._progress = (None, 0.0, 0.0)   # (seq, done), seen at, batch seen at
+        self._reported_seq = 0       # the latest batch a report has brought
 
     # -- what the lab reads and sets --
 
@@ -341,6 +352,8 @@ class NativeQueueWorker:
     def _start(self, judge) -> None:
         """The judge's process serves the queue from now on (restarted first if needed)."""
         struct.pack_into("=II", self._page, _STATE, 0, 0)
+        # batches before a restart are reported or gone; the new process counts on from here
+        self._reported_seq = _HEAD.unpack_from(self._page)[0]
         self._serving = None
         while True:
             with judge._lock:
@@ -514,7 +527,19 @@ class NativeQueueWorker:
         if meta.get("socket_error"):
             self._event_error("queue", f"the queue's socket: {meta['socket_error']}")
         self.recent.add_raw(meta.get("packets", 0), records, by_batch)
+        self._reported_seq = max(self._reported_seq, _last_batch(records))
         return meta["status"]
+
+    def settle(self, timeout: float = 1.0) -> None:
+        """Wait (briefly) until the reports cover every batch judged so far: a report
+        follows its batch within milliseconds, and a record, the recent packets, errors
+        and printed lines read just after the traffic must include its last packet."""
+        deadline = time.monotonic() + timeout
+        while self._serving is not None and time.monotonic() < deadline:
+            seq, state = _HEAD.unpack_from(self._page)[:2]
+            if self._reported_seq >= seq - (1 if state else 0):   # one in progress: not yet due
+                return
+            time.sleep(0.002)
 
     def _script_error(self, error) -> None:
         if self._errors_reported < 20:
