@@ -3,7 +3,9 @@ and one copy of the script per queue, counted, replaced and detached as one run.
 from __future__ import annotations
 
 import pytest
-from labutil import CONTINUE_ALL, pair_lab, wait_until  # noqa: F401
+import json
+
+from labutil import CONTINUE_ALL, cli, pair_lab, require_lab, wait_until  # noqa: F401
 from packetscript_lab.lab.errors import LabError
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
@@ -113,3 +115,18 @@ def test_more_queues_than_are_free_is_refused(pair_lab):
     with pytest.raises(LabError, match="no 2 consecutive free queues"):
         lab.attach(ACCEPT, host="server", queues=2)
     assert lab.attach(ACCEPT, host="server", name="one").info["queue"] == 15
+
+
+def test_the_command_line_spreads_a_run_over_queues(tmp_path):
+    require_lab()
+    script = tmp_path / "accept.lua"
+    script.write_text(ACCEPT)
+    res = cli("run", str(script), "--queues", "2", "--traffic",
+              "udp client server:9000 rate=200 duration=0.5", "--json")
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(res.stdout)["stats"]
+    # One address pair: the kernel's flow hash sends the whole conversation to one queue.
+    assert stats["seen"] == stats["accepted"] == 100
+    assert sorted(stats["by_queue"].values()) == [0, 100]
+    res = cli("run", str(script), "--queues", "17")
+    assert res.returncode == 2 and "queues must be a whole number of queues from 1 to 16" in res.stderr
