@@ -121,9 +121,11 @@ def fanout_trial(lab: Lab, queues: int, count: int) -> dict:
         s = settle(h)
         cpu = worker_cpu(lab) - cpu0
     finally:
-        h.detach()
+        final = h.detach()
     busy = max(s["last_t"] - s["first_t"], 1e-9)
     total = sum(x["sent"] for x in sent)
+    if final["rule_packets"] != total:      # lost before the rule (e.g. a full backlog)
+        print(f"  {variant}: the rule matched {final['rule_packets']} of {total} sent")
     return {"variant": variant, "sent": total, "send_pps": total / elapsed, "seen": s["seen"],
             "pps": s["seen"] / busy, "queue_drops": s["queue_drops"], "modified": s["modified"],
             "errors": s["errors"], "cpu_us": cpu / max(s["seen"], 1) * 1e6,
