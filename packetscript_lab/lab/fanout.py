@@ -73,10 +73,6 @@ class _Counters:
         snaps = [w.counters.snapshot() for w in self.workers]
         return {n: sum(s.get(n, 0) for s in snaps) for n in COUNTER_NAMES}
 
-    @property
-    def seen(self) -> int:
-        return sum(w.counters.seen for w in self.workers)
-
 
 class _Recent:
     def __init__(self, workers):
