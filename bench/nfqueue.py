@@ -14,10 +14,15 @@ first and last packet; the queue runs without fail-open so an overloaded worker 
 queue drops, not as unjudged packets. Latency is the ping round trip client -> server with
 no rule, with the bare callback and with the script on the server's INPUT hook.
 
+With ``--queues N`` (N > 1) each trial also runs the fan-out pair: the DNAT script on one
+queue ("dnat-1q") and spread over N queues (``attach(queues=N)``, "dnat-Nq"), both fed by
+FANOUT_FLOWS senders at once, each to its own destination address: the kernel balances by
+address pair, so one sender alone would reach one queue whatever N is.
+
 Bounded: --count packets per trial (default 30000), --trials per variant (default 5),
 --pings per latency variant (default 300). Prints the figures; needs a lab (see docs/lab.md).
 
-    python bench/nfqueue.py [--count 30000] [--trials 5] [--pings 300]
+    python bench/nfqueue.py [--count 30000] [--trials 5] [--pings 300] [--queues 2]
 """
 from __future__ import annotations
 
@@ -95,6 +100,38 @@ def throughput_trial(lab: Lab, variant: str, count: int) -> dict:
             "modified": s["modified"], "errors": s["errors"], "cpu_us": cpu / max(s["seen"], 1) * 1e6}
 
 
+FANOUT_FLOWS = 8
+
+
+def fanout_trial(lab: Lab, queues: int, count: int) -> dict:
+    """The DNAT script on ``queues`` queues, FANOUT_FLOWS senders (address pairs) at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    variant = f"dnat-{queues}q"
+    h = lab.attach(dnat("10.77.2.2"), host="router", table="mangle", chain="POSTROUTING",
+                   match="-p udp --dport 9000", name=variant, on_overload="drop", queues=queues)
+    try:
+        cpu0 = worker_cpu(lab)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(FANOUT_FLOWS) as pool:
+            sent = list(pool.map(lambda i: lab.udp_blast("client", f"10.77.2.{100 + i}", port=9000,
+                                                         count=count // FANOUT_FLOWS),
+                                 range(FANOUT_FLOWS)))
+        elapsed = time.monotonic() - t0
+        s = settle(h)
+        cpu = worker_cpu(lab) - cpu0
+    finally:
+        final = h.detach()
+    busy = max(s["last_t"] - s["first_t"], 1e-9)
+    total = sum(x["sent"] for x in sent)
+    if final["rule_packets"] != total:      # lost before the rule (e.g. a full backlog)
+        print(f"  {variant}: the rule matched {final['rule_packets']} of {total} sent")
+    return {"variant": variant, "sent": total, "send_pps": total / elapsed, "seen": s["seen"],
+            "pps": s["seen"] / busy, "queue_drops": s["queue_drops"], "modified": s["modified"],
+            "errors": s["errors"], "cpu_us": cpu / max(s["seen"], 1) * 1e6,
+            "by_queue": s.get("by_queue")}
+
+
 def pct(values: list[float], q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
@@ -124,18 +161,25 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=30000)
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--pings", type=int, default=300)
+    ap.add_argument("--queues", type=int, default=1,
+                    help="N > 1: also compare the DNAT script on 1 queue and on N queues")
     a = ap.parse_args()
     count, trials = min(a.count, 200_000), min(a.trials, 10)
     with Lab("router") as lab:
         lab.ping("client", "server", count=5, interval=0.01)  # warm up
         runs = {"bare": [], "accept": [], "dnat": [], "dnat-py": []}
+        fan = {1: [], a.queues: []} if a.queues > 1 else {}
         for i in range(trials):
-            for variant in runs:
-                r = throughput_trial(lab, variant, count)
-                runs[variant].append(r)
+            trial = [(v, lambda v=v: throughput_trial(lab, v, count)) for v in runs]
+            trial += [(q, lambda q=q: fanout_trial(lab, q, count)) for q in fan]
+            for key, run in trial:
+                r = run()
+                (fan if isinstance(key, int) else runs)[key].append(r)
+                variant = r["variant"]
                 print(f"trial {i + 1} {variant:<7} sent {r['sent']} ({r['send_pps']:,.0f}/s)  "
                       f"judged {r['seen']} at {r['pps']:,.0f} pkt/s  queue drops {r['queue_drops']}"
-                      f"  modified {r['modified']}  errors {r['errors']}  CPU {r['cpu_us']:.1f} us/pkt")
+                      f"  modified {r['modified']}  errors {r['errors']}  CPU {r['cpu_us']:.1f} us/pkt"
+                  + (f"  by queue {r['by_queue']}" if r.get("by_queue") else ""))
         # Each trial runs both variants back to back; their ratio is the least disturbed
         # by whatever else the shared machine does, so its median is the headline.
         best = {v: max(x["pps"] for x in rs) for v, rs in runs.items()}
@@ -153,6 +197,22 @@ def main() -> int:
             capacity = [b["cpu_us"] / d["cpu_us"] for b, d in zip(runs["bare"], runs[variant])]
             print(f"  capacity ratio (bare CPU per packet / script CPU per packet), {label}: "
                   f"{statistics.median(capacity):.2f} (trials {', '.join(f'{r:.2f}' for r in capacity)})")
+        if fan:
+            one, many = fan[1], fan[a.queues]
+            ratios = [m["pps"] / o["pps"] for o, m in zip(one, many)]
+            sends = [m["send_pps"] / o["send_pps"] for o, m in zip(one, many)]
+            # Packets judged of the same number sent: under overload (queue drops) the
+            # steadier figure, since judging rates follow the senders' bursts.
+            judged = [m["seen"] / max(o["seen"], 1) for o, m in zip(one, many)]
+            print(f"fan-out, DNAT script on {a.queues} queues vs 1 ({FANOUT_FLOWS} senders, "
+                  f"{os.cpu_count()} CPUs): {statistics.median(ratios):.2f} (median of the trials' "
+                  f"ratios: {', '.join(f'{r:.2f}' for r in ratios)}); packets judged "
+                  f"{statistics.median(judged):.2f}x ({', '.join(f'{r:.2f}' for r in judged)}); judged all: "
+                  f"1 queue {sum(o['seen'] == o['sent'] for o in one)}/{trials}, "
+                  f"{a.queues} queues {sum(m['seen'] == m['sent'] for m in many)}/{trials}; "
+                  f"sender rate ratio {statistics.median(sends):.2f}; CPU per packet "
+                  f"{statistics.median(o['cpu_us'] for o in one):.1f} vs "
+                  f"{statistics.median(m['cpu_us'] for m in many):.1f} us")
         pings = min(a.pings, 2000)
         lat = [latency(lab, v, pings) for v in ("none", "bare", "accept", "script", "script-py")]
         print(f"\nping round trip client -> server ({pings} pings):")

@@ -54,6 +54,9 @@ class PacketScriptMagics(Magics):
     @argument("--on-error", dest="on_error", choices=("drop", "accept"), default="drop",
               help="verdict for a packet whose script fails (PacketScript drops)")
     @argument("--budget", type=int, default=None, help="Lua instructions allowed per packet")
+    @argument("--queues", type=int, default=1,
+              help="nfqueue: spread the rule over N queues (1-16), one worker and one copy "
+                   "of the script each; a global is then per queue (docs/lab.md#fan-out)")
     @argument("--pcap", default=None,
               help="replay: play this pcap; live: send it from the client host")
     @argument("--duration", type=float, default=None,

@@ -45,6 +45,7 @@ class RunOptions:
     dashboard: bool = True
     record: str | None = None           # a directory for a record of the run (docs/records.md)
     pace: str | None = None             # replay only; None: recorded
+    queues: int = 1                     # nfqueue only: queues the rule balances over
 
     @property
     def finite(self) -> bool:
@@ -69,7 +70,7 @@ class RunOptions:
     def same_attachment(self, other: "RunOptions") -> bool:
         """True when ``other`` can replace this run's script in place (same hook, same runtime)."""
         keys = ("backend", "host", "table", "chain", "match", "lua", "profile", "on_error",
-                "budget", "pcap", "traffic", "pace")
+                "budget", "pcap", "traffic", "pace", "queues")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
@@ -143,6 +144,12 @@ def from_namespace(ns) -> RunOptions:
             check_target(record)
         except RecordError as exc:
             raise UsageError(f"--record: {exc}") from None
+    queues = getattr(ns, "queues", 1)
+    if not 1 <= queues <= 16:
+        raise UsageError(f"--queues must be a number of queues from 1 to 16, not {queues}")
+    if queues != 1 and ns.backend in ("kernel", "replay"):
+        raise UsageError(f"--queues spreads the rule over NFQUEUE queues; the {ns.backend} "
+                         "backend has none (drop --queues, or use --backend nfqueue)")
     if ns.match is not None and ns.backend == "replay":
         raise UsageError("--match selects packets with iptables; the replay backend has no "
                          "iptables and runs every packet of the traffic through the script")
@@ -150,7 +157,7 @@ def from_namespace(ns) -> RunOptions:
         name=name, backend=ns.backend, host=ns.host, table=ns.table, chain=ns.chain,
         match=ns.match, lua=ns.lua, profile=ns.profile, on_error=ns.on_error,
         budget=ns.budget, pcap=pcap, duration=ns.duration, traffic=ns.traffic,
-        dashboard=not ns.no_dashboard, pace=pace, record=record,
+        dashboard=not ns.no_dashboard, pace=pace, record=record, queues=queues,
     )
 
 

@@ -263,6 +263,7 @@ class NotebookSession:
         try:
             handle = lab.attach(source, name=options.name, backend=backend,
                                 **options.placement(), **options.script_kwargs(),
+                                **({"queues": options.queues} if options.queues != 1 else {}),
                                 line_offset=1,
                                 record=RECORD_LIMIT if options.record is not None else 0)
         except ScriptError as exc:

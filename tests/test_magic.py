@@ -180,6 +180,8 @@ def test_on_error_accept(ip):
     ("'bad name!'", "script name"),
     ("--backend replay --match '-p tcp'", "replay backend has no iptables"),
     ("--pcap x.pcap --traffic 'udp client server'", "either --pcap or --traffic"),
+    ("--queues 0", "--queues must be a number of queues from 1 to 16, not 0"),
+    ("--backend replay --queues 2", "the replay backend has none"),
 ])
 def test_option_mistakes_are_usage_errors(ip, line, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -63,6 +63,16 @@ def test_live_drop_counts_match_the_traffic(ip):
     assert s["queue_drops"] == 0 and s["passed_unjudged"] == 0
 
 
+def test_queues_spread_the_cell_over_queues_and_count_as_one_run(ip):
+    with capture_output() as cap:
+        ip.run_cell_magic("packetscript", "fan --queues 2 --duration 1 --no-dashboard", DROP_UDP)
+    s = summary_of(cap)
+    (udp,) = traffic_of(cap)
+    assert s["seen"] == s["dropped"] == udp["sent"] == 100 and udp["received"] == 0
+    assert s["passed_unjudged"] == 0
+    assert kernel_magic.get_session().runs["fan"].handle.info["queues"] == [0, 1]
+
+
 def test_match_with_leading_dash_and_unmatched_traffic(ip):
     drop_all = "function process_packet(p)\n  return NF_DROP\nend\n"
     with capture_output() as cap:

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
                    "or drop (counted as queue drops)")
     p.add_argument("--queue-len", type=int, default=4096, metavar="N",
                    help="packets that may wait for a verdict (default: 4096)")
+    p.add_argument("--queues", type=int, default=1, metavar="N",
+                   help="spread the rule over N queues (1-16; --queue-balance by address "
+                   "pair), one worker and one copy of the script each: a global is per queue")
     p.add_argument("--record", metavar="DIR",
                    help="write a record of the run into DIR (a new directory): what the script "
                    "saw with each packet's verdict, changed fields and error (docs/records.md)")
@@ -172,7 +175,7 @@ def _attach(lab, args, path: Path, source: str, traffic: list[flows.Flow]):
         return lab.attach(source, host=args.host, table=args.table, chain=args.chain,
                           match=args.match, name=path.stem, lua=args.lua, profile=args.profile,
                           on_error=args.on_error, on_overload=args.on_overload,
-                          queue_len=args.queue_len, ip=args.ip,
+                          queue_len=args.queue_len, ip=args.ip, queues=args.queues,
                           record=args.record_limit if args.record else 0)
     except flows.TrafficError as exc:
         raise CliError(f"--traffic: {exc}") from None

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 import threading
 
+from .iptables import queue_spec
+
 _COUNTS = re.compile(r"^\[(\d+):(\d+)\] -A (\S+) (.*)$")
 
 
@@ -37,11 +39,11 @@ def parse_rule_counters(save_output: str) -> dict[str, list[tuple[str, int, int,
     return out
 
 
-def queue_rule_packets(rules: dict, table: str, chain: str, queue_num: int, bit: int) -> int | None:
-    """The packet counter of the lab's queue rule (found by its queue number and mark bit),
-    or None when that rule is not in the ruleset."""
+def queue_rule_packets(rules: dict, table: str, chain: str, queue_num, bit: int) -> int | None:
+    """The packet counter of the lab's queue rule (found by its queue number, or list of
+    balanced queues, and mark bit), or None when that rule is not in the ruleset."""
     mark = f"--mark {bit:#x}/{bit:#x} "
-    num = f"--queue-num {queue_num} "
+    num = f"{queue_spec(queue_num)} "
     for c, packets, _bytes, text in rules.get(table, ()):
         if c == chain and num in text + " " and mark in text + " ":
             return packets

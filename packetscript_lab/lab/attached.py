@@ -29,6 +29,8 @@ class Attached:
         self.replaced = Replaced()   # errors and wall-clock counts of the scripts replaced
         self.tally = Tally()         # the kernel's counters of its rule and queue, kept cumulative
         self.versions: tuple[int, ...] = (4,)   # IP versions with a queue rule (4 and/or 6)
+        # Every queue the rule balances over (queues=N, fanout.py); queue_num is the first.
+        self.queues: list[int] = [] if queue_num is None else [queue_num]
 
     @property
     def script(self):
@@ -37,7 +39,8 @@ class Attached:
 
     def info(self) -> dict:
         return {"name": self.name, "host": self.host, "table": self.table, "chain": self.chain,
-                "match": self.match, "queue": self.queue_num, "backend": self.backend,
+                "match": self.match, "queue": self.queue_num, "queues": list(self.queues),
+                "backend": self.backend,
                 "ip": list(self.versions),
                 "mark": ipt.mark_bit(self.queue_num) if self.queue_num is not None else None}
 

@@ -382,7 +382,7 @@ class Lab:
                lua: str = "luajit", profile: str = "lab", on_error: str = "drop",
                budget: int = 1_000_000, fix_checksums: bool = True, on_overload: str = "accept",
                position: int | None = None, queue_len: int = 4096, record: int = 0,
-               ip: int | None = None, **script_options: Any) -> AttachedScript:
+               ip: int | None = None, queues: int = 1, **script_options: Any) -> AttachedScript:
         """Compile ``source`` and attach it to ``table``/``chain`` of ``host`` for ``match``.
 
         Raises ScriptError for compile errors, LabError for a bad hook or rule. ``on_overload``
@@ -392,6 +392,8 @@ class Lab:
         ``record=N`` keeps the latest N packets' bytes for ``handle.record(DIR)``.
         ``ip`` is the IP version whose packets the rule takes: 4 or 6, or None for every
         version the lab has (IPv4, and IPv6 in a dual-stack lab, through the same queue).
+        ``queues=N`` spreads the rule over N queues (``--queue-balance``, by address pair),
+        one worker and one copy of the script each: a global is per queue (docs/lab.md).
         """
         if self.vm is not None:      # an emulated guest is slower: the time limits scale
             script_options = {**self.vm.script_time_limits(), **script_options}
@@ -405,7 +407,7 @@ class Lab:
             opts["keep"] = record
         info = self._call("attach", source=source, host=host, table=table, chain=chain,
                           match=match, name=name, backend=backend, on_overload=on_overload,
-                          position=position, queue_len=queue_len, ip=ip, **opts)
+                          position=position, queue_len=queue_len, ip=ip, queues=queues, **opts)
         if record:
             opts.pop("worker", None)     # how the lab ran it, not an option of the script
             info = {**info, "keep": opts.pop("keep"), "source": source, "options": opts}
@@ -414,10 +416,10 @@ class Lab:
         return h
 
     def _attach_bare(self, host: str, table: str, chain: str, match: str, name: str = "bare",
-                     on_overload: str = "accept") -> AttachedScript:
+                     on_overload: str = "accept", queues: int = 1) -> AttachedScript:
         """A baseline queue whose callback only accepts (for benchmarks)."""
         info = self._call("attach", source=None, host=host, table=table, chain=chain, match=match,
-                          name=name, backend="bare", on_overload=on_overload)
+                          name=name, backend="bare", on_overload=on_overload, queues=queues)
         h = AttachedScript(self, info)
         self.attached[h.name] = h
         return h

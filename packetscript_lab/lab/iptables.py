@@ -61,9 +61,20 @@ def mark_bit(queue_num: int) -> int:
     return 0x10000 << queue_num
 
 
-def queue_rule(chain: str, match: str, queue_num: int, bit: int) -> list[str]:
+def queue_spec(queues) -> str:
+    """The NFQUEUE target's queue as iptables prints it: ``--queue-num N`` for one queue,
+    ``--queue-balance A:B`` for a run of them (the kernel picks one by a hash of the
+    packet's address pair: a script spread over several queues, fanout.py)."""
+    qs = [queues] if isinstance(queues, int) else list(queues)
+    if len(qs) == 1:
+        return f"--queue-num {qs[0]}"
+    return f"--queue-balance {qs[0]}:{qs[-1]}"
+
+
+def queue_rule(chain: str, match: str, queue_num, bit: int) -> list[str]:
+    """``queue_num``: one queue, or a list of consecutive queues to balance over."""
     return [chain, *shlex.split(match or ""), "-m", "mark", "!", "--mark", f"{bit:#x}/{bit:#x}",
-            "-j", "NFQUEUE", "--queue-num", str(queue_num), "--queue-bypass"]
+            "-j", "NFQUEUE", *queue_spec(queue_num).split(), "--queue-bypass"]
 
 
 # Options that change a ruleset (everything else only reads it).
@@ -96,13 +107,13 @@ class IPTables:
             raise RuleError(f"{self.program} {' '.join(args)}: {(res.stderr or res.stdout).strip()}")
         return res.stdout
 
-    def ends_with_queue(self, table: str, chain: str, queue_num: int) -> bool:
+    def ends_with_queue(self, table: str, chain: str, queue_num) -> bool:
         """Is the queue rule the last of a built-in chain whose policy is ACCEPT? Then
         going on after it (XT_CONTINUE) is the same as accepting."""
         lines = self.run(["-t", table, "-S", chain]).splitlines()
         rules = [ln for ln in lines if ln.startswith(f"-A {chain} ")]
         return (f"-P {chain} ACCEPT" in lines and bool(rules)
-                and f"--queue-num {queue_num} " in rules[-1] + " ")
+                and f"{queue_spec(queue_num)} " in rules[-1] + " ")
 
     def add(self, table: str, rule: list[str], position: int | None = None) -> None:
         if position is None:

@@ -34,6 +34,7 @@ from . import iptables as ipt
 from . import commands, programs, topology, traffic
 from .accounting import account, parse_rule_counters, queue_rule_packets
 from .attached import Attached, KernelRun, kernel_runner
+from .fanout import Fan, Scripts, check_queues, take_queues
 from .nfqueue import QueueWorker
 from .nfqnative import NativeQueueWorker, wanted as native_wanted
 from .errors import LabError
@@ -133,7 +134,7 @@ class World:
             for a in mine:
                 try:
                     a.worker.continue_accepts = all(self.tables_of[v][host].ends_with_queue(
-                        a.table, a.chain, a.queue_num) for v in a.versions)
+                        a.table, a.chain, a.queues) for v in a.versions)
                 except LabError:
                     pass                 # reading failed: stay with NF_REPEAT
 
@@ -189,12 +190,16 @@ class World:
         tally = a.tally
         # One queue for both IP versions: its rule counters add up (each kept on its own).
         rule_packets = sum(tally.total(f"rule_packets{v}", None if rules is None else queue_rule_packets(
-            rules.get(v, {}), a.table, a.chain, a.queue_num, ipt.mark_bit(a.queue_num)))
+            rules.get(v, {}), a.table, a.chain, a.queues, ipt.mark_bit(a.queue_num)))
             for v in a.versions)
-        q = queues.get(a.queue_num)   # None while no listener is bound: keep the last counts
-        kept = {k: tally.total(k, None if q is None else q[k])
-                for k in ("queue_dropped", "user_dropped", "id_sequence")}
-        backlog = q["queue_total"] if q is not None else 0
+        # A rule balanced over several queues (queues=N): their counters add up.
+        kept = dict.fromkeys(("queue_dropped", "user_dropped", "id_sequence"), 0)
+        backlog = 0
+        for qnum in a.queues:
+            q = queues.get(qnum)   # None while no listener is bound: keep the last counts
+            for k in kept:
+                kept[k] += tally.total(f"{k}@{qnum}", None if q is None else q[k])
+            backlog += q["queue_total"] if q is not None else 0
         s = a.worker.counters.snapshot() if a.worker else {}
         s["queue_dropped"] = kept["queue_dropped"]
         s["user_dropped"] = kept["user_dropped"]
@@ -206,6 +211,8 @@ class World:
         if a.worker:
             s["first_t"], s["last_t"] = a.worker.first_t, a.worker.last_t
             s["worker"] = getattr(a.worker, "kind", "netfilterqueue")
+        if isinstance(a.worker, Fan):   # how the kernel spread the packets over the queues
+            s["by_queue"] = {str(w.queue_num): w.counters.seen for w in a.worker.workers}
         s.update(a.replaced.judge_counts(a.script))
         return s
 
@@ -259,6 +266,12 @@ class World:
         native_wanted(None, worker_choice)           # a bad choice fails before anything starts
         # keep: how many of the latest packets' bytes to keep for a recorded run (recording.py)
         keep = options.pop("keep", 0)
+        # queues: how many queues (one worker and one copy of the script each) the rule
+        # balances over (fanout.py)
+        nqueues = check_queues(options.pop("queues", 1))
+        if backend == "kernel" and nqueues != 1:
+            raise LabError("queues=N spreads a script over NFQUEUE queues; the kernel backend "
+                           "(xt_LUA) has none: leave queues at 1")
         if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= 100_000:
             raise ValueError(f"keep must be a number of packets from 0 to 100000, not {keep!r}")
         name = self._reserve_name(name)
@@ -267,7 +280,7 @@ class World:
                 return self._attach_kernel(sess, source, host, table, chain, match, name, options)
             a = self._attach_queue(sess, source, host, table, chain, match, name, backend,
                                    on_overload, position, queue_len, versions, keep, options,
-                                   worker_choice)
+                                   worker_choice, nqueues)
             with self.lock:
                 self.attached[name] = a
             self._rules_changed(host, True)
@@ -312,14 +325,33 @@ class World:
         return name
 
     def _attach_queue(self, sess, source, host, table, chain, match, name, backend, on_overload,
+                      position, queue_len, versions, keep, options, worker_choice,
+                      nqueues: int = 1) -> Attached:
+        """A queue worker judging ``source`` (none for the bare baseline) and its rules;
+        with ``nqueues`` > 1 one worker and one copy of the script per queue (fanout.py)."""
+        scripts = [None if backend == "bare" else self._compile(source, name, options)
+                   for _ in range(nqueues)]
+        try:
+            return self._start_queues(sess, scripts, host, table, chain, match, name, backend,
+                                      on_overload, position, queue_len, versions, keep,
+                                      options, worker_choice)
+        except BaseException:
+            for s in scripts:
+                if s is not None:
+                    s.close()
+            raise
+
+    def _start_queues(self, sess, scripts, host, table, chain, match, name, backend, on_overload,
                       position, queue_len, versions, keep, options, worker_choice) -> Attached:
-        """A queue worker judging ``source`` (none for the bare baseline) and its rules."""
-        script = None if backend == "bare" else self._compile(source, name, options)
         with self.lock:
-            if not self.free_queues:
-                raise LabError(f"at most {MAX_QUEUES} scripts can be attached at once")
-            qnum = self.free_queues.pop(0)
-        bit = ipt.mark_bit(qnum)
+            qnums = take_queues(self.free_queues, len(scripts))
+            if qnums is None:
+                raise LabError(f"no {len(scripts)} consecutive free queues: at most {MAX_QUEUES} "
+                               f"queues serve the attached scripts at once and "
+                               f"{len(self.free_queues)} are free; detach a script or ask for "
+                               f"fewer queues")
+        # One mark bit for all the queues: the one rule tests it whichever queue judged.
+        bit = ipt.mark_bit(qnums[0])
         egress = chain in ipt.EGRESS_CHAINS
         eth = topology.eth_headers(self.hosts[host], egress, self.ifindex[host])
 
@@ -327,24 +359,35 @@ class World:
             ev["script"] = name
             sess.send(ev)
 
-        worker_class = NativeQueueWorker if native_wanted(script, worker_choice) else QueueWorker
-        worker = worker_class(qnum, bit, script, eth, egress, on_overload == "accept", on_event,
-                              error_verdict=options.get("on_error", "drop"), max_len=queue_len,
-                              ring=max(200, keep))
-        thread = self.spaces[host].thread(worker.run, name=f"nfq-{name}")
+        workers, threads = [], []
         try:
-            worker.wait_bound()
-            rule = self._add_rules(host, table, ipt.queue_rule(chain, match, qnum, bit),
+            for qnum, script in zip(qnums, scripts):
+                worker_class = NativeQueueWorker if native_wanted(script, worker_choice) else QueueWorker
+                workers.append(worker_class(qnum, bit, script, eth, egress, on_overload == "accept",
+                                            on_event, error_verdict=options.get("on_error", "drop"),
+                                            max_len=queue_len, ring=max(200, keep)))
+                threads.append(self.spaces[host].thread(workers[-1].run, name=f"nfq-{name}"))
+            for worker in workers:
+                worker.wait_bound()
+            rule = self._add_rules(host, table, ipt.queue_rule(chain, match, qnums, bit),
                                    position, versions)
         except BaseException:
-            worker.stop()
-            thread.join(2)
+            for worker in workers:
+                worker.stop()
+            for thread in threads:
+                thread.join(2)
             with self.lock:
-                self.free_queues.append(qnum)
+                self.free_queues.extend(qnums)
+                self.free_queues.sort()
             raise
-        a = Attached(name, host, table, chain, match, rule, qnum, worker, thread, options, sess,
+        if len(workers) == 1:
+            worker, thread = workers[0], threads[0]
+        else:
+            worker = thread = Fan(workers, threads)
+        a = Attached(name, host, table, chain, match, rule, qnums[0], worker, thread, options, sess,
                      backend)
         a.versions = versions
+        a.queues = qnums
         return a
 
     def _add_rules(self, host: str, table: str, rule: list[str], position: int | None,
@@ -403,7 +446,17 @@ class World:
             return a.info()
         if a.worker is None or a.worker.script is None:
             raise LabError(f"script {name!r} ({a.backend} backend) cannot be replaced in place")
-        new = self._compile(source, name, a.options)  # compile errors leave the old one running
+        if isinstance(a.worker, Fan):   # one copy per queue, all swapped
+            copies = []
+            try:
+                for _ in a.worker.workers:
+                    copies.append(self._compile(source, name, a.options))
+            except BaseException:
+                Scripts(copies).close()
+                raise
+            new = Scripts(copies)
+        else:
+            new = self._compile(source, name, a.options)  # compile errors leave the old one running
         old = a.worker.script
         a.worker.script = new  # one attribute store: the next packet sees the new script
         old.close()                # waits for a batch the worker may still be judging with it
@@ -433,7 +486,7 @@ class World:
                 if a.worker.script is not None:
                     a.worker.script.close()
                 with self.lock:
-                    self.free_queues.append(a.queue_num)
+                    self.free_queues.extend(a.queues)
                     self.free_queues.sort()
             with self.lock:
                 self.attached.pop(name, None)
