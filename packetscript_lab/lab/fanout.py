@@ -123,6 +123,12 @@ class Fan:
         ts = [w.last_t for w in self.workers if w.last_t]
         return max(ts) if ts else 0.0
 
+    def settle(self) -> None:
+        """Each worker's reports catch up (the native workers'; see Attached._settled)."""
+        for w in self.workers:
+            if hasattr(w, "settle"):
+                w.settle()
+
     def drain(self) -> None:
         for w in self.workers:
             w.drain()
