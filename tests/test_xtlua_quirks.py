@@ -1,7 +1,7 @@
 """README's xt_LUA column, row by row, against the real module (bench/xtlua_quirks.py).
 
-Opt-in (deselected by default; one VM run of about 4 minutes under TCG, three boots: the
-crash, the error and the endless loop each cost a restart):
+Opt-in (deselected by default; one VM run of about 2.5 minutes under TCG, 2-3 boots: the
+oops and the endless loop each cost a restart):
 
     PACKETSCRIPT_XTLUA_PATCHES=DIR .venv/bin/python -m pytest -m xtlua_vm tests/test_xtlua_quirks.py
 """
