@@ -39,8 +39,9 @@ from packetscript_lab.core.netutil import ETH_HLEN
 from packetscript_lab.core.results import BY_CODE, VERDICT
 from packetscript_lab.judge import (FAILED, OK, REPORT, REPORT_HEAD, SERVE, STARTUP_LIMIT,
                                     _Died, _Overran)
-
 from packetscript_lab.runs import COUNTER_NAMES, Recent
+
+from .worker import WorkerLifecycle
 
 ENV_SWITCH = "PACKETSCRIPT_NFQUEUE_WORKER"   # "native" (default on LuaJIT) or "python"
 
@@ -220,7 +221,7 @@ class _LazyRecent(Recent):
             return super().items()
 
 
-class NativeQueueWorker:
+class NativeQueueWorker(WorkerLifecycle):
     """As QueueWorker (nfqueue.py), with the script's process answering the queue; the
     thread running ``run`` binds the queue and watches that process."""
 
@@ -321,23 +322,7 @@ class NativeQueueWorker:
             self._sock.close()
 
     def wait_bound(self, timeout: float = STARTUP_LIMIT) -> None:
-        if not self._ready.wait(timeout):
-            raise TimeoutError(f"queue {self.queue_num} did not bind within {timeout}s")
-        if self._bind_error is not None:
-            raise self._bind_error
-
-    def drain(self, quiet: float = 0.1, limit: float = 2.0) -> None:
-        end = time.monotonic() + limit
-        last = -1
-        while time.monotonic() < end:
-            cur = self.counters.seen
-            if cur == last:
-                return
-            last = cur
-            time.sleep(quiet)
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().wait_bound(timeout)   # the script's process must start first
 
     # -- serving --
 

@@ -22,8 +22,9 @@ from netfilterqueue import NetfilterQueue
 from packetscript_lab.core.netutil import ETH_P_IPV6
 from packetscript_lab.core.results import (ACCEPT_CODE, BODY_CHANGED, BY_CODE, CONTINUE_CODE,
                                            DROP_CODE, ETH_CHANGED, VERDICT)
-
 from packetscript_lab.runs import Counters, Recent
+
+from .worker import WorkerLifecycle
 
 _IPV6_TYPE = struct.pack("!H", ETH_P_IPV6)   # the synthetic header of an IPv6 packet
 
@@ -73,7 +74,7 @@ def set_queue_flags(nfq_fd: int, queue_num: int, flags: int, mask: int) -> None:
         s.close()
 
 
-class QueueWorker:
+class QueueWorker(WorkerLifecycle):
     """Binds queue ``queue_num`` in the calling thread's namespace and judges its packets.
 
     ``script`` is a packetscript_lab.Judge (a Script in its own watched process; batches go
@@ -142,26 +143,6 @@ class QueueWorker:
             finally:
                 self._flush()
         nfq.unbind()
-
-    def wait_bound(self, timeout: float = 5.0) -> None:
-        if not self._ready.wait(timeout):
-            raise TimeoutError(f"queue {self.queue_num} did not bind within {timeout}s")
-        if self._bind_error is not None:
-            raise self._bind_error
-
-    def drain(self, quiet: float = 0.1, limit: float = 2.0) -> None:
-        """Wait until no packet was seen for ``quiet`` seconds (after its rule is gone)."""
-        end = time.monotonic() + limit
-        last = -1
-        while time.monotonic() < end:
-            cur = self.counters.seen
-            if cur == last:
-                return
-            last = cur
-            time.sleep(quiet)
-
-    def stop(self) -> None:
-        self._stop.set()
 
     # -- the hot path --
 
