@@ -99,18 +99,18 @@ class JupyterServer:
     def shutdown_kernels(self, seconds: float = 60) -> None:
         """Shut every kernel down; a kernel still starting answers 500 for a moment."""
         import urllib.error
-        deadline = time.monotonic() + seconds
-        while True:
+
+        from labutil import wait_until
+
+        def all_gone() -> bool:
             try:
                 kernels = self.api("kernels")
-                if not kernels:
-                    return
                 for kernel in kernels:
                     self.api(f"kernels/{kernel['id']}", method="DELETE")
-            except urllib.error.HTTPError as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"kernels did not shut down: {exc}") from None
-                time.sleep(0.5)     # the server gives no event for "kernel ready"
+                return not kernels
+            except urllib.error.HTTPError:
+                return False        # still starting: the server gives no "kernel ready" event
+        wait_until(all_gone, seconds, "the server's kernels to shut down")
 
     def stop(self) -> None:
         try:

@@ -312,11 +312,11 @@ def test_script_process_does_not_outlive_a_killed_parent():
     import subprocess
     import sys
 
-    code = ("import time\nfrom packetscript_lab import Judge\n"
+    code = ("from packetscript_lab import Judge\n"
             f"j = Judge({BEHAVE % HOSTILE['match-dot-dash']!r}, time_limit=60, batch_time_limit=60)\n"
             "print(j.pid, flush=True)\n"
             f"j.submit([{frames([6666])[0]!r}])\n"
-            "print('submitted', flush=True)\ntime.sleep(60)\n")
+            "print('submitted', flush=True)\nimport signal\nsignal.pause()\n")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         pid = int(parent.stdout.readline())

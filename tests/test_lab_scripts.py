@@ -5,7 +5,7 @@ import threading
 import time
 
 import pytest
-from labutil import ACCEPT_ALL, pair_lab  # noqa: F401
+from labutil import ACCEPT_ALL, pair_lab, wait_until  # noqa: F401
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -52,8 +52,12 @@ def test_port_knocking_opens_and_closes_over_time(pair_lab):
     _knock(lab, [7001, 7003, 7002])  # wrong order: stays closed
     assert lab.udp_stream("client", "server", rate=200, duration=0.1)["received"] == 0
     _knock(lab, [7001, 7002, 7003])
+    opened = time.monotonic()
     assert lab.udp_stream("client", "server", rate=200, duration=0.2)["received"] == 40
-    time.sleep(1.6)  # the window expires
+    # The window is 1.5 s of packet time: probes pass until it closes, then none do.
+    wait_until(lambda: lab.udp_stream("client", "server", count=1, duration=0.05)["received"] == 0,
+               15, "the knock window to close")
+    assert time.monotonic() - opened >= 1.4
     assert lab.udp_stream("client", "server", rate=200, duration=0.1)["received"] == 0
     assert h.stats()["errors"] == 0
 
