@@ -526,15 +526,4 @@ class NativeQueueWorker(WorkerLifecycle):
                 return
             time.sleep(0.002)
 
-    def _script_error(self, error) -> None:
-        if self._errors_reported < 20:
-            self._errors_reported += 1
-            self.on_event({"event": "script_error", "message": str(error), "line": error.line})
 
-    def _event_error(self, where: str, message: str) -> None:
-        if self._errors_reported < 50:
-            self._errors_reported += 1
-            try:
-                self.on_event({"event": "error", "where": where, "message": message})
-            except BaseException:
-                pass

@@ -218,9 +218,7 @@ class QueueWorker(WorkerLifecycle):
         c.eth_modified += sum(1 for code in codes if code & ETH_CHANGED)
         self.recent.add_batch(t, datas, outs, [BY_CODE[v] for v in verdicts], errors, eths)
         for error in errors.values():
-            if self._errors_reported < 20:
-                self._errors_reported += 1
-                self.on_event({"event": "script_error", "message": str(error), "line": error.line})
+            self._script_error(error)
 
     def _fail(self, batch, exc) -> None:
         """An internal failure (not the script's): count it and still give every verdict."""
@@ -243,10 +241,3 @@ class QueueWorker(WorkerLifecycle):
             self.first_t = t
         self.last_t = t
 
-    def _event_error(self, where: str, message: str) -> None:
-        if self._errors_reported < 50:
-            self._errors_reported += 1
-            try:
-                self.on_event({"event": "error", "where": where, "message": message})
-            except BaseException:
-                pass
