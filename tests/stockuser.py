@@ -50,18 +50,24 @@ def venv_program(name: str) -> str:
 
 
 def root_only_dirs() -> list[str]:
-    """Top directories under /root that the command needs (an interpreter in /root/.pyenv,
-    a checkout in /root): /root itself is closed to other accounts."""
+    """The directories the command needs (the interpreter, the checkout) whose parent other
+    accounts cannot enter: e.g. /root/.pyenv, or a checkout in a 0700 `mktemp -d` folder."""
     paths = (sys.base_prefix, sys.prefix, sys.executable, str(ROOT))
-    tops = {"/root/" + p.split("/")[2] for p in map(os.path.realpath, paths)
-            if p.startswith("/root/") and len(p.split("/")) > 2}
+    tops = set()
+    for path in map(os.path.realpath, paths):
+        parts = path.split("/")
+        for i in range(2, len(parts)):
+            parent = "/".join(parts[:i]) or "/"
+            if not os.stat(parent).st_mode & 0o001:      # closed to other accounts
+                tops.add("/".join(parts[:i + 1]))
+                break
     return sorted(tops)
 
 
 def command(argv: list[str], stage: Path, name: str = STUDENT) -> list[str]:
-    """``argv`` run as the student. When the interpreter or the checkout lives under /root,
-    a private mount namespace (this command only) shows just those directories through a
-    tmpfs over /root; the host's mounts are not changed."""
+    """``argv`` run as the student. When the interpreter or the checkout lives in a folder
+    other accounts cannot enter (/root, a 0700 temporary folder), a private mount namespace
+    (this command only) shows just those directories; the host's mounts are not changed."""
     if os.geteuid() != 0:
         return argv
     account = student(name)
@@ -72,7 +78,7 @@ def command(argv: list[str], stage: Path, name: str = STUDENT) -> list[str]:
 
 def with_root_dirs_visible(argv: list[str], stage: Path, extra_steps=()) -> list[str]:
     """``argv`` in a private mount namespace (this command only) where the directories of
-    :func:`root_only_dirs` show through a tmpfs over /root, then ``extra_steps`` run (shell
+    :func:`root_only_dirs` show through a tmpfs over their closed parents, then ``extra_steps`` run (shell
     commands, e.g. mounting a hidepid /proc); the host's mounts are not changed. ``stage`` holds the
     bind points. ``argv`` itself when there is nothing to mount."""
     tops = root_only_dirs()
@@ -80,8 +86,8 @@ def with_root_dirs_visible(argv: list[str], stage: Path, extra_steps=()) -> list
     for i, top in enumerate(tops):
         os.makedirs(stage / str(i), exist_ok=True)
         steps.append(f"mount --bind {top} {stage / str(i)}")
-    if tops:
-        steps.append("mount -t tmpfs -o mode=755 none /root")
+    for parent in sorted({os.path.dirname(top) for top in tops}):
+        steps.append(f"mount -t tmpfs -o mode=755 none {parent}")
     for i, top in enumerate(tops):
         steps += [f"mkdir -p {top}", f"mount --bind {stage / str(i)} {top}"]
     steps += list(extra_steps)
