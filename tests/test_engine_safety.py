@@ -70,6 +70,32 @@ def test_a_segment_kept_from_an_earlier_packet_is_refused(lua):
     assert r.verdict == "drop" and "earlier packet" in r.error.message and r.error.line == 2
 
 
+def test_a_field_setter_called_on_another_segment_is_refused(lua):
+    # An address setter writes four bytes: called on a one-byte segment at the packet's end
+    # it would write past the packet.
+    s = Script("function process_packet(p)\n  local ip = p:data(packet_eth):data(packet_ip)\n"
+               "  local last = p:raw(p:get_size() - 1, 1)\n  ip:daddr().set(last, '10.77.0.9')\n"
+               "  return NF_ACCEPT\nend", lua=lua)
+    frame = udp_frame(b"xyz")
+    r = s.run(frame)
+    assert r.verdict == "drop" and "another kind of field" in r.error.message and r.error.line == 4
+    assert r.data == frame and not r.modified
+
+
+def test_edited_slot_and_packet_numbers_stay_inside_the_packet(lua):
+    # A field kept from an earlier packet, its slot and packet numbers copied from an object
+    # of this packet (a one-byte segment at the end): still refused, nothing written.
+    s = Script("function process_packet(p)\n  local last = p:raw(p:get_size() - 1, 1)\n"
+               "  if saved then\n    rawset(saved, 1, rawget(last, 1)); rawset(saved, 2, rawget(last, 2))\n"
+               "    saved:set('10.77.0.9')\n  end\n"
+               "  saved = p:data(packet_eth):data(packet_ip):daddr()\n  return NF_ACCEPT\nend", lua=lua)
+    assert s.run(udp_frame(b"xyz")).verdict == "accept"
+    frame = udp_frame(b"abc")
+    r = s.run(frame)
+    assert r.verdict == "drop" and "another kind of field" in r.error.message and r.error.line == 5
+    assert r.data == frame and not r.modified
+
+
 def test_a_byte_array_view_kept_from_an_earlier_packet_is_refused(lua):
     # Dynamic-protocol callbacks get views into the packet; one kept in a global must not
     # write into whatever packet comes next.

@@ -273,12 +273,15 @@ function E.compile(src, prelude)
 end
 
 -- ---------------------------------------------------------------- one packet
-local cur_p
-local function call_user()
+-- The packet goes to the script as an argument, never through a variable of the engine:
+-- kept in one, it would outlive the call and LuaJIT would have to make it on the heap.
+local function call_user(p)
   local f = rawget(env, FN)
   if type(f) ~= "function" then error("the script's function '" .. FN .. "' is not defined", 0) end
-  return f(cur_p, SKB)
+  return f(p, SKB)
 end
+local cur_p                        -- the packet of a protected call (xpcall passes no arguments on 5.1)
+local function call_current() return call_user(cur_p) end
 
 local function verdict_code(v)
   if v == 0 then return DROP elseif v == 1 then return ACCEPT elseif v == 4294967295 or v == -1 then return CONTINUE end
@@ -308,7 +311,7 @@ local function process(len, ts)
   cur_p = A.packet(len)
   arm(BUDGET)
   ret_line = nil
-  local ok, v = xpcall(call_user, handler)
+  local ok, v = xpcall(call_current, handler)
   if not ok or exhausted then return ON_ERROR, false, as_error(v) end
   local code = verdict_code(v)
   if not code then return ON_ERROR, false, bad_verdict(v) end
@@ -418,6 +421,23 @@ end
 local sformat = string.format
 local PKCAP = 65536 + 64
 local PK = ffi and ffi.new("uint8_t[?]", PKCAP)
+-- The changed frames' checksums, fixed in a pass of their own: the sums loop over each
+-- frame, and a loop inside the judging loop would cut LuaJIT's trace there (the script's
+-- segments and fields could no longer be kept out of the heap).
+local function fix_changed(base, L, count, results, pk)
+  local off = 0
+  for i = 0, count - 1 do
+    local n = L[i]
+    if results[i] % (2 * CHANGED) >= CHANGED and results[i] % (2 * FAILED) < FAILED then
+      local frame = base + off
+      ffi.copy(pk, frame, n)
+      A.begin(n)
+      A.fix_checksums(n)
+      ffi.copy(frame, pk, n)
+    end
+    off = off + n
+  end
+end
 local function judge_in_place(base, L, T, count, results)
   local errs, i, off = {}, 0, 0
   local most = 0
@@ -437,10 +457,10 @@ local function judge_in_place(base, L, T, count, results)
       ffi.copy(pk, frame, n)
       A.begin(n)
       now_ms = floor(T[i])
-      cur_p = A.packet(n)
+      local p = A.packet(n)
       arm(BUDGET)
       ret_line = nil
-      local v = call_user()
+      local v = call_user(p)
       if exhausted then error(budget_text, 0) end
       local code = verdict_code(v)
       if not code then pending = bad_verdict(v); error(pending, 0) end
@@ -449,8 +469,7 @@ local function judge_in_place(base, L, T, count, results)
         local eth = memcmp(pk, frame, head) ~= 0
         local rest = memcmp(pk + head, frame + head, n - head) ~= 0
         if eth or rest then
-          if FIX then A.fix_checksums(n) end
-          ffi.copy(frame, pk, n)
+          ffi.copy(frame, pk, n)        -- checksums fixed after the batch (below)
           code = code + CHANGED + (eth and ETH_CHANGED or 0) + (rest and BODY_CHANGED or 0)
         end
       end
@@ -468,6 +487,7 @@ local function judge_in_place(base, L, T, count, results)
     off = off + L[i]
     i = i + 1
   end
+  if FIX then fix_changed(base, L, count, results, pk) end
   return concat(errs)
 end
 
