@@ -19,10 +19,17 @@ queue ("dnat-1q") and spread over N queues (``attach(queues=N)``, "dnat-Nq"), bo
 FANOUT_FLOWS senders at once, each to its own destination address: the kernel balances by
 address pair, so one sender alone would reach one queue whatever N is.
 
+With ``--profile`` (needs ``perf``), one more trial of the bare callback and of the DNAT
+script on the native worker runs under ``perf record -a -g``, and the worker's CPU is split
+into its parts (bench/perf_split.py): the script and engine, Python, reading the queue,
+verdict messages, and the kernel carrying each packet on after its verdict. The kernel's
+share bounds what any worker can gain over the bare callback on this path: a worker whose
+own work cost nothing would still pay it.
+
 Bounded: --count packets per trial (default 30000), --trials per variant (default 5),
 --pings per latency variant (default 300). Prints the figures; needs a lab (see docs/lab.md).
 
-    python bench/nfqueue.py [--count 30000] [--trials 5] [--pings 300] [--queues 2]
+    python bench/nfqueue.py [--count 30000] [--trials 5] [--pings 300] [--queues 2] [--profile]
 """
 from __future__ import annotations
 
@@ -156,6 +163,26 @@ def latency(lab: Lab, variant: str, pings: int) -> dict:
             "p99_ms": pct(rtt, 0.99)}
 
 
+def profile(lab: Lab, count: int) -> None:
+    """One trial each of the bare callback and the native DNAT worker under perf."""
+    import tempfile
+
+    import perf_split
+
+    print("\nwhere the worker's CPU goes (perf, one trial each):")
+    shares = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ("bare", "dnat"):
+            path = f"{tmp}/{variant}.data"
+            with perf_split.Recorder(path):
+                r = throughput_trial(lab, variant, count)
+            result = perf_split.split(path)
+            shares[variant] = result["kernel_share"]
+            print(perf_split.report(f"{variant} ({r['cpu_us']:.1f} us CPU per packet)", result))
+    print(f"  a worker costing nothing itself would judge at most {1 / shares['bare']:.2f}x the bare "
+          "callback's packets on this path (1 / the kernel's share of the bare callback's CPU)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=30000)
@@ -163,6 +190,8 @@ def main() -> int:
     ap.add_argument("--pings", type=int, default=300)
     ap.add_argument("--queues", type=int, default=1,
                     help="N > 1: also compare the DNAT script on 1 queue and on N queues")
+    ap.add_argument("--profile", action="store_true",
+                    help="split the workers' CPU into its parts with perf (bench/perf_split.py)")
     a = ap.parse_args()
     count, trials = min(a.count, 200_000), min(a.trials, 10)
     with Lab("router") as lab:
@@ -213,6 +242,8 @@ def main() -> int:
                   f"sender rate ratio {statistics.median(sends):.2f}; CPU per packet "
                   f"{statistics.median(o['cpu_us'] for o in one):.1f} vs "
                   f"{statistics.median(m['cpu_us'] for m in many):.1f} us")
+        if a.profile:
+            profile(lab, count)
         pings = min(a.pings, 2000)
         lat = [latency(lab, v, pings) for v in ("none", "bare", "accept", "script", "script-py")]
         print(f"\nping round trip client -> server ({pings} pings):")

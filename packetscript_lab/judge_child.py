@@ -180,7 +180,8 @@ class _Queue:
     the stop flag in the shared page. Reports (recent packets, errors, printed lines) go to
     the parent as they come; no packet becomes a Python object on the way."""
 
-    IDLE, LAG = 0.05, 0.002     # report at least this often; this soon after a batch
+    # Report at least every IDLE seconds; LAG after a batch, but GAP apart at the least.
+    IDLE, LAG, GAP = 0.05, 0.002, 0.02
 
     def serve(self, script: Script, payload: bytes, output: _Output, out_fd: int) -> None:
         request = json.loads(payload)
@@ -216,7 +217,7 @@ class _Queue:
         while True:
             if script._engine is not engine:   # the runtime was replaced (max_memory)
                 engine, driver = script._engine, self._load(script, request, fds)
-            r = script._enter(driver.run, self.IDLE, self.LAG)
+            r = script._enter(driver.run, self.IDLE, self.LAG, self.GAP)
             if r is None:                       # the runtime failed outside the script: a crash
                 raise SystemExit(3)
             status, records, errs, nout, sockerr, packets = r

@@ -270,8 +270,9 @@ end
 -- records, the errors, the printed lines waiting, a socket error (errno) or 0 and the
 -- number of packets in the records.
 -- Returns at least every `idle` seconds (to see the stop flag), and within `lag` seconds
--- of a batch (the lab shows recent packets).
-function M.run(idle, lag)
+-- of a batch (the lab shows recent packets) but not sooner than `gap` seconds after the
+-- last return: under load, a report then carries many batches and costs the same.
+function M.run(idle, lag, gap)
   local last_report = now(1)
   local dirty, nout, sockerr = false, 0, 0
   local dirty_since = 0
@@ -283,7 +284,7 @@ function M.run(idle, lag)
     local t = now(1)
     -- A report waits `lag` after the batch it is for: its work then does not compete with
     -- the packets the verdicts just released.
-    local wait = dirty and dirty_since + lag - t or last_report + idle - t
+    local wait = dirty and math.max(dirty_since + lag, last_report + gap) - t or last_report + idle - t
     if wait <= 0 or sockerr ~= 0 then
       local r, e, k = take()
       return "report", r, e, nout, sockerr, k
