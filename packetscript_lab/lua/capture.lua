@@ -29,6 +29,7 @@ int64_t pwrite(int, const void *, size_t, int64_t);
 void *malloc(size_t);
 void free(void *);
 ]])
+pcall(ffi.cdef, "void *memmove(void *, const void *, size_t);")
 local C = ffi.C
 local u8p, u16p, u32p = ffi.typeof("const uint8_t *"), ffi.typeof("const uint16_t *"), ffi.typeof("const uint32_t *")
 local MAP_FAILED = ffi.cast("void *", -1)
@@ -182,9 +183,13 @@ function M.close()
 end
 
 -- Puts record i (captured bytes at p, caplen) into the work buffer as an Ethernet frame.
-local function frame_in(i, p, caplen, wpos)
+-- An Ethernet capture's frames go there as output records, each after its 16-byte pcap
+-- record header (`gap`), so the judged batch is written out as it lies.
+local function frame_in(i, p, caplen, wpos, sec, usec)
   if frame_kind == "ethernet" then
-    ffi.copy(work + wpos, p, caplen)
+    local rec = ffi.cast("uint32_t *", work + wpos)
+    rec[0], rec[1], rec[2], rec[3] = sec, usec, caplen, caplen
+    ffi.copy(work + wpos + 16, p, caplen)
     return caplen
   elseif frame_kind == "raw" then
     ffi.copy(work + wpos, bit.rshift(p[0], 4) == 6 and ETH6 or ETH, 14)
@@ -261,6 +266,16 @@ local function next_pcapng(off)
   end
 end
 
+local function write_out(buf, size, at)
+  local done = 0
+  while done < size do
+    local k = tonumber(C.pwrite(outfd, buf + done, size - done, at + done))
+    if k <= 0 then error("cannot write the output file (pwrite failed)") end
+    done = done + k
+  end
+  return at + size
+end
+
 -- Judges (forced < 0) or gives the code `forced` to up to maxn packets from byte offset
 -- `off`, writing the passing ones at `out_off`. Returns the next offset, the packets
 -- done, the next output offset, their codes (one byte each), the errors (run_batch's
@@ -268,27 +283,41 @@ end
 function M.run(off, maxn, out_off, forced)
   local nxt = format == "pcap" and next_pcap or next_pcapng
   if maxn > MAXN then maxn = MAXN end
+  local gap = frame_kind == "ethernet" and 16 or 0
   local n, wpos, stop = 0, 0, nil
   while n < maxn and wpos < WORK do
     local d, caplen, sec, usec, ms, after = nxt(off)
     if d == nil then break end
     if d == false then stop = caplen; break end
-    local flen = frame_in(n, d, caplen, wpos)
+    local flen = frame_in(n, d, caplen, wpos, sec, usec)
     if not flen then stop = "cooked header cut"; break end
     L[n], T[n], SEC[n], USEC[n] = flen, ms, sec, usec
-    wpos = wpos + flen
+    wpos = wpos + gap + flen
     off = after
     n = n + 1
   end
   local errs, nout = "", 0
   if n > 0 then
     if forced < 0 then
-      errs, nout = E.run_frames(work, L, T, n, R)
+      errs, nout = E.run_frames(work, L, T, n, R, gap)
     else
       ffi.fill(R, n, forced)
     end
   end
-  if outfd >= 0 and n > 0 then
+  if outfd >= 0 and n > 0 and gap > 0 then
+    -- The records that pass, moved together where some do not, then written at once.
+    local o, w = 0, 0
+    for i = 0, n - 1 do
+      local size = 16 + L[i]
+      if bit.band(R[i], VERDICT) ~= 0 then
+        if o ~= w then C.memmove(work + o, work + w, size) end
+        o = o + size
+      end
+      w = w + size
+    end
+    out_off = write_out(work, o, out_off)
+  elseif outfd >= 0 and n > 0 then
+    -- Raw IP and cooked captures: the synthetic Ethernet header off, the cooked one back on.
     local o, w = 0, 0
     local hdr, kind = cooked_hdr, frame_kind
     for i = 0, n - 1 do
@@ -296,10 +325,7 @@ function M.run(off, maxn, out_off, forced)
       if bit.band(R[i], VERDICT) ~= 0 then
         local rec = ffi.cast("uint32_t *", outb + o)
         local plen
-        if kind == "ethernet" then
-          plen = flen
-          ffi.copy(outb + o + 16, work + w, flen)
-        elseif kind == "raw" then
+        if kind == "raw" then
           plen = flen - 14
           ffi.copy(outb + o + 16, work + w + 14, plen)
         else
@@ -312,13 +338,7 @@ function M.run(off, maxn, out_off, forced)
       end
       w = w + flen
     end
-    local done = 0
-    while done < o do
-      local k = tonumber(C.pwrite(outfd, outb + done, o - done, out_off + done))
-      if k <= 0 then error("cannot write the output file (pwrite failed)") end
-      done = done + k
-    end
-    out_off = out_off + o
+    out_off = write_out(outb, o, out_off)
   end
   return off, n, out_off, ffi.string(R, n), errs, nout, stop
 end

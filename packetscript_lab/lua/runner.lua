@@ -410,8 +410,8 @@ function E.run_ip(s, ts)
   return code + CHANGED + BODY_CHANGED, ffi and ffi.string(buf + EH, n - EH) or ssub(table_string(n), EH + 1)
 end
 
--- Frames in FFI memory, judged in place: base holds them back to back, L their int32
--- lengths, T their times in ms. Each frame is copied into one scratch buffer (PK) the script
+-- Frames in FFI memory, judged in place: base holds them back to back (each after `gap`
+-- bytes the engine does not touch), L their int32 lengths, T their times in ms. Each frame is copied into one scratch buffer (PK) the script
 -- works on: no pointer is made per packet (nothing for the collector), and base keeps the
 -- input to compare with; a changed frame is copied back. One result byte per packet goes
 -- to results (code, + CHANGED if it changed, + ETH_CHANGED if its first 14 bytes (the
@@ -424,22 +424,23 @@ local PK = ffi and ffi.new("uint8_t[?]", PKCAP)
 -- The changed frames' checksums, fixed in a pass of their own: the sums loop over each
 -- frame, and a loop inside the judging loop would cut LuaJIT's trace there (the script's
 -- segments and fields could no longer be kept out of the heap).
-local function fix_changed(base, L, count, results, pk)
-  local off = 0
+local function fix_changed(base, L, count, results, pk, gap)
+  local off = gap
   for i = 0, count - 1 do
     local n = L[i]
     if results[i] % (2 * CHANGED) >= CHANGED and results[i] % (2 * FAILED) < FAILED then
-      local frame = base + off
-      ffi.copy(pk, frame, n)
-      A.begin(n)
+      -- No pointer kept across the sums: one that lives past their loop is made on the heap.
+      ffi.copy(pk, base + off, n)
+      A.begin(n)                    -- the packet's length for the sums' bounds
       A.fix_checksums(n)
-      ffi.copy(frame, pk, n)
+      ffi.copy(base + off, pk, n)
     end
-    off = off + n
+    off = off + n + gap
   end
 end
-local function judge_in_place(base, L, T, count, results)
-  local errs, i, off = {}, 0, 0
+local function judge_in_place(base, L, T, count, results, gap)
+  gap = gap or 0
+  local errs, i, off = {}, 0, gap
   local most = 0
   for j = 0, count - 1 do if L[j] > most then most = L[j] end end
   if most > PKCAP then
@@ -474,7 +475,7 @@ local function judge_in_place(base, L, T, count, results)
         end
       end
       results[i] = code
-      off = off + n
+      off = off + n + gap
       i = i + 1
     end
   end
@@ -484,10 +485,10 @@ local function judge_in_place(base, L, T, count, results)
     err = as_error(err)
     errs[#errs + 1] = sformat("%d:%d:%d:", i, err[2] or 0, #err[1]) .. err[1]
     results[i] = ON_ERROR + FAILED
-    off = off + L[i]
+    off = off + L[i] + gap
     i = i + 1
   end
-  if FIX then fix_changed(base, L, count, results, pk) end
+  if FIX then fix_changed(base, L, count, results, pk, gap) end
   return concat(errs)
 end
 
@@ -512,9 +513,10 @@ if ffi then
   end
 
   -- Frames already in FFI memory (the capture driver, capture.lua, reads them straight
-  -- from the file), judged in place. Returns the errors and the printed lines waiting.
-  function E.run_frames(base, L, T, count, results)
-    return judge_in_place(base, L, T, count, results), #OUT
+  -- from the file), judged in place; `gap` bytes (a pcap record header) before each frame,
+  -- if given. Returns the errors and the printed lines waiting.
+  function E.run_frames(base, L, T, count, results, gap)
+    return judge_in_place(base, L, T, count, results, gap), #OUT
   end
 end
 
