@@ -74,7 +74,11 @@ def worker_cpu(lab: Lab) -> float:
     while todo:
         pid = todo.pop()
         for task in Path(f"/proc/{pid}/task").iterdir():
-            for kid in (task / "children").read_text().split():
+            try:
+                kids = (task / "children").read_text().split()
+            except OSError:             # a thread that ended meanwhile
+                continue
+            for kid in kids:
                 try:
                     if b"judge_child" in Path(f"/proc/{kid}/cmdline").read_bytes():
                         total += cpu(int(kid))
