@@ -236,4 +236,5 @@ def lua_source() -> str:
     """The table as a Lua chunk, for packet.lua (script.py hands it over in its configuration)."""
     return "return " + _lua({"first_dynamic": FIRST_DYNAMIC_ID, "max_dynamic": MAX_DYNAMIC_ID,
                              "ip6_extensions": {k: list(v) for k, v in IP6_EXTENSIONS.items()},
+                             "ip6_fragment": IP6_FRAGMENT,
                              "protocols": [_lua_entry(p) for p in PROTOCOLS]}) + "\n"

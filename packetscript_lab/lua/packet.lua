@@ -16,6 +16,7 @@
 
 local A, TABLE = ...               -- api table filled here; the protocol table (core/protocols.py)
 local IP6_EXT = TABLE.ip6_extensions   -- next header -> {units, added, fixed} length rule
+local IP6_FRAG = TABLE.ip6_fragment    -- the fragment header's next-header value
 local floor, type, error, tostring, tonumber = math.floor, type, error, tostring, tonumber
 local setmetatable, getmetatable, pairs, ipairs, rawget, rawequal, pcall = setmetatable, getmetatable, pairs, ipairs, rawget, rawequal, pcall
 local sbyte, schar, sformat, sfind = string.byte, string.char, string.format, string.find
@@ -212,7 +213,7 @@ local function ip6_upper(ip, len)
     local r = IP6_EXT[nh]
     local size = r[3] + (B[off + 1] + r[2]) * r[1]
     if off + size > len then break end
-    if nh == 44 then frag = true end
+    if nh == IP6_FRAG then frag = true end
     nh, off = B[off], off + size
   end
   return nh, off, frag
