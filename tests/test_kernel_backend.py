@@ -108,8 +108,13 @@ def test_attached_rule_counts_the_packets_the_script_sees(netns, lua_script):
     rule = KernelRule(run, tag="psl:count", table="filter", chain="OUTPUT",
                       match="-o lo -p udp --dport 9000", function="process_packet", state_id=2)
     rule.insert(lua_script)
-    listing = netns.sh(["iptables", "-S", "OUTPUT"]).stdout
-    assert f"LUA --script {lua_script} --function process_packet --state 2" in listing
+    own = rule.chain_of()
+    jump = netns.sh(["iptables", "-S", "OUTPUT"]).stdout
+    assert f'-o lo -p udp -m udp --dport 9000 -m comment --comment "psl:count:0:jump" -j {own}' in jump
+    listing = netns.sh(["iptables", "-S", own]).stdout.splitlines()
+    assert f"LUA --script {lua_script} --function process_packet --state 2" in listing[1]
+    # the counting rule repeats no match: it counts whatever the script lets continue
+    assert listing[2] == f'-A {own} -m comment --comment "psl:count:0:continue"'
     assert run.scripts == [lua_script]
 
     send_udp(netns, 5)
@@ -118,8 +123,24 @@ def test_attached_rule_counts_the_packets_the_script_sees(netns, lua_script):
     assert stats["seen"] == 5 and stats["bytes"] == 5 * 38
     assert stats["continued"] == 5 and stats["stopped"] == 0   # the stand-in continues
     rule.remove()
-    assert "psl:count" not in netns.sh(["iptables", "-S", "OUTPUT"]).stdout
+    assert "psl:count" not in netns.sh(["iptables", "-S"]).stdout
+    assert "PSL-" not in netns.sh(["iptables", "-S"]).stdout
     assert host_rules() == before
+
+
+def test_a_script_that_rewrites_what_its_match_names_is_counted(netns, lua_script):
+    # A DNAT attached with `-d ADDR` rewrites the address its match names. Stand-in for the
+    # rewrite: a real MARK rule after the LUA rule, with the attach matching on mark 0.
+    run = StandInLuaTarget(runner(netns))
+    rule = KernelRule(run, tag="psl:nat", table="mangle", chain="OUTPUT",
+                      match="-o lo -p udp -m mark --mark 0")
+    rule.insert(lua_script)
+    netns.sh(["iptables", "-t", "mangle", "-I", rule.chain_of(), "2", "-j", "MARK", "--set-mark", "7"])
+    send_udp(netns, 4)
+    stats = rule.counters()
+    assert stats["seen"] == 4 and stats["continued"] == 4 and stats["stopped"] == 0
+    rule.remove()
+    assert "PSL-" not in netns.sh(["iptables", "-t", "mangle", "-S"]).stdout
 
 
 def test_replace_swaps_the_script_in_place(netns, lua_script, tmp_path):
@@ -134,9 +155,12 @@ def test_replace_swaps_the_script_in_place(netns, lua_script, tmp_path):
     rule.replace(str(newer))
     rules = [ln for ln in netns.sh(["iptables", "-S", "OUTPUT"]).stdout.splitlines()
              if ln.startswith("-A")]
-    assert len(rules) == 4
-    assert "first" in rules[0] and "last" in rules[3]      # same place in the chain
-    assert str(newer) in rules[1] and lua_script not in "".join(rules)
+    assert len(rules) == 3
+    assert "first" in rules[0] and "last" in rules[2]      # same place in the chain
+    assert rules[1].endswith(f"-j {rule.chain_of()}") and rule.chain_of() == rule.chain_of(1)
+    everything = netns.sh(["iptables", "-S"]).stdout
+    assert str(newer) in everything and lua_script not in everything
+    assert rule.chain_of(0) not in everything              # the old script's chain is gone
     assert rule.counters()["seen"] == 0                    # the new script's own counters
     send_udp(netns, 2)
     assert rule.counters()["seen"] == 2
@@ -152,7 +176,8 @@ def test_stand_in_refuses_what_iptables_refuses(netns, tmp_path):
     big.write_text("-- " + "x" * 40000 + "\n")
     with pytest.raises(RuntimeError, match="size of the script is too big"):
         rule.insert(str(big))
-    assert "psl:bad" not in netns.sh(["iptables", "-S", "OUTPUT"]).stdout
+    assert "psl:bad" not in netns.sh(["iptables", "-S"]).stdout
+    assert "PSL-" not in netns.sh(["iptables", "-S"]).stdout     # nothing left half made
 
 
 from labutil import pair_lab  # noqa: E402,F401  (fixture)
@@ -203,6 +228,7 @@ def test_lab_attach_kernel_counts_from_the_rule_and_replaces_and_detaches(standi
     final = h.detach()
     assert final["seen"] >= stats["seen"]
     assert "packetscript:k" not in lab.iptables_save("server")
+    assert "PSL-" not in lab.iptables_save("server")
     assert lab.attached == {}
 
 

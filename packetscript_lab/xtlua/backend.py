@@ -9,13 +9,16 @@ so no rule ever lands in the host's own namespace.
     rule_args(...)       -> the iptables arguments of a LUA rule (from rules.py)
     KernelRule(run, ...) -> insert() / replace(path) / remove() / counters() of one attached script
 
-Statistics come from rule counters: the LUA rule counts every packet the script saw, and a
-target-less rule right after it (same match) counts the packets that came back with
-XT_CONTINUE. Accepted and dropped packets both stop there, so counters cannot tell them
-apart: `stopped` is their sum.
+Each attached script lives in a chain of its own, jumped to with the attach's match: the LUA
+rule counts every packet the script saw, and a target-less rule after it counts the packets
+that came back with XT_CONTINUE (they then return to the calling chain). The counting rule
+repeats no match, so a script that rewrites what the match names (a DNAT with `-d ADDR`)
+is counted right. Accepted and dropped packets both stop at the LUA rule, so counters cannot
+tell them apart: `stopped` is their sum.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import subprocess
@@ -112,7 +115,8 @@ def counters(run: Run, table: str, chain: str, tag: str,
 
 
 class KernelRule:
-    """One script attached as a LUA rule plus its XT_CONTINUE counting rule."""
+    """One script attached as a LUA rule plus its XT_CONTINUE counting rule, in a chain of
+    its own that the attach's chain jumps to with the attach's match."""
 
     def __init__(self, run: Run, *, tag: str, table: str, chain: str, match: str = "",
                  function: str | None = None, state_id: int | None = None,
@@ -132,46 +136,54 @@ class KernelRule:
                                f"{(res.stderr or res.stdout).strip()}")
         return res.stdout
 
-    def _rules(self, script_path: str) -> tuple[list[str], list[str]]:
-        lua = rule_args(self.chain, self.match, script_path, function=self.function,
-                        state_id=self.state_id, tag=self._tag("lua"))
-        after = [self.chain, *shlex.split(self.match), "-m", "comment", "--comment",
-                 self._tag("continue")]
-        return lua, after
+    def chain_of(self, generation: int | None = None) -> str:
+        """The script's own chain: a name from the tag (iptables allows 28 characters)."""
+        digest = hashlib.sha1(self.tag.encode()).hexdigest()[:10]
+        return f"PSL-{digest}-{self.generation if generation is None else generation}"
 
-    def insert(self, script_path: str) -> None:
-        """Add the rules; the kernel runs the script's top level now (errors refuse it).
+    def _add(self, script_path: str, at: int | None) -> None:
+        """This generation's chain, counting rule and jump (at rule number `at` of the
+        attach's chain, or appended), then the LUA rule as the last change.
 
-        The counting rule goes in first and the LUA rule in front of it: with legacy
-        iptables every table change re-runs the top level of every LUA rule in the table, and
-        measured against the real module a script that registers a dynamic protocol cannot
-        be loaded twice, so adding the counting rule after it would fail.
+        The LUA rule goes in last: with legacy iptables every table change re-runs the top
+        level of every LUA rule in the table, and measured against the real module a script
+        that registers a dynamic protocol cannot be loaded twice, so a change after it would
+        fail. Undone if any step fails.
         """
-        require(self.run, self.program)
-        lua, after = self._rules(script_path)
-        self._ipt("-A", *after)
-        number = max(n for n, _, _ in counters(self.run, self.table, self.chain,
-                                               self._tag("continue"), self.program))
+        own = self.chain_of()
+        jump = [*shlex.split(self.match), "-m", "comment", "--comment", self._tag("jump"), "-j", own]
+        lua = rule_args(own, "", script_path, function=self.function,
+                        state_id=self.state_id, tag=self._tag("lua"))
         try:
-            self._ipt("-I", self.chain, str(number), *lua[1:])
+            self._ipt("-N", own)
+            self._ipt("-A", own, "-m", "comment", "--comment", self._tag("continue"))
+            self._ipt(*(("-I", self.chain, str(at)) if at else ("-A", self.chain)), *jump)
+            self._ipt("-I", own, "1", *lua[1:])
         except RuntimeError:
             self._delete_generation(self.generation)
             raise
+
+    def insert(self, script_path: str) -> None:
+        """Add the rules; the kernel runs the script's top level now (errors refuse it)."""
+        require(self.run, self.program)
+        self._add(script_path, None)
         self.script_path = script_path
 
     def replace(self, script_path: str) -> None:
-        """Put the new script in front of the old one, then remove the old rules.
+        """Put the new script's jump in front of the old one's, then remove the old rules.
 
-        Packets keep meeting one of the two rules throughout. (With legacy iptables every
+        Packets keep meeting one of the two scripts throughout. (With legacy iptables every
         change reloads all LUA rules of the table, so their globals restart anyway.)
         """
         old = self.generation
         first = min(n for n, _, _ in counters(self.run, self.table, self.chain,
-                                              self._tag("lua", old), self.program))
+                                              self._tag("jump", old), self.program))
         self.generation += 1
-        lua, after = self._rules(script_path)
-        self._ipt("-I", self.chain, str(first), *after[1:])
-        self._ipt("-I", self.chain, str(first), *lua[1:])
+        try:
+            self._add(script_path, first)
+        except RuntimeError:
+            self.generation = old
+            raise
         self._delete_generation(old)
         self.script_path = script_path
 
@@ -179,16 +191,19 @@ class KernelRule:
         self._delete_generation(self.generation)
 
     def _delete_generation(self, generation: int) -> None:
-        numbers = [n for kind in ("lua", "continue")
-                   for n, _, _ in counters(self.run, self.table, self.chain,
-                                           self._tag(kind, generation), self.program)]
-        for n in sorted(numbers, reverse=True):
+        """The jump to the generation's chain, then the chain; whatever of them exists."""
+        for n, _, _ in sorted(counters(self.run, self.table, self.chain,
+                                       self._tag("jump", generation), self.program), reverse=True):
             self._ipt("-D", self.chain, str(n))
+        own = self.chain_of(generation)
+        if self.run([self.program, "-t", self.table, "-F", own]).returncode == 0:
+            self._ipt("-X", own)
 
     def counters(self) -> dict:
         """{"seen", "bytes", "continued", "stopped"} of the current script, from the rules."""
-        lua = counters(self.run, self.table, self.chain, self._tag("lua"), self.program)
-        cont = counters(self.run, self.table, self.chain, self._tag("continue"), self.program)
+        own = self.chain_of()
+        lua = counters(self.run, self.table, own, self._tag("lua"), self.program)
+        cont = counters(self.run, self.table, own, self._tag("continue"), self.program)
         seen = sum(p for _, p, _ in lua)
         continued = sum(p for _, p, _ in cont)
         return {"seen": seen, "bytes": sum(b for _, _, b in lua), "continued": continued,
