@@ -14,9 +14,10 @@ from packetscript_lab.core.netutil import ETH_HLEN
 
 LINE_HELP = """Manage the PacketScript lab and the running scripts.
 
-  %packetscript up [--topology pair|router|FILE] [--ipv6]
+  %packetscript up [--topology pair|router|FILE] [--ipv6] [--vm]
                                               build the private lab network
-                                              (--ipv6: dual-stack, fd77::/16 addresses too)
+                                              (--ipv6: dual-stack, fd77::/16 addresses too;
+                                              --vm: inside the xt_LUA VM, for --backend kernel)
   %packetscript down                          stop every live script, remove the lab
   %packetscript status                        the lab's hosts and state
   %packetscript list                          scripts, backends and counters
@@ -119,19 +120,20 @@ class PacketScriptMagics(Magics):
     # --- line commands -----------------------------------------------------------------
     def _cmd_up(self, args):
         topology = None
-        ipv6 = "--ipv6" in args
-        rest = [a for a in args if a != "--ipv6"]
+        ipv6, vm = "--ipv6" in args, "--vm" in args
+        rest = [a for a in args if a not in ("--ipv6", "--vm")]
         if rest[:1] == ["--topology"] and len(rest) == 2:
             topology = rest[1]
-        elif rest or args.count("--ipv6") > 1:
-            raise UsageError("usage: %packetscript up [--topology pair|router|FILE.json] [--ipv6]")
+        elif rest or args.count("--ipv6") > 1 or args.count("--vm") > 1:
+            raise UsageError("usage: %packetscript up [--topology pair|router|FILE.json] [--ipv6] [--vm]")
         if topology is not None:
             from packetscript_lab.lab.description import TopologyError, load
             try:
                 load(topology)      # a bad description: one clear error, nothing built
             except TopologyError as exc:
                 raise UsageError(str(exc)) from None
-        lab = self.session.ensure_lab(topology, True if ipv6 else None)
+        lab = self.session.ensure_lab(topology, True if ipv6 else None,
+                                      lab_backend="xtlua-vm" if vm else "namespaces")
         title = "lab is up" if lab is not None else \
             f"replay backend: generated traffic uses the {self.session.topology} topology's hosts"
         self._print_hosts(self.session.hosts(), title)

@@ -63,6 +63,9 @@ class NotebookSession:
             print("PacketScript Lab: the lab process had ended; building a new lab.")
             self.lab = None
         if self.lab is not None:
+            if lab_backend == "xtlua-vm" and getattr(self.lab, "backend", "namespaces") != "xtlua-vm":
+                raise UsageError("the lab is up on this machine, not in the xt_LUA VM: run "
+                                 "%packetscript down first")
             return self.lab
         if lab_backend == "xtlua-vm":
             from packetscript_lab import Lab, LabError

@@ -138,6 +138,24 @@ def test_magic_kernel_cell_without_module_or_build_says_what_to_run(tmp_path, mo
         kernel_magic.unload_ipython_extension(shell)
 
 
+def test_magic_up_vm_without_a_build_says_what_to_run(tmp_path, monkeypatch):
+    from IPython.core.error import UsageError
+
+    import kernel_magic
+    from test_magic import get_shell
+    monkeypatch.setenv("PACKETSCRIPT_CACHE", str(tmp_path))
+    shell = get_shell()
+    kernel_magic.load_ipython_extension(shell)
+    try:
+        with pytest.raises(UsageError, match=r"packetscript kernel build --patches DIR"):
+            shell.run_line_magic("packetscript", "up --vm")
+        assert kernel_magic.get_session().lab is None       # no lab was started
+        with pytest.raises(UsageError, match=r"\[--vm\]"):
+            shell.run_line_magic("packetscript", "up --vm --vm")
+    finally:
+        kernel_magic.unload_ipython_extension(shell)
+
+
 # --- in the VM ---------------------------------------------------------------------------------
 
 DNAT_OR_DROP = """\
@@ -316,3 +334,23 @@ def test_a_guest_hung_by_the_module_fails_the_labs_calls_instead_of_blocking():
             lab.udp_stream("client", "server", count=3, rate=50)
         assert lab.closed
     assert qemu_pids() - before == set()
+
+
+@pytest.mark.xtlua_vm
+def test_magic_up_vm_starts_the_lab_in_the_vm(capsys):
+    import kernel_magic
+    from test_magic import get_shell
+    shell = get_shell()
+    kernel_magic.load_ipython_extension(shell)
+    try:
+        shell.run_line_magic("packetscript", "up --vm")
+        session = kernel_magic.get_session()
+        assert session.lab is not None and session.lab.backend == "xtlua-vm"
+        out = capsys.readouterr().out
+        assert "the lab runs in a VM with the real xt_LUA" in out and "lab is up" in out
+        shell.run_line_magic("packetscript", "up --vm")          # already up: the same lab
+        assert kernel_magic.get_session().lab is session.lab
+        shell.run_line_magic("packetscript", "down")
+        assert kernel_magic.get_session().lab is None
+    finally:
+        kernel_magic.unload_ipython_extension(shell)
