@@ -54,12 +54,12 @@ def test_notebook_process_death_ends_the_lab():
     require_lab()
     before = host_network_snapshot()
     code = textwrap.dedent("""
-        import sys, time
+        import signal
         from packetscript_lab.lab import Lab
         lab = Lab("pair")
         lab.attach("function process_packet(p) return NF_ACCEPT end", host="server")
         print(lab.lab_pid, flush=True)
-        time.sleep(60)
+        signal.pause()          # until the test kills this process
     """)
     env = dict(os.environ, PYTHONPATH=ROOT)
     client = subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE, text=True, env=env)

@@ -172,7 +172,7 @@ def test_down_ends_live_runs_with_their_summary(ip):
                           ACCEPT_ALL)
     run = kernel_magic.get_session().runs["bye"]
     run.wait_traffic(timeout=10)
-    time.sleep(0.3)
+    wait_until(lambda: run.handle.stats()["seen"] >= 10, what="the script to see all 10 packets")
     with capture_output() as cap:
         ip.run_line_magic("packetscript", "down")
     assert "lab is down" in cap.stdout

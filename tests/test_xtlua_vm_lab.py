@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A stand-in lab process: the lab protocol's first event, then each command's arguments
 # echoed back. With "--stubborn" it outlives its socket, as a stuck lab process would.
 FAKE_LAB = """
-import os, socket, sys, time
+import os, signal, socket, sys
 from packetscript_lab.lab.protocol import Connection
 c = Connection(socket.socket(fileno=int(sys.argv[sys.argv.index("--fd") + 1])))
 c.send({"event": "ready", "pid": os.getpid()})
@@ -39,7 +39,7 @@ while (m := c.recv()) is not None:
     if m["cmd"] == "close":
         sys.exit(3)
 if "--stubborn" in sys.argv:
-    time.sleep(60)
+    signal.pause()          # until the bridge stops it
 """
 
 
