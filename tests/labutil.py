@@ -59,6 +59,16 @@ def pair_lab():
 
 
 @pytest.fixture
+def standin_pair_lab(monkeypatch):
+    """A pair lab whose lab process sees the stand-in for the xt_LUA module (the env var is
+    read there; packetscript_lab.xtlua.standin)."""
+    require_lab()
+    monkeypatch.setenv("PACKETSCRIPT_XT_LUA_STANDIN", "1")
+    with Lab("pair", sample_interval=0.2) as lab:
+        yield lab
+
+
+@pytest.fixture
 def router_lab():
     require_lab()
     with Lab("router", sample_interval=0.2) as lab:
@@ -135,6 +145,21 @@ def wait_until(condition, timeout: float = 15.0, what: str = "condition"):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def udp_port_script(actions: dict) -> str:
+    """A script that runs ``actions[port]`` (Lua) for UDP to that port and accepts the rest:
+    a hostile action reaches only the packets a test sends to its port."""
+    ports = "".join(f"  if port == {port} then {action} end\n" for port, action in actions.items())
+    return ("\nfunction process_packet(p)\n  local ip = p:data(packet_eth):data(packet_ip)\n"
+            "  local udp = ip and ip:data(packet_udp)\n  local port = udp and udp:dport():get()\n"
+            f"{ports}  return NF_ACCEPT\nend\n")
+
+
+def udp_to_server(port: int, n: int = 1) -> list:
+    """n UDP packets from the pair lab's client to the server's ``port``."""
+    from scapy.layers.inet import IP, UDP
+    return [IP(dst="10.77.0.2") / UDP(sport=4000, dport=port) for _ in range(n)]
 
 
 def slow_script(loops: int = 20000) -> str:

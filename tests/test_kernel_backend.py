@@ -194,16 +194,7 @@ def test_lab_attach_with_the_kernel_backend_says_what_to_install(pair_lab):
 KERNEL_DNAT = dnat("10.77.0.2")
 
 
-@pytest.fixture
-def standin_pair_lab(monkeypatch):
-    """A pair lab whose lab process sees the stand-in module (the env var is read there)."""
-    from labutil import require_lab
-    from packetscript_lab import Lab
-
-    require_lab()
-    monkeypatch.setenv("PACKETSCRIPT_XT_LUA_STANDIN", "1")
-    with Lab("pair", sample_interval=0.2) as lab:
-        yield lab
+from labutil import standin_pair_lab  # noqa: E402,F401  (fixture)
 
 
 def test_lab_attach_kernel_counts_from_the_rule_and_replaces_and_detaches(standin_pair_lab):

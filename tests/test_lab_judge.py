@@ -8,27 +8,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from labutil import pair_lab, wait_until  # noqa: F401
+from labutil import pair_lab, udp_port_script, wait_until  # noqa: F401
+from labutil import udp_to_server as _udp
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
 HANG = "string.match(string.rep('x', 2000), ('.-'):rep(8) .. 'b')"
 
-HOSTILE = """
-function process_packet(p)
-  local ip = p:data(packet_eth):data(packet_ip)
-  local udp = ip and ip:data(packet_udp)
-  local port = udp and udp:dport():get()
-  if port == 6666 then %s end
-  if port == 9001 then return NF_DROP end
-  return NF_ACCEPT
-end
-""" % HANG
-
-
-def _udp(port: int, n: int = 1):
-    from scapy.layers.inet import IP, UDP
-    return [IP(dst="10.77.0.2") / UDP(sport=4000, dport=port) for _ in range(n)]
+HOSTILE = udp_port_script({6666: HANG, 9001: "return NF_DROP"})
 
 
 def test_packet_that_hangs_in_c_gets_error_verdict_and_next_packets_pass(pair_lab):

@@ -12,26 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from labutil import pair_lab, wait_until  # noqa: F401
+from labutil import pair_lab, udp_port_script, wait_until  # noqa: F401
+from labutil import udp_to_server as _udp
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
-HOSTILE = """
-function process_packet(p)
-  local ip = p:data(packet_eth):data(packet_ip)
-  local udp = ip and ip:data(packet_udp)
-  local port = udp and udp:dport():get()
-  if port == 6666 then %s end
-  return NF_ACCEPT
-end
-"""
-ENDLESS = HOSTILE % "while true do end"
-HANG_IN_C = HOSTILE % "string.match(string.rep('x', 3000), ('.-'):rep(12) .. 'b')"
-
-
-def _udp(port: int, n: int = 1):
-    from scapy.layers.inet import IP, UDP
-    return [IP(dst="10.77.0.2") / UDP(sport=4000, dport=port) for _ in range(n)]
+ENDLESS = udp_port_script({6666: "while true do end"})
+HANG_IN_C = udp_port_script({6666: "string.match(string.rep('x', 3000), ('.-'):rep(12) .. 'b')"})
 
 
 def _exact(s: dict) -> None:
@@ -53,9 +40,9 @@ def _settled(h):
 
 def test_luajit_scripts_run_on_the_native_worker_others_on_netfilterqueue(pair_lab):
     lab = pair_lab
-    native = lab.attach(HOSTILE % "return NF_DROP", host="server", match="-p udp --dport 6666",
+    native = lab.attach(udp_port_script({6666: "return NF_DROP"}), host="server", match="-p udp --dport 6666",
                         name="native")
-    lua51 = lab.attach(HOSTILE % "", host="server", match="-p udp --dport 7000", name="lua51", lua="5.1")
+    lua51 = lab.attach(udp_port_script({}), host="server", match="-p udp --dport 7000", name="lua51", lua="5.1")
     lab.send("client", _udp(6666, 3) + _udp(7000, 2), interval=0.01)
     s = wait_until(lambda: (lambda s: s if s["seen"] == 3 else None)(native.stats()),
                    what="the native worker to judge three packets")

@@ -9,7 +9,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from labutil import pair_lab, wait_until  # noqa: F401  (fixture)
+from labutil import pair_lab, standin_pair_lab, wait_until  # noqa: F401  (fixtures)
 from packetscript_lab.backends.replay_run import ReplayRun
 from packetscript_lab.judge import Judge
 from packetscript_lab.runs import RunHandle
@@ -49,6 +49,8 @@ def check_reading(h, *, speaks: bool) -> dict:
 def check_replace_and_detach(h, before: dict, more, *, speaks: bool) -> None:
     h.replace(DROPS)
     more()
+    if speaks:
+        wait_until(lambda: h.stats()["dropped"] >= 3, what="the new script's drops")
     final = h.detach()
     assert final["seen"] > before["seen"]
     if speaks:
@@ -58,42 +60,27 @@ def check_replace_and_detach(h, before: dict, more, *, speaks: bool) -> None:
     assert h.detach() == final                 # a second detach changes nothing
 
 
+def check_live(lab, h, *, speaks: bool) -> None:
+    """A live run through the same checks: 5 packets read back, then 3 more after replace."""
+    lab.udp_stream("client", "server", count=5, rate=200)
+    wait_until(lambda: h.stats()["seen"] >= 5 and h.series(), what="5 packets and a sample")
+    stats = check_reading(h, speaks=speaks)
+    check_replace_and_detach(h, stats, lambda: lab.udp_stream("client", "server", count=3, rate=200),
+                             speaks=speaks)
+
+
 @pytest.mark.lab
 def test_a_live_nfqueue_run_is_a_run_handle(pair_lab):
-    lab = pair_lab
-    h = lab.attach(SPEAKS, name="h", on_error="accept")
+    h = pair_lab.attach(SPEAKS, name="h", on_error="accept")
     assert h.backend == "nfqueue"
-    lab.udp_stream("client", "server", count=5, rate=200)
-    wait_until(lambda: h.stats()["seen"] >= 5 and h.series(), what="5 packets and a sample")
-    stats = check_reading(h, speaks=True)
-
-    def more():
-        lab.udp_stream("client", "server", count=3, rate=200)
-        wait_until(lambda: h.stats()["dropped"] >= 3, what="the new script's drops")
-    check_replace_and_detach(h, stats, more, speaks=True)
-
-
-@pytest.fixture
-def standin_lab(monkeypatch):
-    from labutil import require_lab
-    from packetscript_lab import Lab
-
-    require_lab()
-    monkeypatch.setenv("PACKETSCRIPT_XT_LUA_STANDIN", "1")
-    with Lab("pair", sample_interval=0.2) as lab:
-        yield lab
+    check_live(pair_lab, h, speaks=True)
 
 
 @pytest.mark.lab
-def test_a_kernel_module_run_is_a_run_handle(standin_lab):
-    lab = standin_lab
-    h = lab.attach(SPEAKS, name="h", backend="kernel")
+def test_a_kernel_module_run_is_a_run_handle(standin_pair_lab):
+    h = standin_pair_lab.attach(SPEAKS, name="h", backend="kernel")
     assert h.backend == "kernel"
-    lab.udp_stream("client", "server", count=5, rate=200)
-    wait_until(lambda: h.stats()["seen"] >= 5 and h.series(), what="5 packets and a sample")
-    stats = check_reading(h, speaks=False)
-    check_replace_and_detach(h, stats, lambda: lab.udp_stream("client", "server", count=3,
-                                                              rate=200), speaks=False)
+    check_live(standin_pair_lab, h, speaks=False)
 
 
 def frames(n: int):
@@ -108,10 +95,6 @@ def test_a_replay_run_is_a_run_handle():
         assert h.backend == "replay"
         assert h.played_all.wait(15)
         stats = check_reading(h, speaks=True)
-
-        def more():
-            h.inject(frames(3))
-            wait_until(lambda: h.stats()["dropped"] >= 3, what="the new script's drops")
-        check_replace_and_detach(h, stats, more, speaks=True)
+        check_replace_and_detach(h, stats, lambda: h.inject(frames(3)), speaks=True)
     finally:
         h.detach()
