@@ -428,7 +428,7 @@ local function fix_changed(base, L, count, results, pk, gap)
   local off = gap
   for i = 0, count - 1 do
     local n = L[i]
-    if results[i] % (2 * CHANGED) >= CHANGED and results[i] % (2 * FAILED) < FAILED then
+    if results[i] % (2 * CHANGED) >= CHANGED then     -- a failed packet is never CHANGED
       -- No pointer kept across the sums: one that lives past their loop is made on the heap.
       ffi.copy(pk, base + off, n)
       A.begin(n)                    -- the packet's length for the sums' bounds
